@@ -1,0 +1,427 @@
+// Package controlplane starts a real etcd and kube-apiserver (and, when
+// asked, kube-controller-manager) on free loopback ports for tests. The
+// binaries come from hack/tools (`make test-bins`); nothing is faked.
+//
+// The apiserver runs with RBAC and static bearer tokens: one for an admin
+// (system:masters) and one per requested service account identity, so tests
+// can prove what a restricted agent may and may not do.
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// Options tune a control plane. The zero value starts etcd and kube-apiserver.
+type Options struct {
+	// ServiceAccounts are "namespace/name" identities to issue tokens for.
+	// Default: kube-system/overlayd and kube-system/nobody.
+	ServiceAccounts []string
+	// ControllerManager also starts kube-controller-manager with the
+	// garbage collector and, when ClusterCIDR is set, node IPAM assigning
+	// spec.podCIDR to new Nodes as in a real cluster.
+	ControllerManager bool
+	ClusterCIDR       string // e.g. "10.244.0.0/16"
+	NodeCIDRMaskSize  int    // default 24
+	// LogDir receives the binaries' logs; default: inside the temporary dir.
+	LogDir string
+}
+
+// ControlPlane is a running etcd + kube-apiserver.
+type ControlPlane struct {
+	URL    string // https://127.0.0.1:<port>
+	CAData []byte
+	Dir    string
+
+	tokens map[string]string // identity -> bearer token
+	procs  []*process
+	once   sync.Once
+}
+
+// Admin is the identity with full access.
+const Admin = "admin"
+
+// DefaultServiceAccounts are issued tokens when Options.ServiceAccounts is empty.
+var DefaultServiceAccounts = []string{"kube-system/overlayd", "kube-system/nobody"}
+
+// BinDir returns the directory holding the test binaries: $OVERLAYD_TEST_BIN_DIR,
+// else hack/tools/bin of the repository containing the working directory.
+func BinDir() (string, error) {
+	if d := os.Getenv("OVERLAYD_TEST_BIN_DIR"); d != "" {
+		return d, nil
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "hack", "tools", "go.mod")); err == nil {
+			return filepath.Join(dir, "hack", "tools", "bin"), nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("cannot find hack/tools above the working directory; set OVERLAYD_TEST_BIN_DIR")
+		}
+		dir = parent
+	}
+}
+
+// StartT starts a control plane for a test and stops it when the test ends.
+func StartT(t testing.TB, opts Options) *ControlPlane {
+	t.Helper()
+	cp, err := Start(opts)
+	if err != nil {
+		t.Fatalf("starting control plane: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, p := range cp.procs {
+				t.Logf("%s", p.tail())
+			}
+		}
+		cp.Stop()
+	})
+	return cp
+}
+
+// Start starts etcd and kube-apiserver and waits until the apiserver is ready.
+func Start(opts Options) (cp *ControlPlane, err error) {
+	bins, err := BinDir()
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+		if b == "kube-controller-manager" && !opts.ControllerManager {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(bins, b)); err != nil {
+			return nil, fmt.Errorf("test binary %s missing in %s: run `make test-bins`", b, bins)
+		}
+	}
+	dir, err := os.MkdirTemp("", "overlayd-cp-")
+	if err != nil {
+		return nil, err
+	}
+	cp = &ControlPlane{Dir: dir, tokens: map[string]string{}}
+	defer func() {
+		if err != nil {
+			cp.Stop()
+		}
+	}()
+	logDir := opts.LogDir
+	if logDir == "" {
+		logDir = dir
+	}
+
+	pki, err := writePKI(dir)
+	if err != nil {
+		return nil, fmt.Errorf("writing certificates: %w", err)
+	}
+	cp.CAData = pki.caPEM
+	tokenFile, err := cp.writeTokens(dir, opts.ServiceAccounts)
+	if err != nil {
+		return nil, err
+	}
+
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	clientURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
+	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
+	etcd, err := startProcess(filepath.Join(bins, "etcd"), filepath.Join(logDir, "etcd.log"),
+		"--name=default",
+		"--data-dir="+filepath.Join(dir, "etcd"),
+		"--listen-client-urls="+clientURL, "--advertise-client-urls="+clientURL,
+		"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
+		"--initial-cluster=default="+peerURL,
+		"--unsafe-no-fsync", // a test cluster trades durability for speed
+		"--log-level=warn",
+	)
+	if err != nil {
+		return nil, err
+	}
+	cp.procs = append(cp.procs, etcd)
+
+	cp.URL = "https://127.0.0.1:" + strconv.Itoa(ports[2])
+	apiserver, err := startProcess(filepath.Join(bins, "kube-apiserver"), filepath.Join(logDir, "kube-apiserver.log"),
+		"--etcd-servers="+clientURL,
+		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+		"--secure-port="+strconv.Itoa(ports[2]),
+		"--tls-cert-file="+pki.servingCert, "--tls-private-key-file="+pki.servingKey,
+		"--token-auth-file="+tokenFile,
+		"--authorization-mode=RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file="+pki.saPublic,
+		"--service-account-signing-key-file="+pki.saSigner,
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--endpoint-reconciler-type=none",
+		"--enable-priority-and-fairness=false",
+		"--profiling=false",
+		"--v=1",
+	)
+	if err != nil {
+		return nil, err
+	}
+	cp.procs = append(cp.procs, apiserver)
+	if err := cp.waitReady(60*time.Second, apiserver); err != nil {
+		return nil, err
+	}
+
+	if opts.ControllerManager {
+		if err := cp.startControllerManager(bins, dir, logDir, opts); err != nil {
+			return nil, err
+		}
+	}
+	return cp, nil
+}
+
+func (cp *ControlPlane) startControllerManager(bins, dir, logDir string, opts Options) error {
+	kubeconfig := filepath.Join(dir, "kcm.kubeconfig")
+	if err := cp.WriteKubeconfig(kubeconfig, Admin); err != nil {
+		return err
+	}
+	args := []string{
+		"--kubeconfig=" + kubeconfig,
+		"--leader-elect=false",
+		"--secure-port=0",
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--v=1",
+	}
+	controllers := "garbage-collector-controller"
+	if opts.ClusterCIDR != "" {
+		mask := opts.NodeCIDRMaskSize
+		if mask == 0 {
+			mask = 24
+		}
+		controllers += ",node-ipam-controller"
+		args = append(args, "--allocate-node-cidrs", "--cluster-cidr="+opts.ClusterCIDR,
+			"--node-cidr-mask-size="+strconv.Itoa(mask))
+	}
+	args = append(args, "--controllers="+controllers)
+	kcm, err := startProcess(filepath.Join(bins, "kube-controller-manager"), filepath.Join(logDir, "kube-controller-manager.log"), args...)
+	if err != nil {
+		return err
+	}
+	cp.procs = append(cp.procs, kcm)
+	return nil
+}
+
+// writeTokens writes the static token file: the admin, and each service
+// account identity with the groups a real service account token carries.
+func (cp *ControlPlane) writeTokens(dir string, sas []string) (string, error) {
+	if len(sas) == 0 {
+		sas = DefaultServiceAccounts
+	}
+	var b strings.Builder
+	add := func(identity, user, groups string) {
+		tok := randomToken()
+		cp.tokens[identity] = tok
+		fmt.Fprintf(&b, "%s,%s,%s,%q\n", tok, user, "uid-"+identity, groups)
+	}
+	add(Admin, "admin", "system:masters")
+	for _, sa := range sas {
+		ns, name, ok := strings.Cut(sa, "/")
+		if !ok || ns == "" || name == "" {
+			return "", fmt.Errorf("service account %q: want namespace/name", sa)
+		}
+		add(sa, ServiceAccountUser(ns, name), "system:serviceaccounts,system:serviceaccounts:"+ns+",system:authenticated")
+	}
+	path := filepath.Join(dir, "tokens.csv")
+	return path, os.WriteFile(path, []byte(b.String()), 0o600)
+}
+
+// ServiceAccountUser is the user name Kubernetes gives a service account.
+func ServiceAccountUser(namespace, name string) string {
+	return "system:serviceaccount:" + namespace + ":" + name
+}
+
+func randomToken() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// Config returns a client config authenticating as identity: Admin or one
+// of the service accounts ("namespace/name").
+func (cp *ControlPlane) Config(identity string) *rest.Config {
+	tok, ok := cp.tokens[identity]
+	if !ok {
+		panic(fmt.Sprintf("controlplane: no token for identity %q", identity))
+	}
+	return &rest.Config{
+		Host:            cp.URL,
+		BearerToken:     tok,
+		TLSClientConfig: rest.TLSClientConfig{CAData: cp.CAData},
+		QPS:             -1, // tests must not be slowed by client-side throttling
+	}
+}
+
+// WriteKubeconfig writes a kubeconfig file for identity, for binaries
+// started by tests (overlayd's --kubeconfig-file).
+func (cp *ControlPlane) WriteKubeconfig(path, identity string) error {
+	return cp.WriteKubeconfigFor(path, identity, cp.URL)
+}
+
+// WriteKubeconfigFor is WriteKubeconfig with another server URL, e.g. a
+// forwarder inside a network namespace; it must be https://127.0.0.1:<port>
+// or another name the serving certificate covers.
+func (cp *ControlPlane) WriteKubeconfigFor(path, identity, server string) error {
+	tok, ok := cp.tokens[identity]
+	if !ok {
+		return fmt.Errorf("no token for identity %q", identity)
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: cp.CAData}
+	cfg.AuthInfos[identity] = &clientcmdapi.AuthInfo{Token: tok}
+	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: identity}
+	cfg.CurrentContext = "test"
+	return clientcmd.WriteToFile(*cfg, path)
+}
+
+// waitReady polls /readyz until it answers ok, the process exits, or timeout.
+func (cp *ControlPlane) waitReady(timeout time.Duration, apiserver *process) error {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(cp.CAData)
+	client := &http.Client{
+		Timeout:   2 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+	}
+	defer client.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var last string
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cp.URL+"/readyz", nil)
+		req.Header.Set("Authorization", "Bearer "+cp.tokens[Admin])
+		resp, err := client.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = fmt.Sprintf("%d %s", resp.StatusCode, bytes.TrimSpace(body))
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-apiserver.exited:
+			return fmt.Errorf("kube-apiserver exited before ready: %s", apiserver.tail())
+		case <-ctx.Done():
+			return fmt.Errorf("kube-apiserver not ready after %s (last: %s): %s", timeout, last, apiserver.tail())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Stop stops all processes and removes the temporary directory.
+func (cp *ControlPlane) Stop() {
+	cp.once.Do(func() {
+		for i := len(cp.procs) - 1; i >= 0; i-- {
+			cp.procs[i].stop()
+		}
+		if cp.Dir != "" {
+			os.RemoveAll(cp.Dir)
+		}
+	})
+}
+
+// process is a child binary whose output goes to a log file.
+type process struct {
+	cmd     *exec.Cmd
+	log     string
+	exited  chan struct{}
+	logFile *os.File
+}
+
+func startProcess(bin, logPath string, args ...string) (*process, error) {
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	// The child dies with the test binary even if the test is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("starting %s: %w", bin, err)
+	}
+	p := &process{cmd: cmd, log: logPath, exited: make(chan struct{}), logFile: f}
+	go func() {
+		cmd.Wait()
+		f.Close()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+func (p *process) stop() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// tail returns the end of the process's log, for error messages.
+func (p *process) tail() string {
+	data, _ := os.ReadFile(p.log)
+	if len(data) > 2000 {
+		data = data[len(data)-2000:]
+	}
+	return fmt.Sprintf("%s log %s:\n%s", filepath.Base(p.cmd.Path), p.log, data)
+}
+
+// freePorts reserves n distinct free loopback ports by binding and
+// releasing them.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
