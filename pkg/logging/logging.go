@@ -4,6 +4,7 @@ package logging
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/go-logr/zapr"
 	"go.uber.org/zap"
@@ -20,9 +21,9 @@ var (
 // New returns a logger writing to stderr in format ("console" or "json") at
 // level, and makes klog write through it.
 func New(level, format string) (*zap.Logger, error) {
-	var lvl zapcore.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want one of %v", level, Levels)
+	lvl, err := Check(level, format)
+	if err != nil {
+		return nil, err
 	}
 	var cfg zap.Config
 	switch format {
@@ -33,8 +34,6 @@ func New(level, format string) (*zap.Logger, error) {
 		cfg.Development = false
 		cfg.DisableStacktrace = true
 		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
-	default:
-		return nil, fmt.Errorf("--log-format %q: want one of %v", format, Formats)
 	}
 	cfg.Level = zap.NewAtomicLevelAt(lvl)
 	cfg.Sampling = nil // a network daemon's rare errors must never be sampled away
@@ -46,6 +45,18 @@ func New(level, format string) (*zap.Logger, error) {
 	}
 	RouteKlog(log)
 	return log, nil
+}
+
+// Check validates a --log-level and --log-format pair.
+func Check(level, format string) (zapcore.Level, error) {
+	var lvl zapcore.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil || !slices.Contains(Levels, level) {
+		return lvl, fmt.Errorf("--log-level %q: want one of %v", level, Levels)
+	}
+	if !slices.Contains(Formats, format) {
+		return lvl, fmt.Errorf("--log-format %q: want one of %v", format, Formats)
+	}
+	return lvl, nil
 }
 
 // RouteKlog sends klog output (client-go's) to log under the name "client-go".

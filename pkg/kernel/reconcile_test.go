@@ -1,0 +1,354 @@
+package kernel
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/vishvananda/netns"
+	"go.uber.org/zap/zaptest"
+)
+
+var nsCounter atomic.Int32
+
+// testNS creates a named network namespace for one test and removes it at
+// the end. The test's own thread never stays in it.
+func testNS(t *testing.T) (netns.NsHandle, string) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	name := fmt.Sprintf("ovlK-%d-%d", os.Getpid(), nsCounter.Add(1))
+	ns, err := netns.NewNamed(name)
+	if err != nil {
+		t.Fatalf("creating netns %s: %v", name, err)
+	}
+	if err := netns.Set(orig); err != nil {
+		t.Fatalf("leaving netns %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		ns.Close()
+		netns.DeleteNamed(name)
+	})
+	return ns, name
+}
+
+// ipIn runs the ip command inside the namespace and returns its output.
+func ipIn(t *testing.T, ns string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// underlayNS returns a namespace with an underlay "eth0" 198.18.0.11/24.
+func underlayNS(t *testing.T) (netns.NsHandle, string) {
+	ns, name := testNS(t)
+	ipIn(t, name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer")
+	ipIn(t, name, "addr", "add", "198.18.0.11/24", "dev", "eth0")
+	ipIn(t, name, "link", "set", "eth0", "up")
+	ipIn(t, name, "link", "set", "eth0-peer", "up")
+	return ns, name
+}
+
+func mac(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+// vxlanState is a typical desired state: one vxlan device and two peers.
+func vxlanState() State {
+	return State{
+		Links: []Link{{
+			Name: "overlay.1", Kind: KindVXLAN, MTU: 1450, MAC: mac("0e:00:00:00:00:11"),
+			VXLAN: VXLAN{VNI: 1, Port: 8472, Local: netip.MustParseAddr("198.18.0.11"), Underlay: "eth0"},
+			Addrs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/32")},
+		}},
+		Routes: []Route{
+			{Dst: netip.MustParsePrefix("10.244.2.0/24"), Gw: netip.MustParseAddr("10.244.2.0"), Dev: "overlay.1", OnLink: true},
+			{Dst: netip.MustParsePrefix("10.244.3.0/24"), Gw: netip.MustParseAddr("10.244.3.0"), Dev: "overlay.1", OnLink: true},
+		},
+		Neighs: []Neigh{
+			{Dev: "overlay.1", IP: netip.MustParseAddr("10.244.2.0"), MAC: mac("0e:00:00:00:00:12")},
+			{Dev: "overlay.1", IP: netip.MustParseAddr("10.244.3.0"), MAC: mac("0e:00:00:00:00:13")},
+		},
+		FDB: []FDBEntry{
+			{Dev: "overlay.1", MAC: mac("0e:00:00:00:00:12"), Dst: netip.MustParseAddr("198.18.0.12")},
+			{Dev: "overlay.1", MAC: mac("0e:00:00:00:00:13"), Dst: netip.MustParseAddr("198.18.0.13")},
+		},
+	}
+}
+
+func newTestReconciler(t *testing.T, ns netns.NsHandle) *Reconciler {
+	r, err := NewReconcilerAt(ns, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	return r
+}
+
+func mustApply(t *testing.T, r *Reconciler, want State) Changes {
+	t.Helper()
+	ch, _, err := r.Apply(want)
+	if err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	return ch
+}
+
+// assertKernel checks the namespace holds exactly the entries of a vxlan state.
+func assertKernel(t *testing.T, ns string, want State) {
+	t.Helper()
+	routes := ipIn(t, ns, "route", "show", "proto", "79")
+	if got := strings.Count(routes, "\n"); got != len(want.Routes) {
+		t.Errorf("%d overlayd routes, want %d:\n%s", got, len(want.Routes), routes)
+	}
+	for _, r := range want.Routes {
+		if !strings.Contains(routes, fmt.Sprintf("%s via %s dev %s", r.Dst, r.Gw, r.Dev)) {
+			t.Errorf("route %s missing:\n%s", r, routes)
+		}
+	}
+	neighs := ipIn(t, ns, "neigh", "show", "nud", "permanent")
+	if got := strings.Count(neighs, "\n"); got != len(want.Neighs) {
+		t.Errorf("%d permanent neighbours, want %d:\n%s", got, len(want.Neighs), neighs)
+	}
+	for _, n := range want.Neighs {
+		if !strings.Contains(neighs, fmt.Sprintf("%s dev %s lladdr %s", n.IP, n.Dev, n.MAC)) {
+			t.Errorf("neighbour %s missing:\n%s", n, neighs)
+		}
+	}
+	if len(want.Links) == 0 {
+		return
+	}
+	fdb, err := exec.Command("bridge", "-n", ns, "fdb", "show", "dev", want.Links[0].Name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bridge fdb: %v %s", err, fdb)
+	}
+	for _, f := range want.FDB {
+		if !strings.Contains(string(fdb), fmt.Sprintf("%s dst %s self permanent", f.MAC, f.Dst)) {
+			t.Errorf("FDB entry %s missing:\n%s", f, fdb)
+		}
+	}
+	if got := strings.Count(string(fdb), "permanent"); got != len(want.FDB) {
+		t.Errorf("%d permanent FDB entries, want %d:\n%s", got, len(want.FDB), fdb)
+	}
+}
+
+func TestApplyCreatesAndIsIdempotent(t *testing.T) {
+	ns, name := underlayNS(t)
+	r := newTestReconciler(t, ns)
+	want := vxlanState()
+
+	ch := mustApply(t, r, want)
+	if ch.Created[EntryLink] != 1 || ch.Created[EntryRoute] != 2 || ch.Created[EntryNeigh] != 2 || ch.Created[EntryFDB] != 2 {
+		t.Fatalf("first apply created %v", ch.Created)
+	}
+	assertKernel(t, name, want)
+	link := ipIn(t, name, "-d", "link", "show", "overlay.1")
+	for _, s := range []string{"vxlan id 1", "local 198.18.0.11", "dev eth0", "dstport 8472", "nolearning", "mtu 1450", "0e:00:00:00:00:11", "alias overlayd", "UP"} {
+		if !strings.Contains(link, s) {
+			t.Errorf("link lacks %q:\n%s", s, link)
+		}
+	}
+
+	if ch := mustApply(t, r, want); ch.Total() != 0 {
+		t.Fatalf("second apply changed %+v", ch)
+	}
+}
+
+func TestApplyRepairsWhatWasDeletedByHand(t *testing.T) {
+	ns, name := underlayNS(t)
+	r := newTestReconciler(t, ns)
+	want := vxlanState()
+	mustApply(t, r, want)
+
+	ipIn(t, name, "route", "del", "10.244.2.0/24")
+	ipIn(t, name, "neigh", "del", "10.244.3.0", "dev", "overlay.1")
+	if out, err := exec.Command("bridge", "-n", name, "fdb", "del", "0e:00:00:00:00:12", "dev", "overlay.1", "dst", "198.18.0.12", "self").CombinedOutput(); err != nil {
+		t.Fatalf("bridge fdb del: %v %s", err, out)
+	}
+	ch := mustApply(t, r, want)
+	if ch.Created[EntryRoute] != 1 || ch.Created[EntryNeigh] != 1 || ch.Created[EntryFDB] != 1 || ch.Total() != 3 {
+		t.Fatalf("repair changed %+v, want exactly one route, neighbour and FDB entry", ch)
+	}
+	assertKernel(t, name, want)
+
+	// The device itself deleted: recreated with all its entries.
+	ipIn(t, name, "link", "del", "overlay.1")
+	mustApply(t, r, want)
+	assertKernel(t, name, want)
+
+	// A route pointed elsewhere by hand (same protocol) is put back.
+	ipIn(t, name, "route", "replace", "10.244.3.0/24", "dev", "eth0", "proto", "79")
+	ch = mustApply(t, r, want)
+	if ch.Updated[EntryRoute] != 1 {
+		t.Fatalf("changed route not updated: %+v", ch)
+	}
+	assertKernel(t, name, want)
+}
+
+func TestApplyRemovesOnlyOurStaleEntries(t *testing.T) {
+	ns, name := underlayNS(t)
+	r := newTestReconciler(t, ns)
+	mustApply(t, r, vxlanState())
+
+	// Entries that are not ours: a static route, a route of another
+	// protocol into the pod network, a neighbour on the underlay.
+	ipIn(t, name, "route", "add", "10.99.0.0/16", "via", "198.18.0.1")
+	ipIn(t, name, "route", "add", "10.244.9.0/24", "via", "198.18.0.9", "proto", "static")
+	ipIn(t, name, "neigh", "add", "198.18.0.9", "lladdr", "02:00:00:00:00:09", "dev", "eth0", "nud", "permanent")
+
+	// Peer 10.244.3.0/24 leaves.
+	want := vxlanState()
+	want.Routes = want.Routes[:1]
+	want.Neighs = want.Neighs[:1]
+	want.FDB = want.FDB[:1]
+	ch := mustApply(t, r, want)
+	if ch.Deleted[EntryRoute] != 1 || ch.Deleted[EntryNeigh] != 1 || ch.Deleted[EntryFDB] != 1 {
+		t.Fatalf("stale peer removal changed %+v", ch)
+	}
+	routes := ipIn(t, name, "route")
+	for _, s := range []string{"10.99.0.0/16 via 198.18.0.1", "10.244.9.0/24 via 198.18.0.9 dev eth0 proto static", "10.244.2.0/24 via 10.244.2.0 dev overlay.1 proto 79 onlink"} {
+		if !strings.Contains(routes, s) {
+			t.Errorf("route %q missing:\n%s", s, routes)
+		}
+	}
+	if strings.Contains(routes, "10.244.3.0/24") {
+		t.Errorf("stale route left:\n%s", routes)
+	}
+	if neigh := ipIn(t, name, "neigh", "show", "dev", "eth0"); !strings.Contains(neigh, "198.18.0.9 lladdr 02:00:00:00:00:09") {
+		t.Errorf("foreign neighbour removed:\n%s", neigh)
+	}
+
+	// Nothing wanted at all: our device and routes go, the rest stays.
+	mustApply(t, r, State{})
+	if links := ipIn(t, name, "link"); strings.Contains(links, "overlay.1") {
+		t.Errorf("device left:\n%s", links)
+	}
+	if routes := ipIn(t, name, "route", "show", "proto", "79"); routes != "" {
+		t.Errorf("overlayd routes left:\n%s", routes)
+	}
+	if routes := ipIn(t, name, "route"); !strings.Contains(routes, "10.244.9.0/24") || !strings.Contains(routes, "10.99.0.0/16") {
+		t.Errorf("foreign routes removed:\n%s", routes)
+	}
+}
+
+// A fresh reconciler (an agent restarted) adopts what is right without
+// touching it and removes what is stale, even though it never saw it created.
+func TestRestartAdoptsAndCleansUp(t *testing.T) {
+	ns, name := underlayNS(t)
+	first := newTestReconciler(t, ns)
+	mustApply(t, first, vxlanState())
+	ifindexBefore := ipIn(t, name, "-o", "link", "show", "overlay.1")[:3]
+
+	second := newTestReconciler(t, ns)
+	want := vxlanState()
+	want.Routes, want.Neighs, want.FDB = want.Routes[:1], want.Neighs[:1], want.FDB[:1]
+	ch := mustApply(t, second, want)
+	if ch.Created[EntryLink] != 0 || ch.Updated[EntryLink] != 0 || ch.Created[EntryRoute] != 0 || ch.Updated[EntryRoute] != 0 {
+		t.Fatalf("restart recreated entries that were right: %+v", ch)
+	}
+	if ch.Deleted[EntryRoute] != 1 {
+		t.Fatalf("restart did not remove the stale route: %+v", ch)
+	}
+	if after := ipIn(t, name, "-o", "link", "show", "overlay.1")[:3]; after != ifindexBefore {
+		t.Fatalf("device recreated: ifindex %s -> %s", ifindexBefore, after)
+	}
+	assertKernel(t, name, want)
+}
+
+func TestApplyReplacesDeviceWithWrongSettings(t *testing.T) {
+	ns, name := underlayNS(t)
+	r := newTestReconciler(t, ns)
+	mustApply(t, r, vxlanState())
+
+	want := vxlanState()
+	want.Links[0].VXLAN.Port = 4789
+	ch := mustApply(t, r, want)
+	if ch.Updated[EntryLink] == 0 {
+		t.Fatalf("device with wrong port not replaced: %+v", ch)
+	}
+	if link := ipIn(t, name, "-d", "link", "show", "overlay.1"); !strings.Contains(link, "dstport 4789") {
+		t.Fatalf("device not replaced:\n%s", link)
+	}
+	assertKernel(t, name, want)
+
+	// MTU is changed in place.
+	want.Links[0].MTU = 1400
+	mustApply(t, r, want)
+	if link := ipIn(t, name, "link", "show", "overlay.1"); !strings.Contains(link, "mtu 1400") {
+		t.Fatalf("MTU not updated:\n%s", link)
+	}
+}
+
+func TestApplyNeverTouchesForeignLink(t *testing.T) {
+	ns, name := underlayNS(t)
+	ipIn(t, name, "link", "add", "overlay.1", "type", "bridge")
+	r := newTestReconciler(t, ns)
+	_, _, err := r.Apply(vxlanState())
+	if err == nil || !strings.Contains(err.Error(), "link overlay.1 exists and is not overlayd's") {
+		t.Fatalf("err = %v, want a refusal naming the foreign link", err)
+	}
+	if link := ipIn(t, name, "-d", "link", "show", "overlay.1"); !strings.Contains(link, "bridge") {
+		t.Fatalf("foreign link changed:\n%s", link)
+	}
+}
+
+func TestApplyTUN(t *testing.T) {
+	ns, name := underlayNS(t)
+	r := newTestReconciler(t, ns)
+	want := State{
+		Links:  []Link{{Name: "overlay0", Kind: KindTUN, MTU: 1472, Addrs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/32")}}},
+		Routes: []Route{{Dst: netip.MustParsePrefix("10.244.2.0/24"), Dev: "overlay0"}},
+	}
+	mustApply(t, r, want)
+	link := ipIn(t, name, "-d", "link", "show", "overlay0")
+	for _, s := range []string{"tun", "mtu 1472", "alias overlayd"} {
+		if !strings.Contains(link, s) {
+			t.Errorf("TUN lacks %q:\n%s", s, link)
+		}
+	}
+	if ch := mustApply(t, r, want); ch.Total() != 0 {
+		t.Fatalf("second apply changed %+v", ch)
+	}
+	if routes := ipIn(t, name, "route", "show", "proto", "79"); !strings.Contains(routes, "10.244.2.0/24 dev overlay0") {
+		t.Fatalf("TUN route missing:\n%s", routes)
+	}
+}
+
+func TestValidateRefusesContradictions(t *testing.T) {
+	st := vxlanState()
+	st.Routes = append(st.Routes, Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Dev: "eth0"})
+	if err := st.Validate(); err == nil {
+		t.Error("one destination routed two ways accepted")
+	}
+	st = vxlanState()
+	st.Neighs = append(st.Neighs, Neigh{Dev: "overlay.1", IP: netip.MustParseAddr("10.244.2.0"), MAC: mac("0e:00:00:00:00:99")})
+	if err := st.Validate(); err == nil {
+		t.Error("one neighbour with two MACs accepted")
+	}
+	st = vxlanState()
+	if err := st.AddLink(Link{Name: "overlay.1", Kind: KindVXLAN, MTU: 9000}); err == nil {
+		t.Error("one link with two settings accepted")
+	}
+	if err := st.AddLink(vxlanState().Links[0]); err != nil {
+		t.Errorf("the same link twice refused: %v", err)
+	}
+}
+
