@@ -351,4 +351,3 @@ func TestValidateRefusesContradictions(t *testing.T) {
 		t.Errorf("the same link twice refused: %v", err)
 	}
 }
-
