@@ -1,0 +1,193 @@
+// Package backend defines what a backend is to overlayd: a small,
+// declarative mapping from configuration and leases to desired state. A
+// backend sets up nothing itself and watches nothing; the daemon loop
+// applies what it declares and repairs it.
+package backend
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/overlayd/overlayd/pkg/ip"
+	"github.com/overlayd/overlayd/pkg/kernel"
+	"github.com/overlayd/overlayd/subnet"
+)
+
+// Node is what a backend knows about the node it runs on.
+type Node struct {
+	Name        string
+	Lease       subnet.Lease // this node's own lease
+	Network     netip.Prefix // cluster IPv4 network (invalid when IPv4 is off)
+	IPv6Network netip.Prefix
+	Underlay    *ip.External // the interface traffic between nodes uses
+}
+
+// Backend maps configuration and leases to desired state.
+type Backend interface {
+	// Type is the name in net-conf.json and in the backend-type annotation.
+	Type() string
+	// MTU is the MTU pods get with this backend (FLANNEL_MTU in subnet.env).
+	MTU(n Node) int
+	// Data is the backend-data this node publishes for its peers; nil for none.
+	Data(n Node) (json.RawMessage, error)
+	// Local adds what this node needs to receive traffic of this backend.
+	Local(n Node, st *State) error
+	// Peer adds what this node needs to send traffic to peer, which publishes
+	// this backend's type. A *SkipError means the peer cannot be reached
+	// this way; the daemon logs and counts it and carries on.
+	Peer(n Node, peer subnet.Lease, st *State) error
+}
+
+// State is the desired state of the whole node.
+type State struct {
+	kernel.State
+	UDP *UDPTunnel // the userspace datapath, when a udp backend needs it
+}
+
+// UDPTunnel is the desired userspace udp datapath.
+type UDPTunnel struct {
+	Device string
+	Port   int
+	Peers  map[netip.Prefix]netip.AddrPort // peer pod subnet -> peer public IP and port
+}
+
+// SkipError says a peer is skipped, and why (Reason is a metric label).
+type SkipError struct {
+	Reason string
+	Err    error
+}
+
+func (e *SkipError) Error() string { return e.Reason + ": " + e.Err.Error() }
+func (e *SkipError) Unwrap() error { return e.Err }
+
+// Skip returns a *SkipError.
+func Skip(reason, format string, args ...any) error {
+	return &SkipError{Reason: reason, Err: fmt.Errorf(format, args...)}
+}
+
+// Reasons a peer is skipped.
+const (
+	SkipBadBackendData = "bad_backend_data"
+	SkipNotOnLink      = "not_on_link"
+	SkipUnknownBackend = "unknown_backend"
+)
+
+// IsSkip reports whether err says the peer is to be skipped.
+func IsSkip(err error) (*SkipError, bool) {
+	var s *SkipError
+	ok := errors.As(err, &s)
+	return s, ok
+}
+
+// Factory builds a backend from its net-conf.json Backend object, checking
+// every key. A nil object means all defaults.
+type Factory func(config json.RawMessage) (Backend, error)
+
+var (
+	registryMu sync.RWMutex
+	registry   = map[string]Factory{}
+)
+
+// Register makes a backend type available; backends call it from init.
+func Register(typ string, f Factory) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if _, dup := registry[typ]; dup {
+		panic("backend: " + typ + " registered twice")
+	}
+	registry[typ] = f
+}
+
+// Types lists the registered backend types, sorted.
+func Types() []string {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	out := make([]string, 0, len(registry))
+	for t := range registry {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// New builds the backend of type typ from its configuration object.
+func New(typ string, config json.RawMessage) (Backend, error) {
+	registryMu.RLock()
+	f, ok := registry[typ]
+	registryMu.RUnlock()
+	if !ok {
+		return nil, &subnet.ConfigError{Key: "Backend.Type", Msg: fmt.Sprintf("unknown backend type %q (known: %s)", typ, strings.Join(Types(), ", "))}
+	}
+	return f(config)
+}
+
+// ParseConfig parses and validates a whole net-conf.json, the backend's own
+// keys included, and returns the configured backend.
+func ParseConfig(data []byte) (*subnet.Config, Backend, error) {
+	cfg, err := subnet.ParseConfig(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := New(cfg.BackendType, cfg.Backend)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, b, nil
+}
+
+// DecodeOptions decodes a backend's configuration object into opts (which
+// holds the defaults), refusing keys not in known. Every error names the key.
+func DecodeOptions(config json.RawMessage, opts any, known ...string) error {
+	if len(config) == 0 || string(config) == "null" {
+		return nil
+	}
+	if err := subnet.CheckKeys("Backend", config, append([]string{"Type"}, known...)...); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(config, opts); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			return &subnet.ConfigError{Key: "Backend." + typeErr.Field, Msg: fmt.Sprintf("want %s, got a JSON %s", describeKind(typeErr.Type.Kind()), typeErr.Value)}
+		}
+		return &subnet.ConfigError{Key: "Backend", Msg: err.Error()}
+	}
+	return nil
+}
+
+func describeKind(k reflect.Kind) string {
+	switch k {
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.String:
+		return "a string"
+	default:
+		return "a " + k.String()
+	}
+}
+
+// VTEPAddr is the address a node uses on its tunnel device: the network
+// address of its subnet (10.244.3.0 for 10.244.3.0/24), as flannel does, so
+// it never collides with a pod address.
+func VTEPAddr(subnet netip.Prefix) netip.Addr { return subnet.Masked().Addr() }
+
+// OnLink reports whether peer's public IP is directly reachable on the
+// underlay's network (same L2 segment), so it can be a route's next hop.
+func OnLink(n Node, peerIP netip.Addr) bool {
+	if n.Underlay == nil {
+		return false
+	}
+	for _, p := range n.Underlay.Iface.Addrs {
+		if p.Masked().Contains(peerIP) && p.Bits() < p.Addr().BitLen() {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,210 @@
+package backend_test
+
+import (
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/backend/hostgw"
+	"github.com/overlayd/overlayd/backend/udp"
+	"github.com/overlayd/overlayd/backend/vxlan"
+	"github.com/overlayd/overlayd/pkg/ip"
+	"github.com/overlayd/overlayd/pkg/kernel"
+	"github.com/overlayd/overlayd/subnet"
+)
+
+var node = backend.Node{
+	Name:    "node-a",
+	Lease:   subnet.Lease{Node: "node-a", Subnet: netip.MustParsePrefix("10.244.1.0/24")},
+	Network: netip.MustParsePrefix("10.244.0.0/16"),
+	Underlay: &ip.External{
+		Iface: ip.Interface{Name: "eth0", Index: 2, MTU: 1500, Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.11/24")}},
+		Addr:  netip.MustParseAddr("198.18.0.11"), PublicIP: netip.MustParseAddr("198.18.0.11"),
+	},
+}
+
+func peer(name, subnetStr, publicIP, typ, data string) subnet.Lease {
+	return subnet.Lease{
+		Node:   name,
+		Subnet: netip.MustParsePrefix(subnetStr),
+		Attrs: subnet.LeaseAttrs{
+			PublicIP: netip.MustParseAddr(publicIP), BackendType: typ, BackendData: json.RawMessage(data),
+		},
+	}
+}
+
+func mustNew(t *testing.T, conf string) backend.Backend {
+	t.Helper()
+	_, b, err := backend.ParseConfig([]byte(conf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestRegistry(t *testing.T) {
+	if got := strings.Join(backend.Types(), ","); got != "host-gw,udp,vxlan" {
+		t.Fatalf("types %s", got)
+	}
+}
+
+func TestBackendConfigErrors(t *testing.T) {
+	tests := []struct{ conf, key, has string }{
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}`, "Backend.Type", `unknown backend type "wireguard" (known: host-gw, udp, vxlan)`},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"VXLAN"}}`, "Backend.Type", `"VXLAN"`},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":0}}`, "Backend.VNI", "0 is not"},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}`, "Backend.VNI", "16777216"},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}`, "Backend.VNI", "want a whole number, got a JSON string"},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":70000}}`, "Backend.Port", "70000"},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":100}}`, "Backend.MTU", "100"},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRoute":true}}`, "Backend.DirectRoute", "unknown key"},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Learning":"no"}}`, "Backend.Learning", "want true or false"},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw","VNI":1}}`, "Backend.VNI", "unknown key"},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":0}}`, "Backend.Port", "0 is not"},
+	}
+	for _, tt := range tests {
+		_, _, err := backend.ParseConfig([]byte(tt.conf))
+		var ce *subnet.ConfigError
+		if !errors.As(err, &ce) || ce.Key != tt.key || !strings.Contains(err.Error(), tt.has) {
+			t.Errorf("%s: err = %v, want key %s containing %q", tt.conf, err, tt.key, tt.has)
+		}
+	}
+}
+
+func TestVXLAN(t *testing.T) {
+	b := mustNew(t, `{"Network":"10.244.0.0/16"}`)
+	if b.Type() != "vxlan" || b.MTU(node) != 1450 {
+		t.Fatalf("type %s MTU %d", b.Type(), b.MTU(node))
+	}
+	data, err := b.Data(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := vxlan.VtepMAC("node-a", 1)
+	if string(data) != `{"VNI":1,"VtepMAC":"`+mac.String()+`"}` {
+		t.Fatalf("data %s", data)
+	}
+	if mac[0]&0x03 != 0x02 || mac.String() != vxlan.VtepMAC("node-a", 1).String() || mac.String() == vxlan.VtepMAC("node-b", 1).String() {
+		t.Fatalf("MAC %s is not stable, unicast, locally administered and per node", mac)
+	}
+
+	var st backend.State
+	if err := b.Local(node, &st); err != nil {
+		t.Fatal(err)
+	}
+	// A flanneld peer publishes exactly this.
+	p := peer("node-b", "10.244.2.0/24", "198.18.0.12", "vxlan", `{"VNI":1,"VtepMAC":"0e:aa:00:00:00:02"}`)
+	if err := b.Peer(node, p, &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Links) != 1 {
+		t.Fatalf("links %+v", st.Links)
+	}
+	l := st.Links[0]
+	if l.Name != "overlay.1" || l.VXLAN != (kernel.VXLAN{VNI: 1, Port: 8472, Local: netip.MustParseAddr("198.18.0.11"), Underlay: "eth0"}) ||
+		l.MTU != 1450 || l.Addrs[0] != netip.MustParsePrefix("10.244.1.0/32") {
+		t.Fatalf("link %+v", l)
+	}
+	wantRoute := kernel.Route{Dst: p.Subnet, Gw: netip.MustParseAddr("10.244.2.0"), Dev: "overlay.1", OnLink: true}
+	if len(st.Routes) != 1 || st.Routes[0] != wantRoute {
+		t.Fatalf("routes %+v", st.Routes)
+	}
+	if len(st.Neighs) != 1 || st.Neighs[0].IP != netip.MustParseAddr("10.244.2.0") || st.Neighs[0].MAC.String() != "0e:aa:00:00:00:02" {
+		t.Fatalf("neighs %+v", st.Neighs)
+	}
+	if len(st.FDB) != 1 || st.FDB[0].Dst != netip.MustParseAddr("198.18.0.12") || st.FDB[0].MAC.String() != "0e:aa:00:00:00:02" {
+		t.Fatalf("fdb %+v", st.FDB)
+	}
+
+	for _, bad := range []string{``, `{}`, `{"VNI":1}`, `{"VNI":1,"VtepMAC":"zz"}`, `{"VNI":0,"VtepMAC":"0e:aa:00:00:00:02"}`, `[1]`} {
+		err := b.Peer(node, peer("node-x", "10.244.9.0/24", "198.18.0.19", "vxlan", bad), &st)
+		if s, ok := backend.IsSkip(err); !ok || s.Reason != backend.SkipBadBackendData {
+			t.Errorf("backend-data %q: err = %v, want a bad_backend_data skip", bad, err)
+		}
+	}
+}
+
+func TestVXLANPeerOnOtherVNIAndPort(t *testing.T) {
+	b := mustNew(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1}}`)
+	var st backend.State
+	b.Local(node, &st)
+	if err := b.Peer(node, peer("node-b", "10.244.2.0/24", "198.18.0.12", "vxlan", `{"VNI":2,"VtepMAC":"0e:aa:00:00:00:02","Port":4789}`), &st); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.Link("overlay.2p4789"); !ok || len(st.Links) != 2 {
+		t.Fatalf("links %+v", st.Links)
+	}
+	if st.Routes[0].Dev != "overlay.2p4789" {
+		t.Fatalf("route %+v", st.Routes[0])
+	}
+}
+
+func TestVXLANDirectRouting(t *testing.T) {
+	b := mustNew(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}`)
+	var st backend.State
+	b.Local(node, &st)
+	data := `{"VNI":1,"VtepMAC":"0e:aa:00:00:00:02"}`
+	b.Peer(node, peer("near", "10.244.2.0/24", "198.18.0.12", "vxlan", data), &st)
+	b.Peer(node, peer("far", "10.244.3.0/24", "198.19.7.13", "vxlan", data), &st)
+	if st.Routes[0] != (kernel.Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Gw: netip.MustParseAddr("198.18.0.12"), Dev: "eth0"}) {
+		t.Fatalf("on-link peer not routed directly: %+v", st.Routes[0])
+	}
+	if st.Routes[1].Dev != "overlay.1" || len(st.FDB) != 1 {
+		t.Fatalf("off-link peer not encapsulated: %+v %+v", st.Routes[1], st.FDB)
+	}
+}
+
+func TestHostGW(t *testing.T) {
+	b := mustNew(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`)
+	if b.MTU(node) != 1500 {
+		t.Fatalf("MTU %d", b.MTU(node))
+	}
+	if d, err := b.Data(node); err != nil || d != nil {
+		t.Fatalf("data %s %v", d, err)
+	}
+	var st backend.State
+	if err := b.Peer(node, peer("near", "10.244.2.0/24", "198.18.0.12", hostgw.Type, ``), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Routes[0] != (kernel.Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Gw: netip.MustParseAddr("198.18.0.12"), Dev: "eth0"}) {
+		t.Fatalf("route %+v", st.Routes[0])
+	}
+	err := b.Peer(node, peer("far", "10.244.3.0/24", "198.19.7.13", hostgw.Type, ``), &st)
+	if s, ok := backend.IsSkip(err); !ok || s.Reason != backend.SkipNotOnLink || !strings.Contains(err.Error(), "198.19.7.13") {
+		t.Fatalf("off-link peer: err = %v", err)
+	}
+	if len(st.Routes) != 1 || len(st.Links) != 0 {
+		t.Fatalf("off-link peer got state: %+v", st)
+	}
+}
+
+func TestUDP(t *testing.T) {
+	b := mustNew(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`)
+	if b.MTU(node) != 1472 {
+		t.Fatalf("MTU %d", b.MTU(node))
+	}
+	var st backend.State
+	if err := b.Local(node, &st); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Peer(node, peer("node-b", "10.244.2.0/24", "198.18.0.12", udp.Type, ``), &st); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Peer(node, peer("node-c", "10.244.3.0/24", "198.19.7.13", udp.Type, `{"Port":9000}`), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Links) != 1 || st.Links[0].Kind != kernel.KindTUN || st.Links[0].Name != "overlay0" {
+		t.Fatalf("links %+v", st.Links)
+	}
+	if st.UDP == nil || st.UDP.Port != 8285 ||
+		st.UDP.Peers[netip.MustParsePrefix("10.244.2.0/24")] != netip.MustParseAddrPort("198.18.0.12:8285") ||
+		st.UDP.Peers[netip.MustParsePrefix("10.244.3.0/24")] != netip.MustParseAddrPort("198.19.7.13:9000") {
+		t.Fatalf("udp %+v", st.UDP)
+	}
+	if st.Routes[0] != (kernel.Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Dev: "overlay0"}) {
+		t.Fatalf("route %+v", st.Routes[0])
+	}
+}

@@ -1,0 +1,116 @@
+// Package udp is the userspace tunnel backend, wire-compatible with
+// flannel's udp backend: each IP packet travels as the payload of one UDP
+// datagram to the peer's public IP. The kernel side is a persistent TUN
+// device with a route per peer subnet; the packets are moved in batches, with
+// offloads, by pkg/udptunnel.
+package udp
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+
+	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/pkg/kernel"
+	"github.com/overlayd/overlayd/subnet"
+)
+
+// Type is the backend's name, as in flannel.
+const Type = "udp"
+
+// DefaultPort is flannel's udp port.
+const DefaultPort = 8285
+
+// DeviceName is the TUN device.
+const DeviceName = "overlay0"
+
+// overhead is what the tunnel adds: outer IPv4 20, UDP 8.
+const overhead = 28
+
+func init() { backend.Register(Type, New) }
+
+// Options are the backend's net-conf.json keys.
+type Options struct {
+	Port int
+	MTU  int
+}
+
+// Data is what a node publishes: its port (flanneld publishes nothing and
+// uses one port cluster-wide, so a missing port means the default).
+type Data struct {
+	Port int `json:",omitempty"`
+}
+
+type udpBackend struct{ opts Options }
+
+// New parses the Backend object of net-conf.json.
+func New(config json.RawMessage) (backend.Backend, error) {
+	opts := Options{Port: DefaultPort}
+	if err := backend.DecodeOptions(config, &opts, "Port", "MTU"); err != nil {
+		return nil, err
+	}
+	switch {
+	case opts.Port < 1 || opts.Port > 65535:
+		return nil, &subnet.ConfigError{Key: "Backend.Port", Msg: fmt.Sprintf("%d is not a UDP port", opts.Port)}
+	case opts.MTU != 0 && (opts.MTU < 576 || opts.MTU > 65535):
+		return nil, &subnet.ConfigError{Key: "Backend.MTU", Msg: fmt.Sprintf("%d is not a usable MTU (576 to 65535, or 0 for underlay MTU - %d)", opts.MTU, overhead)}
+	}
+	return &udpBackend{opts: opts}, nil
+}
+
+func (b *udpBackend) Type() string { return Type }
+
+func (b *udpBackend) MTU(n backend.Node) int {
+	if b.opts.MTU != 0 {
+		return b.opts.MTU
+	}
+	return n.Underlay.Iface.MTU - overhead
+}
+
+func (b *udpBackend) Data(backend.Node) (json.RawMessage, error) {
+	if b.opts.Port == DefaultPort {
+		return nil, nil
+	}
+	return json.Marshal(Data{Port: b.opts.Port})
+}
+
+// Local is the TUN device with the node's VTEP address and the datapath
+// listening on the port.
+func (b *udpBackend) Local(n backend.Node, st *backend.State) error {
+	if err := st.AddLink(kernel.Link{
+		Name:  DeviceName,
+		Kind:  kernel.KindTUN,
+		MTU:   b.MTU(n),
+		Addrs: []netip.Prefix{netip.PrefixFrom(backend.VTEPAddr(n.Lease.Subnet), 32)},
+	}); err != nil {
+		return err
+	}
+	if st.UDP == nil {
+		st.UDP = &backend.UDPTunnel{Device: DeviceName, Port: b.opts.Port, Peers: map[netip.Prefix]netip.AddrPort{}}
+	}
+	return nil
+}
+
+// Peer routes the peer's subnet into the TUN and tells the datapath where
+// to send it.
+func (b *udpBackend) Peer(n backend.Node, peer subnet.Lease, st *backend.State) error {
+	port := DefaultPort
+	if len(peer.Attrs.BackendData) > 0 && string(peer.Attrs.BackendData) != "null" {
+		var d Data
+		if err := json.Unmarshal(peer.Attrs.BackendData, &d); err != nil {
+			return backend.Skip(backend.SkipBadBackendData, "backend-data %q is not udp data: %v", peer.Attrs.BackendData, err)
+		}
+		if d.Port != 0 {
+			port = d.Port
+		}
+	}
+	if port < 1 || port > 65535 {
+		return backend.Skip(backend.SkipBadBackendData, "backend-data Port %d is not a UDP port", port)
+	}
+	if err := b.Local(n, st); err != nil { // sending needs the TUN and datapath too
+		return err
+	}
+	st.Routes = append(st.Routes, kernel.Route{Dst: peer.Subnet, Dev: DeviceName})
+	st.UDP.Peers[peer.Subnet] = netip.AddrPortFrom(peer.Attrs.PublicIP, uint16(port))
+	return nil
+}

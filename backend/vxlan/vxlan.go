@@ -1,0 +1,176 @@
+// Package vxlan is the default backend: in-kernel VXLAN, wire-compatible
+// with flannel's vxlan backend (same VNI, port, VTEP addressing and backend
+// data), so mixed overlayd/flanneld clusters work.
+//
+// Per node: a device overlay.<VNI> holding the node's VTEP address (the
+// network address of its subnet, as /32). Per peer: a route to the peer's
+// subnet via the peer's VTEP address (onlink), a permanent neighbour entry
+// mapping that address to the peer's VTEP MAC, and a permanent FDB entry
+// sending frames for that MAC to the peer's public IP.
+package vxlan
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/pkg/kernel"
+	"github.com/overlayd/overlayd/subnet"
+)
+
+// Type is the backend's name.
+const Type = "vxlan"
+
+// DefaultPort is the Linux kernel's default VXLAN port, flannel's default.
+const DefaultPort = 8472
+
+// overhead is what VXLAN over IPv4 adds to a packet: outer IP 20, UDP 8,
+// VXLAN 8, inner Ethernet 14.
+const overhead = 50
+
+func init() { backend.Register(Type, New) }
+
+// Options are the backend's net-conf.json keys (flannel's).
+type Options struct {
+	VNI           int
+	Port          int
+	GBP           bool
+	Learning      bool
+	MTU           int
+	DirectRouting bool
+}
+
+// Data is what a node publishes: flannel's {"VNI":1,"VtepMAC":"…"}, plus the
+// port, which flanneld ignores.
+type Data struct {
+	VNI     int
+	VtepMAC string
+	Port    int `json:",omitempty"`
+}
+
+type vxlanBackend struct{ opts Options }
+
+// New parses the Backend object of net-conf.json.
+func New(config json.RawMessage) (backend.Backend, error) {
+	opts := Options{VNI: 1, Port: DefaultPort}
+	if err := backend.DecodeOptions(config, &opts, "VNI", "Port", "GBP", "Learning", "MTU", "DirectRouting"); err != nil {
+		return nil, err
+	}
+	switch {
+	case opts.VNI < 1 || opts.VNI > 1<<24-1:
+		return nil, &subnet.ConfigError{Key: "Backend.VNI", Msg: fmt.Sprintf("%d is not a VXLAN network identifier (1 to 16777215)", opts.VNI)}
+	case opts.Port < 1 || opts.Port > 65535:
+		return nil, &subnet.ConfigError{Key: "Backend.Port", Msg: fmt.Sprintf("%d is not a UDP port", opts.Port)}
+	case opts.MTU != 0 && (opts.MTU < 576 || opts.MTU > 65535):
+		return nil, &subnet.ConfigError{Key: "Backend.MTU", Msg: fmt.Sprintf("%d is not a usable MTU (576 to 65535, or 0 for underlay MTU - %d)", opts.MTU, overhead)}
+	}
+	return &vxlanBackend{opts: opts}, nil
+}
+
+func (b *vxlanBackend) Type() string { return Type }
+
+func (b *vxlanBackend) MTU(n backend.Node) int {
+	if b.opts.MTU != 0 {
+		return b.opts.MTU
+	}
+	return n.Underlay.Iface.MTU - overhead
+}
+
+// DeviceName is the device of a VNI and port: overlay.<VNI> on the default
+// port, overlay.<VNI>p<port> otherwise, so that a port change can run both
+// side by side.
+func DeviceName(vni, port int) string {
+	if port == DefaultPort {
+		return fmt.Sprintf("overlay.%d", vni)
+	}
+	return fmt.Sprintf("overlay.%dp%d", vni, port)
+}
+
+// VtepMAC is the node's VTEP MAC: derived from the node name and VNI, so it
+// survives restarts and device re-creation and peers never need updating.
+// It is a locally administered unicast address.
+func VtepMAC(node string, vni int) net.HardwareAddr {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("overlayd/vxlan/%s/%d", node, vni)))
+	mac := net.HardwareAddr(sum[:6])
+	mac[0] = mac[0]&0xfc | 0x02
+	return mac
+}
+
+func (b *vxlanBackend) Data(n backend.Node) (json.RawMessage, error) {
+	d := Data{VNI: b.opts.VNI, VtepMAC: VtepMAC(n.Name, b.opts.VNI).String()}
+	if b.opts.Port != DefaultPort {
+		d.Port = b.opts.Port
+	}
+	return json.Marshal(d)
+}
+
+// device is the link this node needs for traffic of a VNI and port.
+func (b *vxlanBackend) device(n backend.Node, vni, port int) (kernel.Link, error) {
+	name := DeviceName(vni, port)
+	if len(name) > 15 {
+		return kernel.Link{}, fmt.Errorf("device name %s is longer than the kernel's 15 characters", name)
+	}
+	return kernel.Link{
+		Name: name,
+		Kind: kernel.KindVXLAN,
+		MTU:  b.MTU(n),
+		MAC:  VtepMAC(n.Name, vni),
+		VXLAN: kernel.VXLAN{
+			VNI:      vni,
+			Port:     port,
+			Local:    n.Underlay.Addr,
+			Underlay: n.Underlay.Iface.Name,
+			GBP:      b.opts.GBP,
+			Learning: b.opts.Learning,
+		},
+		Addrs: []netip.Prefix{netip.PrefixFrom(backend.VTEPAddr(n.Lease.Subnet), 32)},
+	}, nil
+}
+
+func (b *vxlanBackend) Local(n backend.Node, st *backend.State) error {
+	dev, err := b.device(n, b.opts.VNI, b.opts.Port)
+	if err != nil {
+		return err
+	}
+	return st.AddLink(dev)
+}
+
+func (b *vxlanBackend) Peer(n backend.Node, peer subnet.Lease, st *backend.State) error {
+	if b.opts.DirectRouting && backend.OnLink(n, peer.Attrs.PublicIP) {
+		st.Routes = append(st.Routes, kernel.Route{Dst: peer.Subnet, Gw: peer.Attrs.PublicIP, Dev: n.Underlay.Iface.Name})
+		return nil
+	}
+	var d Data
+	if err := json.Unmarshal(peer.Attrs.BackendData, &d); err != nil {
+		return backend.Skip(backend.SkipBadBackendData, "backend-data %q is not vxlan data: %v", peer.Attrs.BackendData, err)
+	}
+	mac, err := net.ParseMAC(d.VtepMAC)
+	if err != nil || len(mac) != 6 {
+		return backend.Skip(backend.SkipBadBackendData, "backend-data VtepMAC %q is not a MAC address", d.VtepMAC)
+	}
+	if d.VNI < 1 || d.VNI > 1<<24-1 {
+		return backend.Skip(backend.SkipBadBackendData, "backend-data VNI %d is not a VXLAN network identifier", d.VNI)
+	}
+	port := d.Port
+	if port == 0 {
+		port = DefaultPort // flanneld does not publish its port; its default is the kernel's
+		if d.VNI == b.opts.VNI {
+			port = b.opts.Port // the same VNI as ours: a cluster-wide setting
+		}
+	}
+	dev, err := b.device(n, d.VNI, port)
+	if err != nil {
+		return backend.Skip(backend.SkipBadBackendData, "%v", err)
+	}
+	if err := st.AddLink(dev); err != nil {
+		return err
+	}
+	vtep := backend.VTEPAddr(peer.Subnet)
+	st.Routes = append(st.Routes, kernel.Route{Dst: peer.Subnet, Gw: vtep, Dev: dev.Name, OnLink: true})
+	st.Neighs = append(st.Neighs, kernel.Neigh{Dev: dev.Name, IP: vtep, MAC: mac})
+	st.FDB = append(st.FDB, kernel.FDBEntry{Dev: dev.Name, MAC: mac, Dst: peer.Attrs.PublicIP})
+	return nil
+}
