@@ -1,0 +1,102 @@
+package filewatch
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+)
+
+// configMapDir lays out a directory the way the kubelet writes a ConfigMap
+// volume: the file is a symlink into ..data, itself a symlink to a
+// timestamped directory that an update replaces atomically.
+func configMapDir(t *testing.T, content string) (dir string, update func(string)) {
+	dir = t.TempDir()
+	gen := 0
+	update = func(content string) {
+		gen++
+		ts := filepath.Join(dir, "..2026_"+string(rune('a'+gen)))
+		if err := os.Mkdir(ts, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(ts, "net-conf.json"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	update(content)
+	if err := os.Symlink("..data/net-conf.json", filepath.Join(dir, "net-conf.json")); err != nil {
+		t.Fatal(err)
+	}
+	return dir, update
+}
+
+func TestWatchSeesConfigMapSwap(t *testing.T) {
+	dir, update := configMapDir(t, "v1")
+	path := filepath.Join(dir, "net-conf.json")
+	got := make(chan string, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The poll interval is far beyond the test's deadline: only inotify can
+	// deliver the change in time.
+	go Watch(ctx, path, []byte("v1"), time.Hour, func(b []byte) { got <- string(b) }, zaptest.NewLogger(t))
+
+	deadline := time.After(10 * time.Second)
+	for _, want := range []string{"v2", "v3"} {
+		update(want)
+		select {
+		case g := <-got:
+			if g != want {
+				t.Fatalf("got %q, want %q", g, want)
+			}
+		case <-deadline:
+			t.Fatalf("change to %q not reported", want)
+		}
+	}
+	// Rewriting the same content is not a change.
+	update("v3")
+	update("v4")
+	select {
+	case g := <-got:
+		if g != "v4" {
+			t.Fatalf("got %q after identical rewrite, want only v4", g)
+		}
+	case <-deadline:
+		t.Fatal("change to v4 not reported")
+	}
+}
+
+func TestWatchPollsAndSurvivesMissingFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "net-conf.json")
+	got := make(chan string, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Watch(ctx, path, []byte("old"), 20*time.Millisecond, func(b []byte) { got <- string(b) }, zaptest.NewLogger(t))
+	// The file is missing for a while: nothing is reported. Then it appears
+	// (written atomically, as every real writer of a config does).
+	tmp := filepath.Join(dir, ".tmp")
+	if err := os.WriteFile(tmp, []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case g := <-got:
+		if g != "new" {
+			t.Fatalf("got %q", g)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("change not reported")
+	}
+}
