@@ -191,3 +191,46 @@ func OnLink(n Node, peerIP netip.Addr) bool {
 	}
 	return false
 }
+
+// Clone returns a copy of s that shares nothing mutable with it.
+func (s State) Clone() State {
+	c := State{State: kernel.State{
+		Links:  append([]kernel.Link(nil), s.Links...),
+		Routes: append([]kernel.Route(nil), s.Routes...),
+		Neighs: append([]kernel.Neigh(nil), s.Neighs...),
+		FDB:    append([]kernel.FDBEntry(nil), s.FDB...),
+	}}
+	if s.UDP != nil {
+		u := *s.UDP
+		u.Peers = make(map[netip.Prefix]netip.AddrPort, len(s.UDP.Peers))
+		for k, v := range s.UDP.Peers {
+			u.Peers[k] = v
+		}
+		c.UDP = &u
+	}
+	return c
+}
+
+// Merge adds o to s: links shared by both must agree, udp peers are joined.
+func (s *State) Merge(o State) error {
+	for _, l := range o.Links {
+		if err := s.AddLink(l); err != nil {
+			return err
+		}
+	}
+	s.Routes = append(s.Routes, o.Routes...)
+	s.Neighs = append(s.Neighs, o.Neighs...)
+	s.FDB = append(s.FDB, o.FDB...)
+	if o.UDP != nil {
+		if s.UDP == nil {
+			s.UDP = &UDPTunnel{Device: o.UDP.Device, Port: o.UDP.Port, Peers: map[netip.Prefix]netip.AddrPort{}}
+		}
+		if s.UDP.Device != o.UDP.Device || s.UDP.Port != o.UDP.Port {
+			return fmt.Errorf("udp datapath wanted on both %s:%d and %s:%d", s.UDP.Device, s.UDP.Port, o.UDP.Device, o.UDP.Port)
+		}
+		for k, v := range o.UDP.Peers {
+			s.UDP.Peers[k] = v
+		}
+	}
+	return nil
+}

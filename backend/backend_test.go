@@ -84,7 +84,7 @@ func TestVXLAN(t *testing.T) {
 		t.Fatal(err)
 	}
 	mac := vxlan.VtepMAC("node-a", 1)
-	if string(data) != `{"VNI":1,"VtepMAC":"`+mac.String()+`"}` {
+	if string(data) != `{"VNI":1,"VtepMAC":"`+mac.String()+`","Port":8472}` {
 		t.Fatalf("data %s", data)
 	}
 	if mac[0]&0x03 != 0x02 || mac.String() != vxlan.VtepMAC("node-a", 1).String() || mac.String() == vxlan.VtepMAC("node-b", 1).String() {

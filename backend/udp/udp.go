@@ -35,8 +35,8 @@ type Options struct {
 	MTU  int
 }
 
-// Data is what a node publishes: its port (flanneld publishes nothing and
-// uses one port cluster-wide, so a missing port means the default).
+// Data is what a node publishes: its port, so it can change while nodes
+// run (flanneld publishes nothing: a missing port means the default).
 type Data struct {
 	Port int `json:",omitempty"`
 }
@@ -68,9 +68,6 @@ func (b *udpBackend) MTU(n backend.Node) int {
 }
 
 func (b *udpBackend) Data(backend.Node) (json.RawMessage, error) {
-	if b.opts.Port == DefaultPort {
-		return nil, nil
-	}
 	return json.Marshal(Data{Port: b.opts.Port})
 }
 

@@ -44,7 +44,9 @@ type Options struct {
 }
 
 // Data is what a node publishes: flannel's {"VNI":1,"VtepMAC":"…"}, plus the
-// port, which flanneld ignores.
+// port, which flanneld ignores. Publishing the port always lets peers tell
+// an overlayd node (port given) from a flanneld one (port implied by the
+// cluster-wide setting), and lets the port change while nodes run.
 type Data struct {
 	VNI     int
 	VtepMAC string
@@ -100,11 +102,7 @@ func VtepMAC(node string, vni int) net.HardwareAddr {
 }
 
 func (b *vxlanBackend) Data(n backend.Node) (json.RawMessage, error) {
-	d := Data{VNI: b.opts.VNI, VtepMAC: VtepMAC(n.Name, b.opts.VNI).String()}
-	if b.opts.Port != DefaultPort {
-		d.Port = b.opts.Port
-	}
-	return json.Marshal(d)
+	return json.Marshal(Data{VNI: b.opts.VNI, VtepMAC: VtepMAC(n.Name, b.opts.VNI).String(), Port: b.opts.Port})
 }
 
 // device is the link this node needs for traffic of a VNI and port.
@@ -156,9 +154,11 @@ func (b *vxlanBackend) Peer(n backend.Node, peer subnet.Lease, st *backend.State
 	}
 	port := d.Port
 	if port == 0 {
-		port = DefaultPort // flanneld does not publish its port; its default is the kernel's
+		// A flanneld peer: its port is the cluster-wide setting, ours when
+		// it shares our VNI.
+		port = DefaultPort
 		if d.VNI == b.opts.VNI {
-			port = b.opts.Port // the same VNI as ours: a cluster-wide setting
+			port = b.opts.Port
 		}
 	}
 	dev, err := b.device(n, d.VNI, port)

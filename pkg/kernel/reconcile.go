@@ -326,6 +326,19 @@ func (r *Reconciler) inNS(fn func() error) error {
 	return fn()
 }
 
+// RxPackets returns how many packets the link named name has received: for
+// a tunnel device, how much traffic arrived through the tunnel.
+func (r *Reconciler) RxPackets(name string) (uint64, error) {
+	l, err := r.h.LinkByName(name)
+	if err != nil {
+		return 0, err
+	}
+	if st := l.Attrs().Statistics; st != nil {
+		return st.RxPackets, nil
+	}
+	return 0, nil
+}
+
 // adjustLink sets what can change on a live link: alias, MTU, MAC,
 // addresses, and up.
 func (r *Reconciler) adjustLink(l netlink.Link, w Link, ch *Changes) error {
