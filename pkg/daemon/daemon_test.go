@@ -1,0 +1,171 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/overlayd/overlayd/backend"
+	_ "github.com/overlayd/overlayd/backend/hostgw"
+	_ "github.com/overlayd/overlayd/backend/udp"
+	"github.com/overlayd/overlayd/backend/vxlan"
+	"github.com/overlayd/overlayd/pkg/health"
+	"github.com/overlayd/overlayd/pkg/ip"
+	"github.com/overlayd/overlayd/pkg/kernel"
+	"github.com/overlayd/overlayd/subnet"
+)
+
+// These tests cover the desired-state computation, a pure function of
+// configuration and leases; what the kernel and the API server make of it
+// is covered by the end-to-end tests.
+
+type staticLeases struct{ peers []subnet.Lease }
+
+func (s *staticLeases) Acquire(context.Context, subnet.LeaseAttrs) (subnet.Lease, error) {
+	return subnet.Lease{}, nil
+}
+func (s *staticLeases) Publish(context.Context, subnet.LeaseAttrs) error { return nil }
+func (s *staticLeases) Run(ctx context.Context) error                   { <-ctx.Done(); return nil }
+func (s *staticLeases) Peers() ([]subnet.Lease, bool)                   { return s.peers, true }
+func (s *staticLeases) Changed() <-chan struct{}                        { return nil }
+
+func newTestDaemon(t *testing.T, netConf string, peers ...subnet.Lease) *Daemon {
+	t.Helper()
+	cfg, be, err := backend.ParseConfig([]byte(netConf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := New(Config{
+		NodeName: "node-a",
+		Net:      cfg,
+		Backend:  be,
+		Leases:   &staticLeases{peers: peers},
+		Underlay: &ip.External{
+			Iface: ip.Interface{Name: "eth0", Index: 2, MTU: 1500, Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.11/24")}},
+			Addr:  netip.MustParseAddr("198.18.0.11"), PublicIP: netip.MustParseAddr("198.18.0.11"),
+		},
+		Status: health.NewStatus(time.Minute),
+		Log:    zaptest.NewLogger(t),
+	})
+	d.node = backend.Node{Name: "node-a", Network: cfg.Network, Underlay: d.cfg.Underlay,
+		Lease: subnet.Lease{Node: "node-a", Subnet: netip.MustParsePrefix("10.244.1.0/24")}}
+	return d
+}
+
+func lease(name, sub, pub, typ, data string) subnet.Lease {
+	return subnet.Lease{Node: name, Subnet: netip.MustParsePrefix(sub), Attrs: subnet.LeaseAttrs{
+		PublicIP: netip.MustParseAddr(pub), BackendType: typ, BackendData: json.RawMessage(data)}}
+}
+
+func vxData(node string) string {
+	return `{"VNI":1,"VtepMAC":"` + vxlan.VtepMAC(node, 1).String() + `","Port":8472}`
+}
+
+func routeTo(st backend.State, dst string) (kernel.Route, bool) {
+	for _, r := range st.Routes {
+		if r.Dst == netip.MustParsePrefix(dst) {
+			return r, true
+		}
+	}
+	return kernel.Route{}, false
+}
+
+// Each peer is reached by the means it publishes, whatever our own backend.
+func TestDesiredMixesBackendsByPeer(t *testing.T) {
+	d := newTestDaemon(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`)
+	st, err := d.desired([]subnet.Lease{
+		lease("b", "10.244.2.0/24", "198.18.0.12", "vxlan", vxData("b")),
+		lease("c", "10.244.3.0/24", "198.18.0.13", "host-gw", ``),
+		lease("d", "10.244.4.0/24", "198.18.0.14", "udp", `{"Port":8285}`),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := routeTo(st, "10.244.2.0/24"); r.Dev != "overlay.1" || !r.OnLink {
+		t.Errorf("vxlan peer route %+v", r)
+	}
+	if r, _ := routeTo(st, "10.244.3.0/24"); r.Dev != "eth0" || r.Gw != netip.MustParseAddr("198.18.0.13") {
+		t.Errorf("host-gw peer route %+v", r)
+	}
+	if r, _ := routeTo(st, "10.244.4.0/24"); r.Dev != "overlay0" {
+		t.Errorf("udp peer route %+v", r)
+	}
+	if st.UDP == nil || st.UDP.Peers[netip.MustParsePrefix("10.244.4.0/24")] != netip.MustParseAddrPort("198.18.0.14:8285") {
+		t.Errorf("udp datapath %+v", st.UDP)
+	}
+	if len(st.Links) != 2 {
+		t.Errorf("links %+v, want the vxlan device and the TUN", st.Links)
+	}
+}
+
+// A bad peer is skipped without leaving anything behind and without
+// affecting the good ones; one that recovers is reached again.
+func TestDesiredSkipsBadPeers(t *testing.T) {
+	d := newTestDaemon(t, `{"Network":"10.244.0.0/16"}`)
+	good := lease("b", "10.244.2.0/24", "198.18.0.12", "vxlan", vxData("b"))
+	bad := lease("c", "10.244.3.0/24", "198.18.0.13", "vxlan", `{"VNI":1}`)
+	unknown := lease("e", "10.244.5.0/24", "198.18.0.15", "wireguard", `{}`)
+	farHostGW := lease("f", "10.244.6.0/24", "198.19.7.16", "host-gw", ``)
+	st, err := d.desired([]subnet.Lease{good, bad, unknown, farHostGW})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Routes) != 1 || len(st.Neighs) != 1 || len(st.FDB) != 1 {
+		t.Fatalf("state %+v, want only the good peer", st.State)
+	}
+	if !strings.Contains(d.skipped["c"], "bad_backend_data") || !strings.Contains(d.skipped["e"], "unknown_backend") || !strings.Contains(d.skipped["f"], "not_on_link") {
+		t.Fatalf("skips %v", d.skipped)
+	}
+
+	fixed := lease("c", "10.244.3.0/24", "198.18.0.13", "vxlan", vxData("c"))
+	st, _ = d.desired([]subnet.Lease{good, fixed})
+	if len(st.Routes) != 2 {
+		t.Fatalf("recovered peer not reached: %+v", st.Routes)
+	}
+	if len(d.skipped) != 0 {
+		t.Fatalf("skips not forgotten: %v", d.skipped)
+	}
+}
+
+// A new backend keeps the old one's receiving side while it drains; a
+// change that cannot be applied live is refused.
+func TestReloadDrainsOldBackend(t *testing.T) {
+	d := newTestDaemon(t, `{"Network":"10.244.0.0/16"}`)
+	if err := d.Reload([]byte(`{"Network":"10.245.0.0/16","Backend":{"Type":"host-gw"}}`)); err == nil || !strings.Contains(err.Error(), "Network: changed") {
+		t.Fatalf("changed Network: err = %v", err)
+	}
+	if err := d.Reload([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"bogus"}}`)); err == nil {
+		t.Fatal("invalid config accepted")
+	}
+	if d.pending.Load() != nil {
+		t.Fatal("refused config pending")
+	}
+
+	if err := d.Reload([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	d.applyPending()
+	if d.cfg.Backend.Type() != "udp" || len(d.drains) != 1 {
+		t.Fatalf("backend %s drains %d", d.cfg.Backend.Type(), len(d.drains))
+	}
+	st, err := d.desired(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.Link("overlay0"); !ok {
+		t.Error("new backend's TUN missing")
+	}
+	if _, ok := st.Link("overlay.1"); !ok {
+		t.Error("old backend's vxlan device not kept while draining")
+	}
+	d.drains = nil
+	st, _ = d.desired(nil)
+	if _, ok := st.Link("overlay.1"); ok {
+		t.Error("old backend's device kept after the drain")
+	}
+}

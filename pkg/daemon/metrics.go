@@ -1,0 +1,46 @@
+package daemon
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/overlayd/overlayd/pkg/metrics"
+)
+
+var (
+	reconcileRuns = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: metrics.Namespace, Name: "reconcile_runs_total",
+		Help: "Reconcile passes: desired state computed and applied.",
+	})
+	reconcileErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: metrics.Namespace, Name: "reconcile_errors_total",
+		Help: "Reconcile passes that failed and were retried.",
+	})
+	reconcileDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: metrics.Namespace, Name: "reconcile_duration_seconds",
+		Help:    "Time of one reconcile pass.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	})
+	kernelEntries = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: metrics.Namespace, Name: "kernel_entries",
+		Help: "Kernel entries overlayd maintains, by kind (link, route, neigh, fdb).",
+	}, []string{"kind"})
+	repairs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metrics.Namespace, Name: "repairs_total",
+		Help: "Kernel entries restored or corrected although the desired state had not changed (deleted or altered by someone else).",
+	}, []string{"kind"})
+	peersSkipped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metrics.Namespace, Name: "backend_peers_skipped_total",
+		Help: "Peers the backend could not reach and skipped, by reason (each change of a peer's reason counts once).",
+	}, []string{"reason"})
+)
+
+func init() {
+	metrics.MustRegister(reconcileRuns, reconcileErrors, reconcileDuration, kernelEntries, repairs, peersSkipped)
+}
+
+var configReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: metrics.Namespace, Name: "config_reloads_total",
+	Help: "Changed net-conf.json contents seen, by result: applied, unchanged, invalid, refused (cannot change live).",
+}, []string{"result"})
+
+func init() { metrics.MustRegister(configReloads) }
