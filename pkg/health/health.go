@@ -112,9 +112,14 @@ func Handler(s *Status, reg *prometheus.Registry) http.Handler {
 		write(w, s.Ready)
 	})
 	if reg != nil {
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.Handle("/metrics", MetricsHandler(reg))
 	}
 	return mux
+}
+
+// MetricsHandler serves the registry in the Prometheus exposition format.
+func MetricsHandler(reg *prometheus.Registry) http.Handler {
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 }
 
 func write(w http.ResponseWriter, check func() (bool, string)) {
