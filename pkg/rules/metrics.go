@@ -1,0 +1,24 @@
+package rules
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/overlayd/overlayd/pkg/metrics"
+)
+
+var (
+	repairsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metrics.Namespace,
+		Subsystem: "iptables",
+		Name:      "repairs_total",
+		Help:      "Times one of overlayd's chains or jump rules had drifted from what overlayd last verified (deleted, flushed or edited by someone else) and was restored.",
+	}, []string{"family", "table", "chain"})
+	errorsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metrics.Namespace,
+		Subsystem: "iptables",
+		Name:      "errors_total",
+		Help:      "Failed attempts to read or write overlayd's iptables rules.",
+	}, []string{"family", "table"})
+)
+
+func init() { metrics.MustRegister(repairsTotal, errorsTotal) }
