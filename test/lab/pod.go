@@ -1,0 +1,261 @@
+package lab
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/overlayd/overlayd/pkg/ip"
+)
+
+// PodBridge is the bridge in each node that pods attach to, as the CNI
+// bridge plugin names it.
+const PodBridge = "cni0"
+
+// Pod is a namespace with "eth0" attached to its node's PodBridge and a
+// default route via the bridge's address.
+type Pod struct {
+	Host
+	Name    string
+	Node    *Node
+	Subnet  netip.Prefix // the node's pod subnet
+	Gateway netip.Addr   // the bridge's address
+	// ContainerID is the CNI container id; empty for directly attached pods.
+	ContainerID string
+
+	hostVeth string // node side of a direct pod's veth
+}
+
+var podNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$`)
+
+// reservePod checks the name and claims it and the node's attach mode.
+func (l *Lab) reservePod(n *Node, name, mode string) error {
+	if !podNameRE.MatchString(name) {
+		return fmt.Errorf("pod name %q: want a lowercase DNS label of at most 40 characters", name)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return errors.New("lab is closed")
+	}
+	if _, ok := l.pods[name]; ok {
+		return fmt.Errorf("pod %s exists already", name)
+	}
+	if n.podMode != "" && n.podMode != mode {
+		return fmt.Errorf("%s: pod %s: the node's pods are attached %s, not %s; use one way per node", n.Name, name, n.podMode, mode)
+	}
+	n.podMode = mode
+	l.pods[name] = nil // claimed; filled in when attached
+	return nil
+}
+
+func (l *Lab) registerPod(p *Pod, err error) (*Pod, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		delete(l.pods, p.Name)
+		return nil, err
+	}
+	l.pods[p.Name] = p
+	return p, nil
+}
+
+// AddPod attaches a pod directly, as a minimal bridge CNI would: the first
+// pod sets the node's pod subnet, creates PodBridge with the subnet's first
+// host address and enables forwarding in the node; each pod gets the next
+// free address and a default route via the bridge. Every direct pod of a
+// node must use the same subnet.
+func (n *Node) AddPod(name string, subnet netip.Prefix) (*Pod, error) {
+	l := n.lab
+	if !subnet.IsValid() || !subnet.Addr().Is4() || subnet.Bits() > 30 || subnet != subnet.Masked() {
+		return nil, fmt.Errorf("%s: pod %s: subnet %s: want a masked IPv4 prefix of /30 or larger", n.Name, name, subnet)
+	}
+	if err := l.reservePod(n, name, "direct"); err != nil {
+		return nil, err
+	}
+	p := &Pod{Name: name, Node: n, Subnet: subnet, Gateway: ip.FirstHost(subnet)}
+	return l.registerPod(p, l.attachDirect(n, p))
+}
+
+func (l *Lab) attachDirect(n *Node, p *Pod) (err error) {
+	l.mu.Lock()
+	first := !n.podSubnet.IsValid()
+	switch {
+	case first:
+		n.podSubnet = p.Subnet
+	case n.podSubnet != p.Subnet:
+		l.mu.Unlock()
+		return fmt.Errorf("%s: pod %s: subnet %s, but the node's pods use %s", n.Name, p.Name, p.Subnet, n.podSubnet)
+	}
+	p.IP, err = n.allocateIP(p.Subnet)
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			l.mu.Lock()
+			delete(n.usedIPs, p.IP)
+			l.mu.Unlock()
+		}
+	}()
+	if first {
+		if err := n.ensurePodBridge(p.Gateway, p.Subnet, l.opts.PodMTU); err != nil {
+			return err
+		}
+	}
+	if err := l.initHost(&p.Host, "pod-"+p.Name); err != nil {
+		return err
+	}
+	return n.plugPod(p, l.opts.PodMTU)
+}
+
+// allocateIP returns the lowest free address after the gateway. lab.mu held.
+func (n *Node) allocateIP(subnet netip.Prefix) (netip.Addr, error) {
+	last := ip.Broadcast(subnet).Prev()
+	for a := ip.FirstHost(subnet).Next(); a.IsValid() && a.Compare(last) <= 0; a = a.Next() {
+		if !n.usedIPs[a] {
+			n.usedIPs[a] = true
+			return a, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("%s: pod subnet %s is full", n.Name, subnet)
+}
+
+// ensurePodBridge creates PodBridge with gw/bits and turns forwarding on,
+// as the bridge plugin does for a gateway bridge.
+func (n *Node) ensurePodBridge(gw netip.Addr, subnet netip.Prefix, mtu int) error {
+	nl, err := n.Netlink()
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: PodBridge, MTU: mtu}}
+	if err := nl.LinkAdd(br); err != nil {
+		return fmt.Errorf("%s: adding bridge %s: %w", n.Name, PodBridge, err)
+	}
+	if err := nl.AddrAdd(br, &netlink.Addr{IPNet: prefixIPNet(netip.PrefixFrom(gw, subnet.Bits()))}); err != nil {
+		return fmt.Errorf("%s: adding %s to %s: %w", n.Name, gw, PodBridge, err)
+	}
+	if err := nl.LinkSetUp(br); err != nil {
+		return fmt.Errorf("%s: setting %s up: %w", n.Name, PodBridge, err)
+	}
+	return n.SetSysctl("net/ipv4/ip_forward", "1")
+}
+
+// plugPod connects a pod's eth0 to the node's bridge.
+func (n *Node) plugPod(p *Pod, mtu int) error {
+	podNS, err := netns.GetFromPath(p.Path())
+	if err != nil {
+		return fmt.Errorf("opening namespace %s: %w", p.NS, err)
+	}
+	defer podNS.Close()
+	nl, err := n.Netlink()
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+	sum := sha256.Sum256([]byte(p.NS))
+	hostSide := "veth" + hex.EncodeToString(sum[:4])
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: hostSide, MTU: mtu},
+		PeerName:      "eth0",
+		PeerMTU:       uint32(mtu),
+		PeerNamespace: netlink.NsFd(podNS),
+	}
+	if err := nl.LinkAdd(veth); err != nil {
+		return fmt.Errorf("%s: adding veth %s for pod %s: %w", n.Name, hostSide, p.Name, err)
+	}
+	p.hostVeth = hostSide
+	br, err := nl.LinkByName(PodBridge)
+	if err != nil {
+		return fmt.Errorf("%s: %s: %w", n.Name, PodBridge, err)
+	}
+	link, err := nl.LinkByName(hostSide)
+	if err == nil {
+		err = nl.LinkSetMaster(link, br)
+	}
+	if err == nil {
+		err = nl.LinkSetUp(link)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: attaching %s to %s: %w", n.Name, hostSide, PodBridge, err)
+	}
+
+	pnl, err := p.Netlink()
+	if err != nil {
+		return err
+	}
+	defer pnl.Close()
+	eth0, err := pnl.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("pod %s: eth0: %w", p.Name, err)
+	}
+	if err := pnl.AddrAdd(eth0, &netlink.Addr{IPNet: prefixIPNet(netip.PrefixFrom(p.IP, p.Subnet.Bits()))}); err != nil {
+		return fmt.Errorf("pod %s: adding %s: %w", p.Name, p.IP, err)
+	}
+	if err := pnl.LinkSetUp(eth0); err != nil {
+		return fmt.Errorf("pod %s: setting eth0 up: %w", p.Name, err)
+	}
+	route := &netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.IP(p.Gateway.AsSlice())}
+	if err := pnl.RouteAdd(route); err != nil {
+		return fmt.Errorf("pod %s: adding default route via %s: %w", p.Name, p.Gateway, err)
+	}
+	return nil
+}
+
+// Remove detaches the pod (CNI DEL for CNI pods, releasing its address;
+// deleting the veth for direct pods) and deletes its namespace. Detaching
+// first makes the pod unreachable at once: the kernel destroys a deleted
+// namespace's interfaces only some time later.
+func (p *Pod) Remove() error {
+	l := p.Node.lab
+	var errs []error
+	if p.ContainerID != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := l.cniDel(ctx, p); err != nil {
+			errs = append(errs, err)
+		}
+	} else if p.hostVeth != "" {
+		if err := p.Node.deleteLink(p.hostVeth); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := p.delete(); err != nil {
+		errs = append(errs, err)
+	}
+	l.mu.Lock()
+	delete(l.pods, p.Name)
+	if p.ContainerID == "" {
+		delete(p.Node.usedIPs, p.IP)
+	}
+	l.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+func (n *Node) deleteLink(name string) error {
+	nl, err := n.Netlink()
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+	link, err := nl.LinkByName(name)
+	if err == nil {
+		err = nl.LinkDel(link)
+	}
+	var notFound netlink.LinkNotFoundError
+	if err != nil && !errors.As(err, &notFound) {
+		return fmt.Errorf("%s: deleting %s: %w", n.Name, name, err)
+	}
+	return nil
+}
