@@ -206,3 +206,30 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 	t.Fatalf("timed out waiting for %s", what)
 }
+
+// A policy engine that appends its rules after overlayd started (Calico's
+// append mode) lands below our jump. overlayd does not move anything — a
+// fight over the last place would never settle — but says so once.
+func TestRuleAppendedBelowOurJumpIsReportedNotMoved(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, bk backend) {
+		n := newNode(t, bk, "late")
+		n.ensure(t, allOn)
+		n.ipt(t, false, "-t", "filter", "-N", "LATE-POLICY")
+		n.ipt(t, false, "-t", "filter", "-A", "FORWARD", "-m", "comment", "--comment", "late policy", "-j", "LATE-POLICY")
+		before := n.save(t, false, "filter")
+		n.logs.TakeAll()
+
+		assertChanges(t, "Ensure with a rule below ours", n.ensure(t, allOn), 0)
+		assertChanges(t, "Ensure again", n.ensure(t, allOn), 0)
+		if after := n.save(t, false, "filter"); after != before {
+			t.Errorf("filter table changed:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		notes := n.logs.FilterMessageSnippet("below overlayd's jump").All()
+		if len(notes) != 1 {
+			t.Fatalf("%d notices about the rule below our jump, want 1: %v", len(notes), notes)
+		}
+		if rules := strings.Join(toStrings(notes[0].ContextMap()["rules"]), "\n"); !strings.Contains(rules, `-A FORWARD -m comment --comment "late policy" -j LATE-POLICY`) {
+			t.Errorf("notice does not name the late rule: %v", notes[0].ContextMap())
+		}
+	})
+}

@@ -53,16 +53,22 @@ type Manager struct {
 	// the kernel (absentKey after a removal). A difference found while the
 	// wanted content is unchanged is drift, counted as a repair.
 	verified map[stateKey]string
-	// printed holds how this iptables prints our rules when that differs
-	// from how we wrote them, so a correct chain is recognised as correct.
+	// printed holds how this iptables printed our rules and jump right
+	// after we wrote them. A version that formats a rule differently from
+	// how we wrote it would otherwise make a correct chain look wrong and
+	// be rewritten on every Ensure.
 	printed map[stateKey]printedForm
+	// shadowed is, per chain, the foreign rules last reported as sitting
+	// below our jump, so the notice is logged once per change.
+	shadowed map[stateKey]string
 }
 
 type stateKey struct{ family, chain string }
 
 type printedForm struct {
-	key   string
+	key   string // chainState.key() of the content written
 	rules [][]string
+	jump  []string
 }
 
 const absentKey = "<absent>"
@@ -80,7 +86,7 @@ func New(log *zap.Logger, opts ...Option) (*Manager, error) {
 	default:
 		return nil, fmt.Errorf("rules: iptables backend %q: want \"nft\" or \"legacy\"", o.backend)
 	}
-	m := &Manager{log: log, verified: map[stateKey]string{}, printed: map[stateKey]printedForm{}}
+	m := &Manager{log: log, verified: map[stateKey]string{}, printed: map[stateKey]printedForm{}, shadowed: map[stateKey]string{}}
 	var err error
 	if m.v4, err = newFamily(false, o.backend); err != nil {
 		return nil, err
@@ -200,6 +206,7 @@ type current struct {
 	exists bool
 	rules  [][]string // our chain's rules, without "-A <chain>"
 	jumps  [][]string // rules in the parent that jump to our chain, without "-A <parent>"
+	below  [][]string // other rules in the parent after the first jump to our chain
 }
 
 func (f *family) read(d chainDef) (current, error) {
@@ -222,8 +229,11 @@ func (f *family) read(d chainDef) (current, error) {
 		return c, err
 	}
 	for _, r := range parentRules {
-		if jumpsTo(r, d.name) {
+		switch {
+		case jumpsTo(r, d.name):
 			c.jumps = append(c.jumps, r)
+		case len(c.jumps) > 0:
+			c.below = append(c.below, r)
 		}
 	}
 	return c, nil
@@ -273,18 +283,26 @@ func (f *family) writeChain(s *chainState) error {
 
 func (m *Manager) apply(f *family, want *chainState, cur current, sk stateKey) (int, error) {
 	key := want.key()
-	chainOK := cur.exists && (rulesEqual(cur.rules, want.rules) || m.printedAs(sk, key, cur.rules))
+	p, learned := m.printed[sk]
+	learned = learned && p.key == key
+	chainOK := cur.exists && (rulesEqual(cur.rules, want.rules) || learned && rulesEqual(cur.rules, p.rules))
+	isOurJump := func(j []string) bool {
+		return slices.Equal(j, want.jump) || learned && slices.Equal(j, p.jump)
+	}
 
-	// Keep the first exact jump where it is; any other jump to our chain
+	// Keep the first right jump where it is; any other jump to our chain
 	// (a duplicate, or one from an older overlayd) goes.
 	kept := false
 	var stale [][]string
 	for _, j := range cur.jumps {
-		if !kept && slices.Equal(j, want.jump) {
+		if !kept && isOurJump(j) {
 			kept = true
 			continue
 		}
 		stale = append(stale, j)
+	}
+	if kept {
+		m.noticeShadowed(f, want, cur.below, sk)
 	}
 
 	changes := 0
@@ -318,9 +336,6 @@ func (m *Manager) apply(f *family, want *chainState, cur current, sk stateKey) (
 			return changes, err
 		}
 		changes++
-		if err := m.learnPrinted(f, want, sk, key); err != nil {
-			return changes, err
-		}
 	}
 	for _, j := range stale {
 		if err := f.ipt.Delete(want.table, want.parent, j...); err != nil && !isNotExist(err) {
@@ -338,35 +353,56 @@ func (m *Manager) apply(f *family, want *chainState, cur current, sk stateKey) (
 		changes++
 		restored = append(restored, "-A "+want.parent+" "+joinRule(want.jump))
 	}
+	if changes > 0 {
+		if err := m.learnPrinted(f, want, sk, key); err != nil {
+			return changes, err
+		}
+	}
 	m.verified[sk] = key
 	return changes, nil
 }
 
-// learnPrinted reads back a chain just written; if this iptables prints it
-// differently from how we wrote it (another version's formatting), that form
-// is remembered as correct, so the next Ensure does not rewrite it again.
+// learnPrinted reads back what was just written and remembers how this
+// iptables prints it, so the next Ensure compares like with like.
 func (m *Manager) learnPrinted(f *family, want *chainState, sk stateKey, key string) error {
-	got, err := f.listRules(want.table, want.name)
+	cur, err := f.read(want.chainDef)
 	if err != nil {
 		return err
 	}
-	if rulesEqual(got, want.rules) {
-		delete(m.printed, sk)
-		return nil
+	if len(cur.rules) != len(want.rules) || len(cur.jumps) != 1 {
+		return fmt.Errorf("rules: %s: right after writing, chain %s in table %s has %d rules (want %d) and %d jumps to it (want 1); someone else is changing it",
+			f.name, want.name, want.table, len(cur.rules), len(want.rules), len(cur.jumps))
 	}
-	if len(got) != len(want.rules) {
-		return fmt.Errorf("rules: %s: chain %s in table %s has %d rules right after writing %d; someone else is writing it",
-			f.name, want.name, want.table, len(got), len(want.rules))
+	if !rulesEqual(cur.rules, want.rules) || !slices.Equal(cur.jumps[0], want.jump) {
+		m.log.Debug("iptables prints overlayd's rules differently from how they were written",
+			zap.String("family", f.name), zap.String("chain", want.name))
 	}
-	m.log.Debug("iptables prints overlayd's rules differently from how they were written",
-		zap.String("family", f.name), zap.String("chain", want.name))
-	m.printed[sk] = printedForm{key: key, rules: got}
+	m.printed[sk] = printedForm{key: key, rules: cur.rules, jump: cur.jumps[0]}
+	m.noticeShadowed(f, want, cur.below, sk)
 	return nil
 }
 
-func (m *Manager) printedAs(sk stateKey, key string, rules [][]string) bool {
-	p, ok := m.printed[sk]
-	return ok && p.key == key && rulesEqual(p.rules, rules)
+// noticeShadowed logs, once per change, the foreign rules that sit below
+// our jump: for traffic our chain decides (pod traffic in FORWARD, pod
+// traffic masqueraded in POSTROUTING) they are never reached. overlayd
+// appends its jump and never moves foreign rules, so such rules were
+// appended after overlayd's — e.g. by a policy engine in append mode,
+// which then needs --iptables-forward-rules=false.
+func (m *Manager) noticeShadowed(f *family, want *chainState, below [][]string, sk stateKey) {
+	var lines []string
+	for _, r := range below {
+		lines = append(lines, "-A "+want.parent+" "+joinRule(r))
+	}
+	sum := strings.Join(lines, "\n")
+	if sum == m.shadowed[sk] {
+		return
+	}
+	m.shadowed[sk] = sum
+	if len(lines) > 0 {
+		m.log.Info("foreign rules below overlayd's jump do not see the traffic overlayd's chain decides",
+			zap.String("family", f.name), zap.String("table", want.table), zap.String("chain", want.parent),
+			zap.Strings("rules", lines))
+	}
 }
 
 // remove deletes the jumps to one of our chains and then the chain, when
