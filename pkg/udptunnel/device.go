@@ -1,0 +1,126 @@
+package udptunnel
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// DeviceFlags are the TUN flags besides the mode: no packet-information
+// header, and a virtio-net header in front of every packet, which is what
+// lets the kernel hand over (and take back) 64 KiB TCP/UDP super-packets
+// instead of MTU-sized ones.
+const DeviceFlags = netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR
+
+// DeviceLink is the netlink description of the datapath's device: a
+// persistent single-queue TUN with DeviceFlags. netlink.LinkAdd of it
+// creates the device (LinkAdd ignores MTU for tuntap; set it afterwards);
+// an existing device is right when LinkByName returns a *netlink.Tuntap
+// with Mode TUNTAP_MODE_TUN, Flags&DeviceFlags == DeviceFlags and no
+// TUNTAP_MULTI_QUEUE.
+func DeviceLink(name string) *netlink.Tuntap {
+	return &netlink.Tuntap{
+		LinkAttrs: netlink.LinkAttrs{Name: name},
+		Mode:      netlink.TUNTAP_MODE_TUN,
+		Flags:     DeviceFlags,
+	}
+}
+
+// CreateDevice creates the persistent TUN device name with MTU mtu in the
+// caller's network namespace. It stays down and without addresses; the
+// caller owns those.
+func CreateDevice(name string, mtu int) error {
+	if err := validDeviceName(name); err != nil {
+		return err
+	}
+	if mtu < 576 || mtu > 65535 {
+		return fmt.Errorf("creating TUN device %s: MTU %d out of range 576-65535", name, mtu)
+	}
+	link := DeviceLink(name)
+	if err := netlink.LinkAdd(link); err != nil {
+		return fmt.Errorf("creating TUN device %s: %w", name, err)
+	}
+	for _, f := range link.Fds {
+		f.Close()
+	}
+	created, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("reading back TUN device %s: %w", name, err)
+	}
+	if err := netlink.LinkSetMTU(created, mtu); err != nil {
+		return fmt.Errorf("setting MTU %d on TUN device %s: %w", mtu, name, err)
+	}
+	return nil
+}
+
+func validDeviceName(name string) error {
+	if name == "" || len(name) >= unix.IFNAMSIZ {
+		return fmt.Errorf("device name %q: want 1-%d characters", name, unix.IFNAMSIZ-1)
+	}
+	return nil
+}
+
+// attach opens the existing persistent TUN device name (in the caller's
+// network namespace) with the virtio-net header and offloads enabled, and
+// returns it with its interface index.
+func attach(name string) (tun.Device, int, error) {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, 0, fmt.Errorf("TUN device %s: %w", name, err)
+	}
+	if t, ok := link.(*netlink.Tuntap); !ok || t.Mode != netlink.TUNTAP_MODE_TUN {
+		return nil, 0, fmt.Errorf("device %s is a %s, not a TUN device", name, link.Type())
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, 0, fmt.Errorf("opening /dev/net/tun: %w", err)
+	}
+	defer func() {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}()
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return nil, 0, fmt.Errorf("TUN device %s: %w", name, err)
+	}
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return nil, 0, fmt.Errorf("attaching to TUN device %s: another process has it open: %w", name, err)
+		}
+		return nil, 0, fmt.Errorf("attaching to TUN device %s: %w", name, err)
+	}
+	// TUNSETIFF creates a device when the name is free. If ours vanished
+	// since the lookup we just made a throwaway one; closing fd removes it.
+	if err := unix.IoctlIfreq(fd, unix.TUNGETIFF, ifr); err != nil {
+		return nil, 0, fmt.Errorf("reading flags of TUN device %s: %w", name, err)
+	}
+	if ifr.Uint16()&unix.IFF_PERSIST == 0 {
+		return nil, 0, fmt.Errorf("TUN device %s: %w", name, os.ErrNotExist)
+	}
+	// The wireguard package takes ownership of the descriptor it is given,
+	// also when it fails; hand it a duplicate so that our copy can always
+	// be closed here without closing someone else's descriptor.
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, 0, fmt.Errorf("duplicating TUN descriptor: %w", err)
+	}
+	dev, _, err := tun.CreateUnmonitoredTUNFromFD(dup)
+	if err != nil {
+		return nil, 0, fmt.Errorf("enabling offloads on TUN device %s: %w", name, err)
+	}
+	// Read the index after attaching: if the device was recreated in
+	// between, our descriptor points at the dead one, the datapath sees it
+	// closed at once and the next Ensure attaches again.
+	link, err = netlink.LinkByName(name)
+	if err != nil {
+		dev.Close()
+		return nil, 0, fmt.Errorf("TUN device %s: %w", name, err)
+	}
+	return dev, link.Attrs().Index, nil
+}
