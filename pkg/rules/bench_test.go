@@ -4,11 +4,16 @@ import (
 	"testing"
 )
 
-// BenchmarkEnsure measures one Ensure of a dual-stack config against the
-// default iptables: "unchanged" is the periodic resync (read only), "repair"
-// restores a flushed chain in each family.
+// BenchmarkEnsure measures one Ensure of a dual-stack config per iptables
+// variant: "unchanged" is the periodic resync (read only), "repair" restores
+// a flushed masquerade chain in each family.
 func BenchmarkEnsure(b *testing.B) {
-	bk := backends[0] // nft, the default on current distributions
+	for _, bk := range backends {
+		b.Run(bk.name, func(b *testing.B) { benchmarkEnsure(b, bk) })
+	}
+}
+
+func benchmarkEnsure(b *testing.B, bk backend) {
 	dual := allOn
 	dual.IPv6Network, dual.IPv6Subnet = net6, sub6
 
