@@ -61,6 +61,8 @@ func (n *Node) AddCNIPod(name string) (*Pod, error) {
 		return nil, err
 	}
 	p := &Pod{Name: name, Node: n, ContainerID: "lab-" + l.ID + "-" + name}
+	n.attachMu.Lock()
+	defer n.attachMu.Unlock()
 	return l.registerPod(p, l.attachCNI(n, p))
 }
 

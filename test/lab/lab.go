@@ -11,6 +11,20 @@
 // test packages never collide and a crashed run's leftovers can be told from
 // a live lab's and swept. Nothing is created in the host's own network
 // namespace.
+//
+// A typical end-to-end test:
+//
+//	cp := controlplane.StartT(t, controlplane.Options{})
+//	l := lab.New(t, lab.Options{Prefix: "ovlE", Nodes: 3, ControlPlane: cp})
+//	for _, n := range l.Nodes {
+//		n.StartWithEnv("overlayd", []string{"NODE_NAME=" + n.Name}, "bin/overlayd",
+//			"--kube-subnet-mgr", "--kubeconfig-file="+n.Kubeconfig, "--subnet-file="+n.SubnetEnv)
+//	}
+//	a, _ := l.Nodes[0].AddCNIPod("a") // once overlayd wrote subnet.env
+//	b, _ := l.Nodes[1].AddCNIPod("b")
+//	err := a.PingWithin(b.IP, 30*time.Second)
+//	m := lab.CheckMatrix(ctx, l.Pods(), 30*time.Second) // m.Failed(), m.String()
+//	p, _ := a.StartPinger(b.IP, 10*time.Millisecond)   // ... p.Stop().Lost
 package lab
 
 import (

@@ -667,3 +667,34 @@ func helperCrash() int {
 	time.Sleep(time.Hour) // until killed
 	return 0
 }
+
+// TestBadInput: bad options and a failing CNI attach give clear errors and
+// leave nothing behind.
+func TestBadInput(t *testing.T) {
+	for _, opts := range []Options{{Prefix: ""}, {Prefix: "has space"}, {Prefix: "ovlE", Nodes: -1}, {Prefix: "ovlE", PodMTU: 100}} {
+		if l, err := Start(opts); err == nil {
+			l.Close()
+			t.Errorf("Start(%+v) succeeded", opts)
+		}
+	}
+	l := New(t, Options{Prefix: testPrefix, Nodes: 1})
+	n := l.Nodes[0]
+	if _, err := n.AddPod("Bad_Name", podSubnet(1)); err == nil || !strings.Contains(err.Error(), "Bad_Name") {
+		t.Errorf("bad pod name: %v", err)
+	}
+	if _, err := n.AddPod("p", netip.MustParsePrefix("10.244.1.7/24")); err == nil {
+		t.Error("unmasked subnet accepted")
+	}
+	// No subnet.env yet: the flannel plugin fails, saying why.
+	_, err := n.AddCNIPod("early")
+	if err == nil || !strings.Contains(err.Error(), "subnet.env") {
+		t.Fatalf("CNI pod without subnet.env: %v", err)
+	}
+	if names := l.NamespaceNames(); len(names) != 3 { // underlay, gw, node-1
+		t.Errorf("namespaces after a failed attach: %v", names)
+	}
+	os.WriteFile(n.SubnetEnv, []byte("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"), 0o644)
+	if _, err := n.AddCNIPod("early"); err != nil {
+		t.Fatalf("the name of a failed pod is free again: %v", err)
+	}
+}

@@ -58,7 +58,13 @@ func (l *Lab) reservePod(n *Node, name, mode string) error {
 	return nil
 }
 
+// registerPod records an attached pod, or undoes a failed attach.
 func (l *Lab) registerPod(p *Pod, err error) (*Pod, error) {
+	if err != nil && p.NS != "" {
+		if derr := p.delete(); derr != nil {
+			err = fmt.Errorf("%w (cleanup: %v)", err, derr)
+		}
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
@@ -83,6 +89,8 @@ func (n *Node) AddPod(name string, subnet netip.Prefix) (*Pod, error) {
 		return nil, err
 	}
 	p := &Pod{Name: name, Node: n, Subnet: subnet, Gateway: ip.FirstHost(subnet)}
+	n.attachMu.Lock()
+	defer n.attachMu.Unlock()
 	return l.registerPod(p, l.attachDirect(n, p))
 }
 

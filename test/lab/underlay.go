@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -31,6 +32,7 @@ type Node struct {
 	Kubeconfig string
 	APIServer  string
 
+	attachMu sync.Mutex // one pod attach at a time per node: the first creates the bridge
 	// guarded by lab.mu
 	podMode   string // "", "direct" or "cni": set by the first pod
 	podSubnet netip.Prefix
