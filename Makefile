@@ -11,7 +11,7 @@ TEST_FLAGS ?= -count=1 -timeout 30m
 export OVERLAYD_TEST_BIN_DIR := $(TOOLS_BIN)
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: all build test deps test-bins lint unit bench clean
+.PHONY: all build test deps test-bins cni-bins lint bench clean
 
 all: build
 
@@ -32,6 +32,21 @@ $(TOOLS_BIN)/etcd: hack/tools/go.mod hack/tools/go.sum
 $(TOOLS_BIN)/kube-apiserver $(TOOLS_BIN)/kube-controller-manager: $(TOOLS_BIN)/%: hack/tools/go.mod hack/tools/go.sum
 	cd hack/tools && $(GO) build -trimpath -ldflags "-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION)" -o $@ k8s.io/kubernetes/cmd/$*
 
+CNI_BIN     := $(TOOLS_BIN)/cni
+CNI_PLUGINS := bridge host-local loopback flannel
+CNI_BINS    := $(addprefix $(CNI_BIN)/,$(CNI_PLUGINS))
+# where each plugin lives in github.com/containernetworking/plugins/plugins
+CNI_PKG_bridge     := main/bridge
+CNI_PKG_loopback   := main/loopback
+CNI_PKG_host-local := ipam/host-local
+CNI_PKG_flannel    := meta/flannel
+
+## cni-bins: the real CNI plugins (containernetworking/plugins v0.9.1) pinned in hack/tools/cni
+cni-bins: $(CNI_BINS)
+
+$(CNI_BINS): $(CNI_BIN)/%: hack/tools/cni/go.mod hack/tools/cni/go.sum
+	cd hack/tools/cni && $(GO) build -trimpath -o $@ github.com/containernetworking/plugins/plugins/$(CNI_PKG_$*)
+
 ## lint: go vet, and fail on unformatted code
 lint:
 	$(GO) vet ./...
@@ -39,7 +54,7 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 ## test: everything — unit, integration (real apiserver), end-to-end (netns)
-test: deps test-bins lint build
+test: deps test-bins cni-bins lint build
 	$(GO) test $(TEST_FLAGS) ./...
 
 clean:
