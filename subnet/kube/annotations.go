@@ -1,0 +1,183 @@
+package kube
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+
+	"github.com/overlayd/overlayd/subnet"
+)
+
+// DefaultAnnotationPrefix is --kube-annotation-prefix's default. With
+// "flannel.alpha.coreos.com" the annotations are the ones flanneld reads and
+// writes, so overlayd and flanneld nodes see each other as peers.
+const DefaultAnnotationPrefix = "overlayd.io"
+
+// keys are the annotation (and label) names derived from one prefix.
+type keys struct {
+	prefix        string // normalised: ends in "/" or "-"
+	managed       string // "true" on a node whose agent published its lease
+	backendType   string
+	backendData   string
+	backendV6Data string
+	publicIP      string
+	publicIPv6    string
+	subnet        string // lease mode: the subnet a Lease object stands for
+	leaseFamily   string // lease mode: label marking overlayd's Leases, "ipv4" or "ipv6"
+}
+
+// prefixPattern is a DNS subdomain, a slash, and an optional name part ending
+// in "-": the shape that keeps every derived key a valid annotation key.
+var prefixPattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/([a-z0-9][-a-z0-9_.]*-)?$`)
+
+// newKeys normalises prefix the way flanneld does ("example.com" becomes
+// "example.com/", "example.com/net" becomes "example.com/net-") so that the
+// same flag value yields the same annotation names in both daemons.
+func newKeys(prefix string) (keys, error) {
+	p := prefix
+	switch strings.Count(p, "/") {
+	case 0:
+		p += "/"
+	case 1:
+	default:
+		return keys{}, fmt.Errorf("annotation prefix %q: at most one \"/\" is allowed", prefix)
+	}
+	if !strings.HasSuffix(p, "/") && !strings.HasSuffix(p, "-") {
+		p += "-"
+	}
+	if !prefixPattern.MatchString(p) || len(p) > 253+1+30 {
+		return keys{}, fmt.Errorf("annotation prefix %q: want a lowercase DNS name, optionally followed by /name (e.g. %q)", prefix, DefaultAnnotationPrefix)
+	}
+	return keys{
+		prefix:        p,
+		managed:       p + "kube-subnet-manager",
+		backendType:   p + "backend-type",
+		backendData:   p + "backend-data",
+		backendV6Data: p + "backend-v6-data",
+		publicIP:      p + "public-ip",
+		publicIPv6:    p + "public-ipv6",
+		subnet:        p + "subnet",
+		leaseFamily:   p + "subnet-lease",
+	}, nil
+}
+
+// ours reports whether an annotation belongs to this prefix.
+func (k keys) ours(name string) bool { return strings.HasPrefix(name, k.prefix) }
+
+// encode renders attrs as the annotations peers read. Backend data is JSON;
+// a backend without data publishes "null", as flanneld's host-gw does.
+func (k keys) encode(net *subnet.Config, attrs subnet.LeaseAttrs) map[string]string {
+	a := map[string]string{
+		k.managed:     "true",
+		k.backendType: attrs.BackendType,
+	}
+	if net.EnableIPv4 {
+		a[k.backendData] = rawOrNull(attrs.BackendData)
+		a[k.publicIP] = attrs.PublicIP.String()
+	}
+	if net.EnableIPv6 {
+		a[k.backendV6Data] = rawOrNull(attrs.BackendV6Data)
+		a[k.publicIPv6] = attrs.PublicIPv6.String()
+	}
+	return a
+}
+
+func rawOrNull(r json.RawMessage) string {
+	if len(r) == 0 {
+		return "null"
+	}
+	return string(r)
+}
+
+// checkAttrs refuses attributes that would publish annotations no peer can
+// read: a missing backend type or public address, backend data that is not JSON.
+func checkAttrs(net *subnet.Config, attrs subnet.LeaseAttrs) error {
+	if attrs.BackendType == "" {
+		return fmt.Errorf("lease attributes: BackendType is empty")
+	}
+	if net.EnableIPv4 {
+		if !attrs.PublicIP.Is4() {
+			return fmt.Errorf("lease attributes: PublicIP %q is not an IPv4 address", attrs.PublicIP)
+		}
+		if len(attrs.BackendData) > 0 && !json.Valid(attrs.BackendData) {
+			return fmt.Errorf("lease attributes: BackendData is not valid JSON")
+		}
+	}
+	if net.EnableIPv6 {
+		if !attrs.PublicIPv6.Is6() || attrs.PublicIPv6.Is4In6() {
+			return fmt.Errorf("lease attributes: PublicIPv6 %q is not an IPv6 address", attrs.PublicIPv6)
+		}
+		if len(attrs.BackendV6Data) > 0 && !json.Valid(attrs.BackendV6Data) {
+			return fmt.Errorf("lease attributes: BackendV6Data is not valid JSON")
+		}
+	}
+	return nil
+}
+
+// decode reads a peer's attributes from its annotations. The error says which
+// annotation is missing or malformed; missing tells the two apart.
+func (k keys) decode(net *subnet.Config, a map[string]string) (attrs subnet.LeaseAttrs, missing bool, err error) {
+	if v, ok := a[k.managed]; !ok {
+		return attrs, true, fmt.Errorf("annotation %s is missing (no agent has published a lease for this node)", k.managed)
+	} else if v != "true" {
+		return attrs, false, fmt.Errorf("annotation %s is %q, want \"true\"", k.managed, v)
+	}
+	attrs.BackendType = a[k.backendType]
+	if attrs.BackendType == "" {
+		return attrs, true, fmt.Errorf("annotation %s is missing", k.backendType)
+	}
+	if net.EnableIPv4 {
+		if attrs.PublicIP, missing, err = k.addr(a, k.publicIP, false); err != nil {
+			return attrs, missing, err
+		}
+		if attrs.BackendData, err = k.json(a, k.backendData); err != nil {
+			return attrs, false, err
+		}
+	}
+	if net.EnableIPv6 {
+		if attrs.PublicIPv6, missing, err = k.addr(a, k.publicIPv6, true); err != nil {
+			return attrs, missing, err
+		}
+		if attrs.BackendV6Data, err = k.json(a, k.backendV6Data); err != nil {
+			return attrs, false, err
+		}
+	}
+	return attrs, false, nil
+}
+
+func (k keys) addr(a map[string]string, key string, v6 bool) (netip.Addr, bool, error) {
+	s, ok := a[key]
+	if !ok || s == "" {
+		return netip.Addr{}, true, fmt.Errorf("annotation %s is missing", key)
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil || ip.Zone() != "" || ip.Is4() == v6 || ip.Is4In6() {
+		family := "IPv4"
+		if v6 {
+			family = "IPv6"
+		}
+		return netip.Addr{}, false, fmt.Errorf("annotation %s is %q, not an %s address", key, excerpt(s), family)
+	}
+	return ip, false, nil
+}
+
+// json returns the backend data, nil for absent or "null".
+func (k keys) json(a map[string]string, key string) (json.RawMessage, error) {
+	s, ok := a[key]
+	if !ok || s == "null" {
+		return nil, nil
+	}
+	if !json.Valid([]byte(s)) {
+		return nil, fmt.Errorf("annotation %s is not valid JSON: %q", key, excerpt(s))
+	}
+	return json.RawMessage(s), nil
+}
+
+func excerpt(s string) string {
+	if len(s) > 60 {
+		return s[:57] + "..."
+	}
+	return s
+}

@@ -1,0 +1,253 @@
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/informers/internalinterfaces"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/overlayd/overlayd/subnet"
+)
+
+// podCIDRMode takes the lease from Node.spec.podCIDR(s) and publishes the
+// attributes as annotations on the own Node.
+type podCIDRMode struct {
+	m *manager
+	// Guarded by m.ownMu once acquired.
+	lease       subnet.Lease
+	repairAfter time.Time
+}
+
+func (p *podCIDRMode) newInformer() cache.SharedIndexInformer {
+	inf := coreinformers.NewNodeInformerWithOptions(p.m.cfg.Client, internalinterfaces.InformerOptions{})
+	// Only fails once the informer runs, and it has not started yet.
+	_ = inf.SetTransform(p.trim)
+	return inf
+}
+
+// trim keeps what a lease needs of a Node (about 1% of a typical one): the
+// identity, the pod CIDRs and this prefix's annotations. It is idempotent,
+// as the informer requires.
+func (p *podCIDRMode) trim(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:              n.Name,
+			UID:               n.UID,
+			ResourceVersion:   n.ResourceVersion,
+			CreationTimestamp: n.CreationTimestamp,
+			Annotations:       p.m.keys.only(n.Annotations),
+		},
+		Spec: corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: slices.Clone(n.Spec.PodCIDRs)},
+	}, nil
+}
+
+// only returns the annotations under the prefix, nil if none.
+func (k keys) only(a map[string]string) map[string]string {
+	var out map[string]string
+	for name, v := range a {
+		if k.ours(name) {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[name] = v
+		}
+	}
+	return out
+}
+
+func (p *podCIDRMode) toRecord(obj any) *record {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return nil
+	}
+	net := p.m.net
+	r := &record{key: n.Name, name: n.Name, node: n.Name, nodeUID: n.UID, created: n.CreationTimestamp.Time}
+	r.v4, r.v6, r.subnetProblem = podCIDRs(net, n)
+	attrs, missing, err := p.m.keys.decode(net, n.Annotations)
+	switch {
+	case err != nil && missing:
+		r.attrsProblem = problem{reason: reasonMissingAnnotations, detail: err.Error()}
+	case err != nil:
+		r.attrsProblem = problem{reason: reasonMalformedAnnotations, detail: err.Error()}
+	default:
+		r.attrs = attrs
+	}
+	return r
+}
+
+// podCIDRs returns the node's pod subnets of the enabled families.
+func podCIDRs(net *subnet.Config, n *corev1.Node) (v4, v6 netip.Prefix, p problem) {
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	if len(cidrs) == 0 {
+		return v4, v6, problem{reason: reasonMissingSubnet, detail: "spec.podCIDR is not assigned yet"}
+	}
+	for _, s := range cidrs {
+		c, err := netip.ParsePrefix(s)
+		if err != nil || c.Masked() != c || c.Addr().Is4In6() {
+			return netip.Prefix{}, netip.Prefix{}, problem{reason: reasonMalformedSubnet, detail: fmt.Sprintf("spec.podCIDRs entry %q is not a canonical CIDR", s)}
+		}
+		switch {
+		case c.Addr().Is4() && net.EnableIPv4:
+			v4 = c
+		case c.Addr().Is6() && net.EnableIPv6:
+			v6 = c
+		}
+	}
+	if !v4.IsValid() && !v6.IsValid() {
+		return v4, v6, problem{reason: reasonMissingSubnet, detail: fmt.Sprintf("spec.podCIDRs %v has no subnet of an enabled address family", cidrs)}
+	}
+	return v4, v6, problem{}
+}
+
+func (p *podCIDRMode) permissions() []permission {
+	self := p.m.cfg.NodeName
+	perms := []permission{
+		{verb: "list", resource: "nodes"},
+		{verb: "watch", resource: "nodes"},
+		{verb: "patch", resource: "nodes", name: self},
+	}
+	if p.m.cfg.SetNodeNetworkUnavailable {
+		perms = append(perms, permission{verb: "patch", resource: "nodes", subresource: "status", name: self})
+	}
+	return append(perms, eventPermissions()...)
+}
+
+// acquire waits for the own Node and its podCIDR, refuses a podCIDR another
+// node holds or that lies outside Network, then publishes the annotations.
+func (p *podCIDRMode) acquire(ctx context.Context, attrs subnet.LeaseAttrs) (subnet.Lease, error) {
+	m := p.m
+	self := m.cfg.NodeName
+	wait := waitLogger{log: m.log.With(zap.String("node", self))}
+	var own *record
+	for {
+		res, wake := m.state()
+		own = m.record(self)
+		switch {
+		case own == nil:
+			wait.say("waiting for the Node object of this node to be registered")
+		case own.subnetProblem.reason == reasonMissingSubnet:
+			wait.say("waiting for kube-controller-manager to assign spec.podCIDR to this node (it needs --allocate-node-cidrs and a --cluster-cidr covering Network)",
+				zap.String("detail", own.subnetProblem.detail), zap.Stringer("network", m.net.Network))
+		case !own.subnetProblem.ok():
+			return subnet.Lease{}, p.refuse(own, own.subnetProblem)
+		case res.ownProblem.reason == reasonMissingSubnet:
+			wait.say("waiting for the node's podCIDR of every enabled address family", zap.String("detail", res.ownProblem.detail))
+		case !res.ownProblem.ok():
+			return subnet.Lease{}, p.refuse(own, res.ownProblem)
+		default:
+			lease := subnet.Lease{Node: self, Subnet: own.v4, IPv6Subnet: own.v6, Attrs: attrs}
+			if err := p.patchAnnotations(ctx, attrs); err != nil {
+				return subnet.Lease{}, err
+			}
+			m.ownMu.Lock()
+			p.lease = lease
+			m.ownMu.Unlock()
+			return lease, nil
+		}
+		select {
+		case <-wake:
+		case <-time.After(time.Minute): // re-log while waiting
+		case <-m.failed:
+			return subnet.Lease{}, m.failure()
+		case <-ctx.Done():
+			return subnet.Lease{}, fmt.Errorf("acquiring the lease of node %s: %w", self, ctx.Err())
+		}
+	}
+}
+
+// refuse explains why this node may not run with its podCIDR, on the Node
+// as an Event too, where an administrator looks.
+func (p *podCIDRMode) refuse(own *record, prob problem) error {
+	err := fmt.Errorf("node %s may not use its podCIDR: %s: %s", own.node, prob.reason, prob.detail)
+	p.m.log.Error("refusing to run", zap.Error(err))
+	p.m.event(own, "SubnetConflict", "overlayd refuses to run: %s", prob.detail)
+	return err
+}
+
+// patchAnnotations writes the annotations peers read, if the Node's differ.
+func (p *podCIDRMode) patchAnnotations(ctx context.Context, attrs subnet.LeaseAttrs) error {
+	m := p.m
+	want := m.keys.encode(m.net, attrs)
+	if p.published(want) {
+		return nil
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": want}})
+	if err != nil {
+		return err
+	}
+	if _, err := m.cfg.Client.CoreV1().Nodes().Patch(ctx, m.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("publishing lease annotations on node %s: %w", m.cfg.NodeName, err)
+	}
+	return nil
+}
+
+// published reports whether the cached own Node carries the annotations.
+func (p *podCIDRMode) published(want map[string]string) bool {
+	obj, ok, _ := p.m.informer.GetStore().GetByKey(p.m.cfg.NodeName)
+	if !ok {
+		return false
+	}
+	have := obj.(*corev1.Node).Annotations
+	for k, v := range want {
+		if hv, ok := have[k]; !ok || hv != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *podCIDRMode) publish(ctx context.Context, attrs subnet.LeaseAttrs) error {
+	if err := p.patchAnnotations(ctx, attrs); err != nil {
+		return err
+	}
+	p.lease.Attrs = attrs
+	return nil
+}
+
+// maintain notices a changed podCIDR (the Node was deleted and registered
+// again with another one: the daemon must restart) and puts back annotations
+// that went missing, e.g. on a re-registered Node.
+func (p *podCIDRMode) maintain(ctx context.Context) (time.Duration, error) {
+	m := p.m
+	m.ownMu.Lock()
+	defer m.ownMu.Unlock()
+	own := m.record(m.cfg.NodeName)
+	if own == nil || !own.subnetProblem.ok() {
+		return time.Hour, nil // gone or waiting for a podCIDR again; its return is another change
+	}
+	if own.v4 != p.lease.Subnet || own.v6 != p.lease.IPv6Subnet {
+		return 0, fmt.Errorf("the podCIDR of node %s changed from %s %s to %s %s; restart to take the new lease",
+			m.cfg.NodeName, p.lease.Subnet, p.lease.IPv6Subnet, own.v4, own.v6)
+	}
+	if p.published(m.keys.encode(m.net, m.attrs)) {
+		return time.Hour, nil
+	}
+	if time.Now().Before(p.repairAfter) {
+		return time.Until(p.repairAfter), nil
+	}
+	m.log.Info("the node's lease annotations differ from what this agent published; writing them again")
+	if err := p.patchAnnotations(ctx, m.attrs); err != nil {
+		m.log.Warn("repairing lease annotations failed; retrying", zap.Error(err))
+		p.repairAfter = time.Now().Add(10 * time.Second)
+		return 10 * time.Second, nil
+	}
+	p.repairAfter = time.Now().Add(time.Second) // at most once a second, whatever else writes them
+	return time.Hour, nil
+}

@@ -1,0 +1,284 @@
+package kube
+
+import (
+	"bytes"
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/overlayd/overlayd/pkg/ip"
+	"github.com/overlayd/overlayd/subnet"
+)
+
+// Reasons a peer is skipped: the values of overlayd_peers_skipped_total's
+// reason label.
+const (
+	reasonMissingSubnet        = "missing-subnet"
+	reasonMalformedSubnet      = "malformed-subnet"
+	reasonOutsideNetwork       = "outside-network"
+	reasonOverlap              = "overlap"
+	reasonDuplicate            = "duplicate"
+	reasonMissingAnnotations   = "missing-annotations"
+	reasonMalformedAnnotations = "malformed-annotations"
+)
+
+// problem is why a record is not (part of) a peer. The zero value is no problem.
+type problem struct {
+	reason string
+	detail string
+	holder string // for reasonOverlap: the node that keeps the subnet
+}
+
+func (p problem) ok() bool { return p.reason == "" }
+
+// record is one API object (a Node, or a Lease in lease mode) reduced to
+// what the lease store needs. It is a value: equal records mean nothing
+// relevant changed.
+type record struct {
+	key     string    // store key of the object
+	name    string    // object name: the tie-breaker after creation time
+	node    string    // the node it speaks for
+	nodeUID types.UID // the node's UID when known, for Events
+	created time.Time
+	// subnets claimed; a Lease claims one family, a Node one or both.
+	v4, v6 netip.Prefix
+	attrs  subnet.LeaseAttrs
+	// subnetProblem keeps the record from claiming anything;
+	// attrsProblem keeps a claiming record out of the peers.
+	subnetProblem problem
+	attrsProblem  problem
+}
+
+func (r *record) equal(o *record) bool {
+	return r.key == o.key && r.name == o.name && r.node == o.node && r.nodeUID == o.nodeUID &&
+		r.created.Equal(o.created) && r.v4 == o.v4 && r.v6 == o.v6 &&
+		r.subnetProblem == o.subnetProblem && r.attrsProblem == o.attrsProblem &&
+		attrsEqual(r.attrs, o.attrs)
+}
+
+func attrsEqual(a, b subnet.LeaseAttrs) bool {
+	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 && a.BackendType == b.BackendType &&
+		bytes.Equal(a.BackendData, b.BackendData) && bytes.Equal(a.BackendV6Data, b.BackendV6Data)
+}
+
+func leaseEqual(a, b subnet.Lease) bool {
+	return a.Node == b.Node && a.Subnet == b.Subnet && a.IPv6Subnet == b.IPv6Subnet && attrsEqual(a.Attrs, b.Attrs)
+}
+
+// resolution is the outcome of resolve: the peers, why each other record
+// was skipped, and how the own node fared.
+type resolution struct {
+	peers   []subnet.Lease  // sorted by node name, own node excluded
+	skipped map[string]skip // record key -> why, own node's records excluded
+	// ownProblem is why the own node's subnet claim is refused (its
+	// annotations do not matter: the agent is about to write them).
+	ownProblem problem
+}
+
+type skip struct {
+	problem problem
+	record  *record
+}
+
+// resolve turns records into peers. Ownership of a subnet is decided among
+// all records that claim one, whatever their annotations say: the earliest
+// (creation time, then name) keeps it and later overlapping claims are
+// refused, so a rogue or stale object can never take a subnet away from its
+// holder, and removing the rogue changes nothing for the holder.
+func resolve(net *subnet.Config, self string, records []*record) resolution {
+	res := resolution{skipped: map[string]skip{}}
+	skipRecord := func(r *record, p problem) {
+		if r.node == self {
+			if res.ownProblem.ok() {
+				res.ownProblem = p
+			}
+			return
+		}
+		res.skipped[r.key] = skip{problem: p, record: r}
+	}
+
+	claiming := make([]*record, 0, len(records))
+	for _, r := range records {
+		if !r.subnetProblem.ok() {
+			skipRecord(r, r.subnetProblem)
+			continue
+		}
+		if p := outsideNetwork(net, r); !p.ok() {
+			skipRecord(r, p)
+			continue
+		}
+		claiming = append(claiming, r)
+	}
+	slices.SortFunc(claiming, func(a, b *record) int {
+		if c := a.created.Compare(b.created); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.name, b.name)
+	})
+
+	var held4, held6 intervals
+	winners := make([]*record, 0, len(claiming))
+	for _, r := range claiming {
+		var lost *record
+		var lostPrefix netip.Prefix
+		for _, c := range []struct {
+			p    netip.Prefix
+			held *intervals
+		}{{r.v4, &held4}, {r.v6, &held6}} {
+			if !c.p.IsValid() {
+				continue
+			}
+			if h := c.held.overlapping(c.p); h != nil {
+				if lost == nil {
+					lost, lostPrefix = h, c.p
+				}
+				continue
+			}
+			c.held.insert(c.p, r)
+		}
+		if lost != nil {
+			held := lost.v4
+			if lostPrefix.Addr().Is6() {
+				held = lost.v6
+			}
+			skipRecord(r, problem{
+				reason: reasonOverlap,
+				holder: lost.node,
+				detail: fmt.Sprintf("subnet %s overlaps %s held by node %s (claimed since %s); the earlier claim keeps it",
+					lostPrefix, held, lost.node, lost.created.UTC().Format(time.RFC3339)),
+			})
+			continue
+		}
+		winners = append(winners, r)
+	}
+
+	// Merge each node's winning records (a Node is one; in lease mode a
+	// dual-stack node has one Lease per family) into one lease.
+	byNode := map[string][]*record{}
+	var nodes []string
+	for _, r := range winners {
+		if _, seen := byNode[r.node]; !seen {
+			nodes = append(nodes, r.node)
+		}
+		byNode[r.node] = append(byNode[r.node], r)
+	}
+	slices.Sort(nodes)
+	for _, node := range nodes {
+		lease, used, subnetP, attrsP := merge(net, node, byNode[node])
+		for _, r := range byNode[node] {
+			if used[r] || node == self {
+				continue // the own node's extra leases are Acquire's business
+			}
+			skipRecord(r, problem{reason: reasonDuplicate, detail: fmt.Sprintf("node %s holds another lease of the same address family", node)})
+		}
+		if node == self {
+			if !subnetP.ok() && res.ownProblem.ok() {
+				res.ownProblem = subnetP
+			}
+			continue
+		}
+		p := subnetP
+		if p.ok() {
+			p = attrsP
+		}
+		if !p.ok() {
+			for _, r := range byNode[node] {
+				if used[r] {
+					skipRecord(r, p)
+				}
+			}
+			continue
+		}
+		res.peers = append(res.peers, lease)
+	}
+	return res
+}
+
+// merge builds a node's lease from its winning records (in claim order).
+// used marks the records that went into it; subnetP says a family's subnet
+// is missing, attrsP that the published attributes are unusable.
+func merge(net *subnet.Config, node string, rs []*record) (lease subnet.Lease, used map[*record]bool, subnetP, attrsP problem) {
+	lease.Node = node
+	used = map[*record]bool{}
+	var first *record
+	for _, r := range rs {
+		take := false
+		if r.v4.IsValid() && !lease.Subnet.IsValid() {
+			lease.Subnet, take = r.v4, true
+		}
+		if r.v6.IsValid() && !lease.IPv6Subnet.IsValid() {
+			lease.IPv6Subnet, take = r.v6, true
+		}
+		if !take {
+			continue
+		}
+		used[r] = true
+		if first == nil {
+			first = r
+		}
+		if !r.attrsProblem.ok() && attrsP.ok() {
+			attrsP = r.attrsProblem
+		}
+	}
+	if first != nil {
+		lease.Attrs = first.attrs
+	}
+	switch {
+	case net.EnableIPv4 && !lease.Subnet.IsValid():
+		subnetP = problem{reason: reasonMissingSubnet, detail: "no IPv4 subnet yet"}
+	case net.EnableIPv6 && !lease.IPv6Subnet.IsValid():
+		subnetP = problem{reason: reasonMissingSubnet, detail: "no IPv6 subnet yet"}
+	}
+	return lease, used, subnetP, attrsP
+}
+
+// outsideNetwork refuses a record claiming space outside the configured networks.
+func outsideNetwork(net *subnet.Config, r *record) problem {
+	check := func(p, network netip.Prefix, enabled bool, key string) problem {
+		if !p.IsValid() {
+			return problem{}
+		}
+		if !enabled {
+			return problem{reason: reasonOutsideNetwork, detail: fmt.Sprintf("subnet %s: its address family is not enabled in net-conf.json", p)}
+		}
+		if !ip.Covers(network, p) {
+			return problem{reason: reasonOutsideNetwork, detail: fmt.Sprintf("subnet %s lies outside %s %s", p, key, network)}
+		}
+		return problem{}
+	}
+	if p := check(r.v4, net.Network, net.EnableIPv4, "Network"); !p.ok() {
+		return p
+	}
+	return check(r.v6, net.IPv6Network, net.EnableIPv6, "IPv6Network")
+}
+
+// intervals is a set of disjoint address ranges, sorted by first address,
+// each remembering the record that holds it.
+type intervals []interval
+
+type interval struct {
+	first, last netip.Addr
+	holder      *record
+}
+
+// overlapping returns the holder of a range overlapping p, or nil.
+func (s intervals) overlapping(p netip.Prefix) *record {
+	first, last := ip.Network(p), ip.Broadcast(p)
+	// The first range that does not end before p starts.
+	i, _ := slices.BinarySearchFunc(s, first, func(iv interval, a netip.Addr) int { return iv.last.Compare(a) })
+	if i < len(s) && s[i].first.Compare(last) <= 0 {
+		return s[i].holder
+	}
+	return nil
+}
+
+// insert adds p, which must not overlap any range in the set.
+func (s *intervals) insert(p netip.Prefix, holder *record) {
+	first := ip.Network(p)
+	i, _ := slices.BinarySearchFunc(*s, first, func(iv interval, a netip.Addr) int { return iv.first.Compare(a) })
+	*s = slices.Insert(*s, i, interval{first: first, last: ip.Broadcast(p), holder: holder})
+}
