@@ -33,21 +33,21 @@ const (
 )
 
 // buffers are the packet buffers of a Tunnel, kept across re-attachments so
-// that attaching again allocates nothing. Only one session uses them at a
-// time: a session is stopped (its goroutines have returned) before the next
-// one starts.
+// that attaching again allocates nothing. Each set is allocated by the
+// goroutine that uses it, so attaching returns without waiting for memory.
+// Only one session uses them at a time: a session is stopped (its
+// goroutines have returned) before the next one starts.
 type buffers struct {
 	tx [][]byte   // TUN → UDP
 	rx [][][]byte // UDP → TUN, one set per receive function (IPv4, IPv6)
 }
 
-func newBuffers() *buffers { return &buffers{tx: makeBatch()} }
-
-func (b *buffers) rxFor(i int) [][]byte {
-	for len(b.rx) <= i {
-		b.rx = append(b.rx, makeBatch())
+// batch returns *set, allocating it on first use.
+func batch(set *[][]byte) [][]byte {
+	if *set == nil {
+		*set = makeBatch()
 	}
-	return b.rx[i]
+	return *set
 }
 
 // makeBatch allocates batchSize buffers in one block. Each buffer's capacity
@@ -104,10 +104,13 @@ func startSession(t *Tunnel, device string, port int, bufs *buffers) (*session, 
 		offloads: dev.BatchSize() > 1,
 		dev:      dev, bind: bind,
 	}
+	for len(bufs.rx) < len(receivers) {
+		bufs.rx = append(bufs.rx, nil)
+	}
 	s.wg.Add(1 + len(receivers))
-	go s.tunToUDP(bufs.tx[:min(dev.BatchSize(), batchSize)])
+	go s.tunToUDP(&bufs.tx)
 	for i, receive := range receivers {
-		go s.udpToTUN(receive, bufs.rxFor(i))
+		go s.udpToTUN(receive, &bufs.rx[i])
 	}
 	return s, nil
 }
@@ -125,8 +128,9 @@ func (s *session) dead() bool { return s.gone.Load() }
 
 // tunToUDP reads packets the kernel routed to the device and sends each to
 // the peer owning its destination.
-func (s *session) tunToUDP(bufs [][]byte) {
+func (s *session) tunToUDP(set *[][]byte) {
 	defer s.wg.Done()
+	bufs := batch(set)[:min(s.dev.BatchSize(), batchSize)]
 	sizes := make([]int, len(bufs))
 	run := make([][]byte, 0, len(bufs))
 	for {
@@ -238,8 +242,9 @@ func (s *session) send(pkts [][]byte, p *peer) {
 // udpToTUN receives datagrams, keeps those from current peers that hold one
 // whole IP packet, and writes them to the device in one batch (which the
 // TUN side merges back into super-packets).
-func (s *session) udpToTUN(receive conn.ReceiveFunc, bufs [][]byte) {
+func (s *session) udpToTUN(receive conn.ReceiveFunc, set *[][]byte) {
 	defer s.wg.Done()
+	bufs := batch(set)
 	// Datagrams land after the headroom; the TUN write gets whole buffers.
 	into := make([][]byte, len(bufs))
 	for i := range bufs {

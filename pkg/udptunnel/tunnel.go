@@ -53,7 +53,7 @@ type Tunnel struct {
 	tablePeers  map[netip.Prefix]netip.Addr
 	tablePort   int
 	attachments uint64
-	buffers     *buffers
+	buffers     buffers
 	closed      bool
 }
 
@@ -126,10 +126,7 @@ func (t *Tunnel) Ensure(spec *Spec) error {
 		t.stopLocked()
 	}
 
-	if t.buffers == nil {
-		t.buffers = newBuffers()
-	}
-	s, err := startSession(t, spec.Device, spec.Port, t.buffers)
+	s, err := startSession(t, spec.Device, spec.Port, &t.buffers)
 	if err != nil {
 		return err
 	}
