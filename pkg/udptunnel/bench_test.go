@@ -207,7 +207,7 @@ func BenchmarkEnsureUnchanged(b *testing.B) {
 	spec := c.spec(0)
 	for i := range 999 {
 		spec.Peers[netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 250, byte(i >> 8), byte(i)}), 32)] =
-			netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i + 1)})
+			ap(netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i + 1)}))
 	}
 	tun := c.startTunnel(0, spec)
 	b.ResetTimer()

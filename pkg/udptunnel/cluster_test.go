@@ -141,7 +141,7 @@ func (c *cluster) addTUN(n *node, routes ...netip.Prefix) {
 // spec is node i's desired state: the other node is its only peer.
 func (c *cluster) spec(i int) *Spec {
 	other := c.nodes[1-i]
-	return &Spec{Device: device, Port: DefaultPort, Peers: map[netip.Prefix]netip.Addr{other.subnet: other.underlay}}
+	return &Spec{Device: device, Port: DefaultPort, Peers: map[netip.Prefix]netip.AddrPort{other.subnet: ap(other.underlay)}}
 }
 
 // startTunnels runs one Tunnel per node, each with the other as its peer.

@@ -44,7 +44,7 @@ type byLen6 struct {
 
 // buildTable turns the desired peers into a table. Entries that cannot be
 // used are left out and described in skipped; the rest still work.
-func buildTable(peers map[netip.Prefix]netip.Addr, port int) (t *table, skipped []string) {
+func buildTable(peers map[netip.Prefix]netip.AddrPort, port int) (t *table, skipped []string) {
 	t = &table{sources: make(map[netip.Addr]struct{}, len(peers))}
 	v4 := map[int]map[uint32]*peer{}
 	v6 := map[int]map[[2]uint64]*peer{}
@@ -57,7 +57,11 @@ func buildTable(peers map[netip.Prefix]netip.Addr, port int) (t *table, skipped 
 		return cmp.Compare(a.Bits(), b.Bits())
 	})
 	for _, prefix := range prefixes {
-		addr := peers[prefix].Unmap()
+		addr := peers[prefix].Addr().Unmap()
+		peerPort := int(peers[prefix].Port())
+		if peerPort == 0 {
+			peerPort = port
+		}
 		if !prefix.IsValid() || prefix.Addr().Is4In6() || prefix.Addr().Zone() != "" {
 			skipped = append(skipped, fmt.Sprintf("peer subnet %q is not a valid prefix", prefix))
 			continue
@@ -67,7 +71,7 @@ func buildTable(peers map[netip.Prefix]netip.Addr, port int) (t *table, skipped 
 			continue
 		}
 		subnet := prefix.Masked()
-		p := &peer{subnet: subnet, addr: addr, ep: &conn.StdNetEndpoint{AddrPort: netip.AddrPortFrom(addr, uint16(port))}}
+		p := &peer{subnet: subnet, addr: addr, ep: &conn.StdNetEndpoint{AddrPort: netip.AddrPortFrom(addr, uint16(peerPort))}}
 		if subnet.Addr().Is4() {
 			m := v4[subnet.Bits()]
 			if m == nil {

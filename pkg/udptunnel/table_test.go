@@ -7,15 +7,15 @@ import (
 )
 
 func TestTableLookup(t *testing.T) {
-	peers := map[netip.Prefix]netip.Addr{
-		netip.MustParsePrefix("10.244.1.0/24"):   netip.MustParseAddr("198.18.0.1"),
-		netip.MustParsePrefix("10.244.2.0/24"):   netip.MustParseAddr("198.18.0.2"),
-		netip.MustParsePrefix("10.244.2.128/25"): netip.MustParseAddr("198.18.0.3"), // more specific wins
-		netip.MustParsePrefix("10.250.0.0/16"):   netip.MustParseAddr("198.18.0.4"),
-		netip.MustParsePrefix("10.244.3.7/24"):   netip.MustParseAddr("198.18.0.5"), // host bits ignored
-		netip.MustParsePrefix("fd00:1:2::/64"):   netip.MustParseAddr("2001:db8::1"),
-		netip.MustParsePrefix("fd00:1::/48"):     netip.MustParseAddr("::ffff:198.18.0.6"), // mapped: unmapped
-		netip.MustParsePrefix("fd00:9::/80"):     netip.MustParseAddr("2001:db8::9"),
+	peers := map[netip.Prefix]netip.AddrPort{
+		netip.MustParsePrefix("10.244.1.0/24"):   ap(netip.MustParseAddr("198.18.0.1")),
+		netip.MustParsePrefix("10.244.2.0/24"):   ap(netip.MustParseAddr("198.18.0.2")),
+		netip.MustParsePrefix("10.244.2.128/25"): ap(netip.MustParseAddr("198.18.0.3")), // more specific wins
+		netip.MustParsePrefix("10.250.0.0/16"):   ap(netip.MustParseAddr("198.18.0.4")),
+		netip.MustParsePrefix("10.244.3.7/24"):   ap(netip.MustParseAddr("198.18.0.5")), // host bits ignored
+		netip.MustParsePrefix("fd00:1:2::/64"):   ap(netip.MustParseAddr("2001:db8::1")),
+		netip.MustParsePrefix("fd00:1::/48"):     ap(netip.MustParseAddr("::ffff:198.18.0.6")), // mapped: unmapped
+		netip.MustParsePrefix("fd00:9::/80"):     ap(netip.MustParseAddr("2001:db8::9")),
 	}
 	tbl, skipped := buildTable(peers, 8285)
 	if len(skipped) != 0 {
@@ -58,13 +58,13 @@ func TestTableLookup(t *testing.T) {
 }
 
 func TestTableSkipsUnusableEntries(t *testing.T) {
-	tbl, skipped := buildTable(map[netip.Prefix]netip.Addr{
-		{}:                                     netip.MustParseAddr("198.18.0.1"),
+	tbl, skipped := buildTable(map[netip.Prefix]netip.AddrPort{
+		{}:                                     ap(netip.MustParseAddr("198.18.0.1")),
 		netip.MustParsePrefix("10.244.1.0/24"): {},
-		netip.MustParsePrefix("10.244.2.0/24"): netip.MustParseAddr("0.0.0.0"),
-		netip.MustParsePrefix("10.244.3.0/24"): netip.MustParseAddr("239.1.1.1"),
-		netip.MustParsePrefix("10.244.4.0/24"): netip.MustParseAddr("198.18.0.4"),
-		netip.MustParsePrefix("10.244.4.9/24"): netip.MustParseAddr("198.18.0.5"), // same subnet, other peer
+		netip.MustParsePrefix("10.244.2.0/24"): ap(netip.MustParseAddr("0.0.0.0")),
+		netip.MustParsePrefix("10.244.3.0/24"): ap(netip.MustParseAddr("239.1.1.1")),
+		netip.MustParsePrefix("10.244.4.0/24"): ap(netip.MustParseAddr("198.18.0.4")),
+		netip.MustParsePrefix("10.244.4.9/24"): ap(netip.MustParseAddr("198.18.0.5")), // same subnet, other peer
 	}, 8285)
 	if len(skipped) != 5 {
 		t.Fatalf("skipped %d entries, want 5: %q", len(skipped), skipped)
@@ -79,10 +79,10 @@ func TestTableSkipsUnusableEntries(t *testing.T) {
 
 func BenchmarkTableLookup(b *testing.B) {
 	for _, n := range []int{10, 1000, 5000} {
-		peers := map[netip.Prefix]netip.Addr{}
+		peers := map[netip.Prefix]netip.AddrPort{}
 		for i := range n {
 			peers[netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)] =
-				netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+				ap(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}))
 		}
 		tbl, _ := buildTable(peers, 8285)
 		dst := netip.AddrFrom4([4]byte{10, byte((n - 1) >> 8), byte(n - 1), 7})
@@ -93,5 +93,21 @@ func BenchmarkTableLookup(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// ap is a peer address on the tunnel's own port.
+func ap(a netip.Addr) netip.AddrPort { return netip.AddrPortFrom(a, 0) }
+
+func TestTablePeerPort(t *testing.T) {
+	tbl, _ := buildTable(map[netip.Prefix]netip.AddrPort{
+		netip.MustParsePrefix("10.244.1.0/24"): netip.MustParseAddrPort("198.18.0.1:9000"),
+		netip.MustParsePrefix("10.244.2.0/24"): ap(netip.MustParseAddr("198.18.0.2")),
+	}, 8285)
+	if got := tbl.lookup(netip.MustParseAddr("10.244.1.9")).ep.AddrPort; got != netip.MustParseAddrPort("198.18.0.1:9000") {
+		t.Errorf("peer with its own port: %s", got)
+	}
+	if got := tbl.lookup(netip.MustParseAddr("10.244.2.9")).ep.AddrPort; got != netip.MustParseAddrPort("198.18.0.2:8285") {
+		t.Errorf("peer on the tunnel's port: %s", got)
 	}
 }

@@ -42,8 +42,9 @@ type Spec struct {
 	Device string
 	// Port is the UDP port both listened on and sent to.
 	Port int
-	// Peers maps each peer's pod subnet to that peer's public address.
-	Peers map[netip.Prefix]netip.Addr
+	// Peers maps each peer's pod subnet to that peer's public address and
+	// port; port 0 means Port.
+	Peers map[netip.Prefix]netip.AddrPort
 }
 
 // Tunnel is the datapath. Its methods may be called from any goroutine;
@@ -57,7 +58,7 @@ type Tunnel struct {
 
 	mu          sync.Mutex // guards the fields below
 	session     *session
-	tablePeers  map[netip.Prefix]netip.Addr
+	tablePeers  map[netip.Prefix]netip.AddrPort
 	tablePort   int
 	attachments uint64
 	buffers     buffers

@@ -332,7 +332,7 @@ func TestPeerTableChangesWithoutStoppingTraffic(t *testing.T) {
 		default:
 			spec := c.spec(0)
 			for j := range swaps % 50 {
-				spec.Peers[netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 245, byte(j), 0}), 24)] = netip.AddrFrom4([4]byte{198, 18, 1, byte(j + 1)})
+				spec.Peers[netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 245, byte(j), 0}), 24)] = ap(netip.AddrFrom4([4]byte{198, 18, 1, byte(j + 1)}))
 			}
 			c.ensure(0, ts[0], spec)
 		}
@@ -455,9 +455,9 @@ func TestBadPeersAreSkipped(t *testing.T) {
 	c := newCluster(t, "badpeer", overlayUDP)
 	ts := c.startTunnels()
 	spec := c.spec(0)
-	spec.Peers[netip.MustParsePrefix("10.244.7.0/24")] = netip.Addr{}
-	spec.Peers[netip.MustParsePrefix("10.244.8.0/24")] = netip.MustParseAddr("224.0.0.1")
-	spec.Peers[netip.Prefix{}] = netip.MustParseAddr("198.18.0.7")
+	spec.Peers[netip.MustParsePrefix("10.244.7.0/24")] = netip.AddrPort{}
+	spec.Peers[netip.MustParsePrefix("10.244.8.0/24")] = ap(netip.MustParseAddr("224.0.0.1"))
+	spec.Peers[netip.Prefix{}] = ap(netip.MustParseAddr("198.18.0.7"))
 	c.ensure(0, ts[0], spec)
 	if got := ts[0].Stats().SkippedPeers; got != 3 {
 		t.Errorf("SkippedPeers = %d, want 3", got)
@@ -518,7 +518,7 @@ func TestIPv6OverIPv6(t *testing.T) {
 	var ts [2]*Tunnel
 	for i := range c.nodes {
 		ts[i] = c.startTunnel(i, &Spec{Device: device, Port: DefaultPort,
-			Peers: map[netip.Prefix]netip.Addr{subnet(1 - i): addrs[1-i].underlay}})
+			Peers: map[netip.Prefix]netip.AddrPort{subnet(1 - i): ap(addrs[1-i].underlay)}})
 	}
 	for i := range c.nodes {
 		waitFor(t, fmt.Sprintf("ping %s -> %s", addrs[i].pod, addrs[1-i].pod), 10*time.Second, func() bool {
