@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,32 +22,18 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/overlayd/overlayd/pkg/ip"
-	"github.com/overlayd/overlayd/subnet"
 	"github.com/overlayd/overlayd/test/controlplane"
 )
 
 // The benchmark measures the lease store alone at scale: the time from
 // start to a complete peer snapshot, and the memory of a process that runs
-// only the lease store (this test binary re-executed in benchChild mode).
+// nothing but the lease store (internal/snapshotprobe, built here).
 //
 //	go test -run '^$' -bench Snapshot -benchtime 3x -timeout 30m ./subnet/kube/
 //
 // OVERLAYD_BENCH_NODES changes the node count (default 5000).
 
-const (
-	benchChildEnv = "OVERLAYD_KUBE_BENCH_CHILD" // set: run as the measured child
-	benchNet      = `{"Network": "10.0.0.0/8"}`
-)
-
-// benchResult is what the child reports on its stdout.
-type benchResult struct {
-	Peers       int     `json:"peers"`
-	SnapshotMs  float64 `json:"snapshotMs"`
-	VmRSSKiB    int64   `json:"vmRSSKiB"`
-	VmHWMKiB    int64   `json:"vmHWMKiB"`
-	HeapInuseKB uint64  `json:"heapInuseKiB"`
-	Error       string  `json:"error,omitempty"`
-}
+const benchNetConf = `{"Network": "10.0.0.0/8"}`
 
 func BenchmarkSnapshot(b *testing.B) {
 	nodes := 5000
@@ -59,133 +43,70 @@ func BenchmarkSnapshot(b *testing.B) {
 			b.Fatalf("OVERLAYD_BENCH_NODES=%q: %v", s, err)
 		}
 	}
+	probe := filepath.Join(b.TempDir(), "snapshotprobe")
+	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", probe, "./internal/snapshotprobe")
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("building the probe: %v\n%s", err, out)
+	}
+
 	c := startCluster(b, controlplane.Options{})
 	start := time.Now()
 	jsonSize, protoSize := createRealisticNodes(b, c.admin, nodes)
-	b.Logf("created %d nodes in %s (each about %.1f KiB as JSON, %.1f KiB as protobuf)",
+	b.Logf("created %d nodes in %s (each %.1f KiB as JSON, %.1f KiB as protobuf, before the server adds managed fields)",
 		nodes, time.Since(start).Round(time.Millisecond), float64(jsonSize)/1024, float64(protoSize)/1024)
-
 	kubeconfig := filepath.Join(b.TempDir(), "kubeconfig")
 	if err := c.cp.WriteKubeconfig(kubeconfig, controlplane.Admin); err != nil {
 		b.Fatal(err)
 	}
-	var sum benchResult
+
+	var snapshotMs float64
+	var rss, hwm int64
 	runs := 0
 	for b.Loop() {
-		r := runBenchChild(b, kubeconfig, nodes)
+		r := runProbe(b, probe, kubeconfig, nodes)
 		if r.Peers != nodes-1 {
-			b.Fatalf("child saw %d peers, want %d", r.Peers, nodes-1)
+			b.Fatalf("probe saw %d peers, want %d", r.Peers, nodes-1)
 		}
-		b.Logf("snapshot of %d peers in %.0f ms; VmRSS %.1f MiB, VmHWM %.1f MiB, Go heap in use %.1f MiB",
-			r.Peers, r.SnapshotMs, kib(r.VmRSSKiB), kib(r.VmHWMKiB), float64(r.HeapInuseKB)/1024)
-		sum.SnapshotMs += r.SnapshotMs
-		sum.VmRSSKiB = max(sum.VmRSSKiB, r.VmRSSKiB)
-		sum.VmHWMKiB = max(sum.VmHWMKiB, r.VmHWMKiB)
+		b.Logf("complete snapshot of %d peers in %.0f ms; VmRSS %.1f MiB (anon %.1f + file %.1f), VmHWM %.1f MiB; %.1f MiB at process start; live Go heap %.1f MiB",
+			r.Peers, r.SnapshotMs, mib(r.VmRSS), mib(r.RssAnon), mib(r.RssFile), mib(r.VmHWM), mib(r.StartVmRSS), mib(int64(r.HeapLiveKiB)))
+		snapshotMs += r.SnapshotMs
+		rss, hwm = max(rss, r.VmRSS), max(hwm, r.VmHWM)
 		runs++
 	}
-	b.ReportMetric(sum.SnapshotMs/float64(runs), "ms/snapshot")
-	b.ReportMetric(kib(sum.VmRSSKiB), "MiB-RSS")
-	b.ReportMetric(kib(sum.VmHWMKiB), "MiB-peakRSS")
+	b.ReportMetric(snapshotMs/float64(runs), "ms/snapshot")
+	b.ReportMetric(mib(rss), "MiB-RSS")
+	b.ReportMetric(mib(hwm), "MiB-peakRSS")
 	b.ReportMetric(float64(nodes), "nodes")
 }
 
-func kib(k int64) float64 { return float64(k) / 1024 }
+func mib(kib int64) float64 { return float64(kib) / 1024 }
 
-func runBenchChild(b *testing.B, kubeconfig string, nodes int) benchResult {
+// probeResult is internal/snapshotprobe's output.
+type probeResult struct {
+	Peers                          int
+	SnapshotMs                     float64
+	VmRSS, VmHWM, RssAnon, RssFile int64
+	StartVmRSS                     int64
+	HeapLiveKiB                    uint64
+	Error                          string
+}
+
+func runProbe(b *testing.B, probe, kubeconfig string, nodes int) probeResult {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), benchChildEnv+"=1",
-		"OVERLAYD_BENCH_KUBECONFIG="+kubeconfig, "OVERLAYD_BENCH_NODES="+strconv.Itoa(nodes))
+	cmd := exec.Command(probe)
+	cmd.Env = append(os.Environ(),
+		"OVERLAYD_PROBE_KUBECONFIG="+kubeconfig,
+		"OVERLAYD_PROBE_NODE="+benchNodeName(0),
+		"OVERLAYD_PROBE_PEERS="+strconv.Itoa(nodes-1),
+		"OVERLAYD_PROBE_NETCONF="+benchNetConf)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
-	var r benchResult
-	if jerr := json.Unmarshal(lastLine(out), &r); jerr != nil || err != nil || r.Error != "" {
-		b.Fatalf("bench child: %v %v %s\nstdout: %s\nstderr: %s", err, jerr, r.Error, out, stderr.Bytes())
+	var r probeResult
+	if jerr := json.Unmarshal(bytes.TrimSpace(out), &r); jerr != nil || err != nil || r.Error != "" {
+		b.Fatalf("probe: %v %v %s\nstdout: %s\nstderr: %s", err, jerr, r.Error, out, stderr.Bytes())
 	}
 	return r
-}
-
-func lastLine(b []byte) []byte {
-	lines := bytes.Split(bytes.TrimSpace(b), []byte("\n"))
-	return lines[len(lines)-1]
-}
-
-// benchChild runs only the lease store, as the daemon would, until its
-// snapshot is complete, and reports time and memory.
-func benchChild() int {
-	r := measureSnapshot()
-	out, _ := json.Marshal(r)
-	fmt.Println(string(out))
-	return 0
-}
-
-func measureSnapshot() (r benchResult) {
-	fail := func(err error) benchResult { r.Error = err.Error(); return r }
-	nodes, err := strconv.Atoi(os.Getenv("OVERLAYD_BENCH_NODES"))
-	if err != nil {
-		return fail(err)
-	}
-	net, err := subnet.ParseConfig([]byte(benchNet))
-	if err != nil {
-		return fail(err)
-	}
-	start := time.Now()
-	cfg, err := NewClientConfig(os.Getenv("OVERLAYD_BENCH_KUBECONFIG"), "")
-	if err != nil {
-		return fail(err)
-	}
-	client, err := NewClient(cfg)
-	if err != nil {
-		return fail(err)
-	}
-	m, err := New(Config{Client: client, NodeName: benchNodeName(0), Net: net})
-	if err != nil {
-		return fail(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	runErr := make(chan error, 1)
-	go func() { runErr <- m.Run(ctx) }()
-	timeout := time.After(5 * time.Minute)
-	for {
-		peers, synced := m.Peers()
-		if synced && len(peers) == nodes-1 {
-			r.Peers = len(peers)
-			break
-		}
-		select {
-		case <-m.Changed():
-		case err := <-runErr:
-			return fail(fmt.Errorf("Run: %v", err))
-		case <-timeout:
-			return fail(fmt.Errorf("no complete snapshot after 5 minutes: %d peers, synced %v", len(peers), synced))
-		}
-	}
-	r.SnapshotMs = float64(time.Since(start).Microseconds()) / 1000
-	r.VmRSSKiB, r.VmHWMKiB = procStatus("VmRSS"), procStatus("VmHWM")
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	r.HeapInuseKB = ms.HeapInuse / 1024
-	return r
-}
-
-// procStatus reads a "kB" field of /proc/self/status.
-func procStatus(field string) int64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return -1
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		name, rest, ok := strings.Cut(s.Text(), ":")
-		if ok && name == field {
-			v, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return v
-		}
-	}
-	return -1
 }
 
 func benchNodeName(i int) string { return fmt.Sprintf("node-%05d.cluster.example.internal", i) }
@@ -193,7 +114,7 @@ func benchNodeName(i int) string { return fmt.Sprintf("node-%05d.cluster.example
 // createRealisticNodes creates n Nodes the size of real ones (status with
 // images, conditions, node info; our annotations and a podCIDR), in
 // parallel, and returns one node's JSON and protobuf size.
-func createRealisticNodes(b *testing.B, c kubernetes.Interface, n int) (jsonSize, protoSize int) {
+func createRealisticNodes(b testing.TB, c kubernetes.Interface, n int) (jsonSize, protoSize int) {
 	b.Helper()
 	network := netip.MustParsePrefix("10.0.0.0/8")
 	sample := realisticNode(0, network)
@@ -306,6 +227,7 @@ func realisticNode(i int, network netip.Prefix) *corev1.Node {
 		node.Status.Images = append(node.Status.Images, corev1.ContainerImage{
 			Names: []string{
 				fmt.Sprintf("%s@sha256:%064x", repo, j*7919+1),
+				fmt.Sprintf("mirror.%s@sha256:%064x", repo, j*7919+1),
 				fmt.Sprintf("%s:v1.%d.%d", repo, j, i%10),
 			},
 			SizeBytes: int64(20_000_000 + j*1_234_567),

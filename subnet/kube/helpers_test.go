@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -22,13 +21,6 @@ import (
 	"github.com/overlayd/overlayd/subnet"
 	"github.com/overlayd/overlayd/test/controlplane"
 )
-
-func TestMain(m *testing.M) {
-	if os.Getenv(benchChildEnv) != "" {
-		os.Exit(benchChild())
-	}
-	os.Exit(m.Run())
-}
 
 // cluster is a real etcd + kube-apiserver for one test.
 type cluster struct {

@@ -131,7 +131,7 @@ func (l *leaseMode) toRecord(obj any) *record {
 	r := &record{key: le.Namespace + "/" + le.Name, name: le.Name, node: holder, created: le.CreationTimestamp.Time}
 	p, prob := l.subnetOf(le)
 	if !prob.ok() {
-		r.subnetProblem = prob
+		r.subnetP = &prob
 	} else if p.Addr().Is4() {
 		r.v4 = p
 	} else {
@@ -140,9 +140,9 @@ func (l *leaseMode) toRecord(obj any) *record {
 	attrs, missing, err := l.m.keys.decode(l.m.net, le.Annotations)
 	switch {
 	case err != nil && missing:
-		r.attrsProblem = problem{reason: reasonMissingAnnotations, detail: err.Error()}
+		r.attrsP = &problem{reason: reasonMissingAnnotations, detail: err.Error()}
 	case err != nil:
-		r.attrsProblem = problem{reason: reasonMalformedAnnotations, detail: err.Error()}
+		r.attrsP = &problem{reason: reasonMalformedAnnotations, detail: err.Error()}
 	default:
 		r.attrs = attrs
 	}

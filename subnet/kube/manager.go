@@ -26,6 +26,7 @@ import (
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -88,7 +89,6 @@ type manager struct {
 	mu      sync.Mutex
 	records map[string]*record
 	res     resolution
-	peers   []subnet.Lease
 	synced  bool
 	wake    chan struct{} // closed and replaced after every resolve
 	runErr  error
@@ -233,7 +233,7 @@ func (m *manager) markDirty() {
 func (m *manager) Peers() ([]subnet.Lease, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return slices.Clone(m.peers), m.synced
+	return m.res.leases(), m.synced
 }
 
 // Changed implements subnet.Manager.
@@ -325,8 +325,8 @@ func (m *manager) resolveNow() {
 	m.report(res)
 
 	m.mu.Lock()
-	changed := !m.synced || !slices.EqualFunc(m.peers, res.peers, leaseEqual)
-	m.res, m.peers, m.synced = res, res.peers, true
+	changed := !m.synced || !slices.EqualFunc(m.res.peers, res.peers, samePeer)
+	m.res, m.synced = res, true
 	close(m.wake)
 	m.wake = make(chan struct{})
 	m.mu.Unlock()
@@ -374,7 +374,9 @@ func (m *manager) event(r *record, reason, format string, args ...any) {
 	if m.recorder == nil {
 		return
 	}
-	ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: r.node, UID: r.nodeUID}
+	// The node's name as its UID, as the kubelet records Node events:
+	// kubectl describe node shows them, and records need not keep UIDs.
+	ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: r.node, UID: types.UID(r.node)}
 	m.recorder.Eventf(ref, corev1.EventTypeWarning, reason, format, args...)
 }
 

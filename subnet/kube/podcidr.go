@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -29,30 +28,28 @@ type podCIDRMode struct {
 }
 
 func (p *podCIDRMode) newInformer() cache.SharedIndexInformer {
-	inf := coreinformers.NewNodeInformerWithOptions(p.m.cfg.Client, internalinterfaces.InformerOptions{})
+	var inf cache.SharedIndexInformer
+	if lw := slimNodeListWatch(p.m.cfg.Client); lw != nil {
+		inf = cache.NewSharedIndexInformerWithOptions(lw, &slimNode{}, cache.SharedIndexInformerOptions{ObjectDescription: "nodes"})
+	} else {
+		inf = coreinformers.NewNodeInformerWithOptions(p.m.cfg.Client, internalinterfaces.InformerOptions{})
+	}
 	// Only fails once the informer runs, and it has not started yet.
-	_ = inf.SetTransform(p.trim)
+	_ = inf.SetTransform(p.toStored)
 	return inf
 }
 
-// trim keeps what a lease needs of a Node (about 1% of a typical one): the
-// identity, the pod CIDRs and this prefix's annotations. It is idempotent,
-// as the informer requires.
-func (p *podCIDRMode) trim(obj any) (any, error) {
-	n, ok := obj.(*corev1.Node)
-	if !ok {
-		return obj, nil
+// toStored reduces a Node to its record, which is all the informer keeps
+// (a few hundred bytes of a Node's tens of kilobytes). Idempotent, as the
+// informer requires.
+func (p *podCIDRMode) toStored(obj any) (any, error) {
+	switch n := obj.(type) {
+	case *corev1.Node:
+		return p.nodeRecord(&n.ObjectMeta, &n.Spec), nil
+	case *slimNode:
+		return p.nodeRecord(&n.ObjectMeta, &n.Spec), nil
 	}
-	return &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:              n.Name,
-			UID:               n.UID,
-			ResourceVersion:   n.ResourceVersion,
-			CreationTimestamp: n.CreationTimestamp,
-			Annotations:       p.m.keys.only(n.Annotations),
-		},
-		Spec: corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: slices.Clone(n.Spec.PodCIDRs)},
-	}, nil
+	return obj, nil
 }
 
 // only returns the annotations under the prefix, nil if none.
@@ -70,30 +67,37 @@ func (k keys) only(a map[string]string) map[string]string {
 }
 
 func (p *podCIDRMode) toRecord(obj any) *record {
-	n, ok := obj.(*corev1.Node)
-	if !ok {
-		return nil
-	}
+	r, _ := obj.(*record)
+	return r
+}
+
+func (p *podCIDRMode) nodeRecord(meta *metav1.ObjectMeta, spec *corev1.NodeSpec) *record {
 	net := p.m.net
-	r := &record{key: n.Name, name: n.Name, node: n.Name, nodeUID: n.UID, created: n.CreationTimestamp.Time}
-	r.v4, r.v6, r.subnetProblem = podCIDRs(net, n)
-	attrs, missing, err := p.m.keys.decode(net, n.Annotations)
+	r := &record{ObjectMeta: emptyObjectMeta, key: meta.Name, name: meta.Name, node: meta.Name, created: meta.CreationTimestamp.Time}
+	var sp problem
+	if r.v4, r.v6, sp = podCIDRs(net, spec); !sp.ok() {
+		r.subnetP = &sp
+	}
+	attrs, missing, err := p.m.keys.decode(net, meta.Annotations)
 	switch {
 	case err != nil && missing:
-		r.attrsProblem = problem{reason: reasonMissingAnnotations, detail: err.Error()}
+		r.attrsP = &problem{reason: reasonMissingAnnotations, detail: err.Error()}
 	case err != nil:
-		r.attrsProblem = problem{reason: reasonMalformedAnnotations, detail: err.Error()}
+		r.attrsP = &problem{reason: reasonMalformedAnnotations, detail: err.Error()}
 	default:
 		r.attrs = attrs
+	}
+	if meta.Name == p.m.cfg.NodeName {
+		r.ours = p.m.keys.only(meta.Annotations) // to see what this agent published
 	}
 	return r
 }
 
 // podCIDRs returns the node's pod subnets of the enabled families.
-func podCIDRs(net *subnet.Config, n *corev1.Node) (v4, v6 netip.Prefix, p problem) {
-	cidrs := n.Spec.PodCIDRs
-	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
-		cidrs = []string{n.Spec.PodCIDR}
+func podCIDRs(net *subnet.Config, spec *corev1.NodeSpec) (v4, v6 netip.Prefix, p problem) {
+	cidrs := spec.PodCIDRs
+	if len(cidrs) == 0 && spec.PodCIDR != "" {
+		cidrs = []string{spec.PodCIDR}
 	}
 	if len(cidrs) == 0 {
 		return v4, v6, problem{reason: reasonMissingSubnet, detail: "spec.podCIDR is not assigned yet"}
@@ -142,11 +146,11 @@ func (p *podCIDRMode) acquire(ctx context.Context, attrs subnet.LeaseAttrs) (sub
 		switch {
 		case own == nil:
 			wait.say("waiting for the Node object of this node to be registered")
-		case own.subnetProblem.reason == reasonMissingSubnet:
+		case own.subnetProblem().reason == reasonMissingSubnet:
 			wait.say("waiting for kube-controller-manager to assign spec.podCIDR to this node (it needs --allocate-node-cidrs and a --cluster-cidr covering Network)",
-				zap.String("detail", own.subnetProblem.detail), zap.Stringer("network", m.net.Network))
-		case !own.subnetProblem.ok():
-			return subnet.Lease{}, p.refuse(own, own.subnetProblem)
+				zap.String("detail", own.subnetProblem().detail), zap.Stringer("network", m.net.Network))
+		case !own.subnetProblem().ok():
+			return subnet.Lease{}, p.refuse(own, own.subnetProblem())
 		case res.ownProblem.reason == reasonMissingSubnet:
 			wait.say("waiting for the node's podCIDR of every enabled address family", zap.String("detail", res.ownProblem.detail))
 		case !res.ownProblem.ok():
@@ -200,11 +204,11 @@ func (p *podCIDRMode) patchAnnotations(ctx context.Context, attrs subnet.LeaseAt
 
 // published reports whether the cached own Node carries the annotations.
 func (p *podCIDRMode) published(want map[string]string) bool {
-	obj, ok, _ := p.m.informer.GetStore().GetByKey(p.m.cfg.NodeName)
-	if !ok {
+	own := p.m.record(p.m.cfg.NodeName)
+	if own == nil {
 		return false
 	}
-	have := obj.(*corev1.Node).Annotations
+	have := own.ours
 	for k, v := range want {
 		if hv, ok := have[k]; !ok || hv != v {
 			return false
@@ -229,7 +233,7 @@ func (p *podCIDRMode) maintain(ctx context.Context) (time.Duration, error) {
 	m.ownMu.Lock()
 	defer m.ownMu.Unlock()
 	own := m.record(m.cfg.NodeName)
-	if own == nil || !own.subnetProblem.ok() {
+	if own == nil || !own.subnetProblem().ok() {
 		return time.Hour, nil // gone or waiting for a podCIDR again; its return is another change
 	}
 	if own.v4 != p.lease.Subnet || own.v6 != p.lease.IPv6Subnet {

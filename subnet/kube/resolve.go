@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
 
-	"k8s.io/apimachinery/pkg/types"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/overlayd/overlayd/pkg/ip"
 	"github.com/overlayd/overlayd/subnet"
@@ -39,25 +40,51 @@ func (p problem) ok() bool { return p.reason == "" }
 // what the lease store needs. It is a value: equal records mean nothing
 // relevant changed.
 type record struct {
-	key     string    // store key of the object
-	name    string    // object name: the tie-breaker after creation time
-	node    string    // the node it speaks for
-	nodeUID types.UID // the node's UID when known, for Events
+	*metav1.ObjectMeta // emptyObjectMeta for node records, see GetName
+
+	key     string // store key of the object
+	name    string // object name: the tie-breaker after creation time
+	node    string // the node it speaks for
 	created time.Time
 	// subnets claimed; a Lease claims one family, a Node one or both.
 	v4, v6 netip.Prefix
 	attrs  subnet.LeaseAttrs
-	// subnetProblem keeps the record from claiming anything;
-	// attrsProblem keeps a claiming record out of the peers.
-	subnetProblem problem
-	attrsProblem  problem
+	// subnetP keeps the record from claiming anything; attrsP keeps a
+	// claiming record out of the peers. Pointers: nil, the usual case,
+	// costs 8 bytes per record instead of a whole problem.
+	subnetP, attrsP *problem
+	// ours are the own Node's annotations under the prefix (nil for others).
+	ours map[string]string
+}
+
+// A node's record is what the node informer caches, in place of the much
+// larger Node. The informer only asks a cached object for its name (for
+// keys); the rest of metav1.Object comes from one shared, empty ObjectMeta,
+// so that a record costs a pointer for it, not a whole ObjectMeta.
+var emptyObjectMeta = &metav1.ObjectMeta{}
+
+func (r *record) GetName() string      { return r.name }
+func (r *record) GetNamespace() string { return "" }
+
+func (r *record) subnetProblem() problem {
+	if r.subnetP == nil {
+		return problem{}
+	}
+	return *r.subnetP
+}
+
+func (r *record) attrsProblem() problem {
+	if r.attrsP == nil {
+		return problem{}
+	}
+	return *r.attrsP
 }
 
 func (r *record) equal(o *record) bool {
-	return r.key == o.key && r.name == o.name && r.node == o.node && r.nodeUID == o.nodeUID &&
+	return r.key == o.key && r.name == o.name && r.node == o.node &&
 		r.created.Equal(o.created) && r.v4 == o.v4 && r.v6 == o.v6 &&
-		r.subnetProblem == o.subnetProblem && r.attrsProblem == o.attrsProblem &&
-		attrsEqual(r.attrs, o.attrs)
+		r.subnetProblem() == o.subnetProblem() && r.attrsProblem() == o.attrsProblem() &&
+		attrsEqual(r.attrs, o.attrs) && maps.Equal(r.ours, o.ours)
 }
 
 func attrsEqual(a, b subnet.LeaseAttrs) bool {
@@ -72,11 +99,42 @@ func leaseEqual(a, b subnet.Lease) bool {
 // resolution is the outcome of resolve: the peers, why each other record
 // was skipped, and how the own node fared.
 type resolution struct {
-	peers   []subnet.Lease  // sorted by node name, own node excluded
+	peers   []peer          // sorted by node name, own node excluded
 	skipped map[string]skip // record key -> why, own node's records excluded
 	// ownProblem is why the own node's subnet claim is refused (its
 	// annotations do not matter: the agent is about to write them).
 	ownProblem problem
+}
+
+// peer is a node's lease as the records it is made of (one, or one per
+// address family in lease mode): records are immutable, so the snapshot
+// keeps pointers, and builds the leases only when asked for them.
+type peer struct{ first, second *record }
+
+func (p peer) lease() subnet.Lease {
+	l := subnet.Lease{Node: p.first.node, Subnet: p.first.v4, IPv6Subnet: p.first.v6, Attrs: p.first.attrs}
+	if p.second != nil {
+		if !l.Subnet.IsValid() {
+			l.Subnet = p.second.v4
+		}
+		if !l.IPv6Subnet.IsValid() {
+			l.IPv6Subnet = p.second.v6
+		}
+	}
+	return l
+}
+
+func samePeer(a, b peer) bool {
+	return (a.first == b.first && a.second == b.second) || leaseEqual(a.lease(), b.lease())
+}
+
+// leases builds the peer leases of a resolution.
+func (r resolution) leases() []subnet.Lease {
+	out := make([]subnet.Lease, len(r.peers))
+	for i, p := range r.peers {
+		out[i] = p.lease()
+	}
+	return out
 }
 
 type skip struct {
@@ -103,8 +161,8 @@ func resolve(net *subnet.Config, self string, records []*record) resolution {
 
 	claiming := make([]*record, 0, len(records))
 	for _, r := range records {
-		if !r.subnetProblem.ok() {
-			skipRecord(r, r.subnetProblem)
+		if p := r.subnetProblem(); !p.ok() {
+			skipRecord(r, p)
 			continue
 		}
 		if p := outsideNetwork(net, r); !p.ok() {
@@ -157,20 +215,22 @@ func resolve(net *subnet.Config, self string, records []*record) resolution {
 	}
 
 	// Merge each node's winning records (a Node is one; in lease mode a
-	// dual-stack node has one Lease per family) into one lease.
-	byNode := map[string][]*record{}
-	var nodes []string
-	for _, r := range winners {
-		if _, seen := byNode[r.node]; !seen {
-			nodes = append(nodes, r.node)
+	// dual-stack node has one Lease per family) into one lease. The stable
+	// sort keeps each node's records in claim order.
+	slices.SortStableFunc(winners, func(a, b *record) int { return cmp.Compare(a.node, b.node) })
+	res.peers = make([]peer, 0, len(winners))
+	for len(winners) > 0 {
+		node := winners[0].node
+		n := 1
+		for n < len(winners) && winners[n].node == node {
+			n++
 		}
-		byNode[r.node] = append(byNode[r.node], r)
-	}
-	slices.Sort(nodes)
-	for _, node := range nodes {
-		lease, used, subnetP, attrsP := merge(net, node, byNode[node])
-		for _, r := range byNode[node] {
-			if used[r] || node == self {
+		group := winners[:n]
+		winners = winners[n:]
+
+		used, subnetP, attrsP := merge(net, group)
+		for i, r := range group {
+			if used[i] || node == self {
 				continue // the own node's extra leases are Acquire's business
 			}
 			skipRecord(r, problem{reason: reasonDuplicate, detail: fmt.Sprintf("node %s holds another lease of the same address family", node)})
@@ -186,26 +246,36 @@ func resolve(net *subnet.Config, self string, records []*record) resolution {
 			p = attrsP
 		}
 		if !p.ok() {
-			for _, r := range byNode[node] {
-				if used[r] {
+			for i, r := range group {
+				if used[i] {
 					skipRecord(r, p)
 				}
 			}
 			continue
 		}
-		res.peers = append(res.peers, lease)
+		var pr peer
+		for i, r := range group {
+			switch {
+			case !used[i]:
+			case pr.first == nil:
+				pr.first = r
+			default:
+				pr.second = r
+			}
+		}
+		res.peers = append(res.peers, pr)
 	}
 	return res
 }
 
-// merge builds a node's lease from its winning records (in claim order).
-// used marks the records that went into it; subnetP says a family's subnet
-// is missing, attrsP that the published attributes are unusable.
-func merge(net *subnet.Config, node string, rs []*record) (lease subnet.Lease, used map[*record]bool, subnetP, attrsP problem) {
-	lease.Node = node
-	used = map[*record]bool{}
-	var first *record
-	for _, r := range rs {
+// merge picks the records of a node's lease from its winning records (in
+// claim order): the first of each address family; the lease's attributes
+// are the first record's. subnetP says a family's subnet is missing, attrsP
+// that the published attributes are unusable.
+func merge(net *subnet.Config, rs []*record) (used []bool, subnetP, attrsP problem) {
+	var lease subnet.Lease
+	used = make([]bool, len(rs))
+	for i, r := range rs {
 		take := false
 		if r.v4.IsValid() && !lease.Subnet.IsValid() {
 			lease.Subnet, take = r.v4, true
@@ -216,16 +286,10 @@ func merge(net *subnet.Config, node string, rs []*record) (lease subnet.Lease, u
 		if !take {
 			continue
 		}
-		used[r] = true
-		if first == nil {
-			first = r
+		used[i] = true
+		if p := r.attrsProblem(); !p.ok() && attrsP.ok() {
+			attrsP = p
 		}
-		if !r.attrsProblem.ok() && attrsP.ok() {
-			attrsP = r.attrsProblem
-		}
-	}
-	if first != nil {
-		lease.Attrs = first.attrs
 	}
 	switch {
 	case net.EnableIPv4 && !lease.Subnet.IsValid():
@@ -233,7 +297,7 @@ func merge(net *subnet.Config, node string, rs []*record) (lease subnet.Lease, u
 	case net.EnableIPv6 && !lease.IPv6Subnet.IsValid():
 		subnetP = problem{reason: reasonMissingSubnet, detail: "no IPv6 subnet yet"}
 	}
-	return lease, used, subnetP, attrsP
+	return used, subnetP, attrsP
 }
 
 // outsideNetwork refuses a record claiming space outside the configured networks.

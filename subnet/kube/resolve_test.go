@@ -66,16 +66,16 @@ func TestResolveKeepsTheEarliestClaim(t *testing.T) {
 	other := rec("node-d", 103, "10.244.4.0/24")        // inside the refused wide claim: unaffected
 	outside := rec("node-e", 50, "10.99.0.0/24")
 	incomplete := rec("node-f", 50, "")
-	incomplete.subnetProblem = problem{reason: reasonMissingSubnet}
+	incomplete.subnetP = &problem{reason: reasonMissingSubnet}
 	badAttrs := rec("node-g", 10, "10.244.7.0/24")
-	badAttrs.attrsProblem = problem{reason: reasonMalformedAnnotations}
+	badAttrs.attrsP = &problem{reason: reasonMalformedAnnotations}
 	squatter := rec("node-h", 200, "10.244.7.0/24") // node-g's subnet: bad annotations do not lose a claim
 
 	records := []*record{squatter, other, wide, earlierName, sameSecondLaterName, holder, outside, incomplete, badAttrs}
 	res := resolve(net, "self", records)
 
 	var peers []string
-	for _, p := range res.peers {
+	for _, p := range res.leases() {
 		peers = append(peers, p.Node+"="+p.Subnet.String())
 	}
 	if want := []string{"node-b=10.244.2.0/24", "node-d=10.244.4.0/24"}; !slices.Equal(peers, want) {
@@ -122,8 +122,8 @@ func TestResolveMergesLeasesPerNode(t *testing.T) {
 	half.key = "ns/subnet-10-244-2-0-24"
 
 	res := resolve(net, "self", []*record{extra, v6, half, v4})
-	if len(res.peers) != 1 || res.peers[0].Subnet.String() != "10.244.1.0/24" || res.peers[0].IPv6Subnet.String() != "fd00:0:0:1::/64" {
-		t.Errorf("peers %+v, want n1 with both subnets", res.peers)
+	if l := res.leases(); len(l) != 1 || l[0].Subnet.String() != "10.244.1.0/24" || l[0].IPv6Subnet.String() != "fd00:0:0:1::/64" {
+		t.Errorf("peers %+v, want n1 with both subnets", l)
 	}
 	if s := res.skipped["ns/subnet-10-244-9-0-24"]; s.problem.reason != reasonDuplicate {
 		t.Errorf("n1's extra lease: %+v, want duplicate", s.problem)
