@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,5 +62,43 @@ func TestRealAPIServer(t *testing.T) {
 	nobody := kubernetes.NewForConfigOrDie(cp.Config("kube-system/nobody"))
 	if _, err := nobody.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
 		t.Fatalf("list nodes as unbound service account: err = %v, want forbidden", err)
+	}
+}
+
+func TestApplyManifest(t *testing.T) {
+	cp := StartT(t, Options{})
+	ctx := context.Background()
+	manifest := []byte(`
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: applied
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: cm
+  namespace: applied
+data:
+  k: v
+`)
+	if _, err := cp.Apply(ctx, Admin, manifest, ApplyOptions{DryRun: true}); err == nil {
+		t.Fatal("dry run of a ConfigMap in a namespace that does not exist yet was accepted")
+	}
+	objs, err := cp.Apply(ctx, Admin, manifest, ApplyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 2 {
+		t.Fatalf("applied %d objects", len(objs))
+	}
+	admin := kubernetes.NewForConfigOrDie(cp.Config(Admin))
+	cm, err := admin.CoreV1().ConfigMaps("applied").Get(ctx, "cm", metav1.GetOptions{})
+	if err != nil || cm.Data["k"] != "v" {
+		t.Fatalf("configmap %v %v", cm, err)
+	}
+	bad := []byte("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n  namespace: applied\n")
+	if _, err := cp.Apply(ctx, Admin, bad, ApplyOptions{DryRun: true}); err == nil || !strings.Contains(err.Error(), "ConfigMap applied/Bad_Name") {
+		t.Fatalf("invalid object: err = %v", err)
 	}
 }
