@@ -66,6 +66,20 @@ func newKeys(prefix string) (keys, error) {
 // ours reports whether an annotation belongs to this prefix.
 func (k keys) ours(name string) bool { return strings.HasPrefix(name, k.prefix) }
 
+// only returns the annotations under the prefix, nil if none.
+func (k keys) only(a map[string]string) map[string]string {
+	var out map[string]string
+	for name, v := range a {
+		if k.ours(name) {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[name] = v
+		}
+	}
+	return out
+}
+
 // encode renders attrs as the annotations peers read. Backend data is JSON;
 // a backend without data publishes "null", as flanneld's host-gw does.
 func (k keys) encode(net *subnet.Config, attrs subnet.LeaseAttrs) map[string]string {

@@ -8,11 +8,13 @@
 // subnet, named after it, creation being the lock; peers watch those small
 // Lease objects instead of the large Nodes.
 //
-// Either way one informer (no periodic relist, protobuf, a transform that
-// keeps only the fields the lease needs) feeds a set of records; a single
-// loop resolves them into the peer snapshot, refusing malformed peers and
-// conflicting claims with one log line each. Start Run before Acquire:
-// Acquire reads the synced cache.
+// Either way one informer (no periodic relist, protobuf, a streamed initial
+// list, a transform that keeps only what the lease needs; Nodes are even
+// decoded without their status, see slimnode.go) feeds a set of records. A
+// single loop resolves them into the peer snapshot: malformed peers and
+// conflicting claims are refused with one log line each, and the earlier
+// claim on a subnet always keeps it. Start Run before Acquire: Acquire reads
+// the synced cache.
 package kube
 
 import (
@@ -258,7 +260,7 @@ func (m *manager) Run(ctx context.Context) error {
 }
 
 func (m *manager) run(ctx context.Context) error {
-	if err := checkPermissions(ctx, m.cfg.Client, string(m.net.LeaseMode), m.mode.permissions()); err != nil {
+	if err := checkPermissions(ctx, m.log, m.cfg.Client, string(m.net.LeaseMode), m.mode.permissions()); err != nil {
 		return err
 	}
 

@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
+	"go.uber.org/zap"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
@@ -47,7 +50,7 @@ func eventPermissions() []permission {
 // permission its mode needs, and names all that are missing at once, so a
 // wrong ClusterRole fails at start with a clear message instead of as
 // retried watch errors.
-func checkPermissions(ctx context.Context, client kubernetes.Interface, mode string, perms []permission) error {
+func checkPermissions(ctx context.Context, log *zap.Logger, client kubernetes.Interface, mode string, perms []permission) error {
 	var denied []string
 	for _, p := range perms {
 		review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
@@ -56,7 +59,9 @@ func checkPermissions(ctx context.Context, client kubernetes.Interface, mode str
 				Namespace: p.namespace, Name: p.name,
 			},
 		}}
-		got, err := client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+		got, err := createWithRetry(ctx, log, func() (*authorizationv1.SelfSubjectAccessReview, error) {
+			return client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+		})
 		if err != nil {
 			return fmt.Errorf("checking RBAC permission to %s: %w", p, err)
 		}
@@ -69,6 +74,26 @@ func checkPermissions(ctx context.Context, client kubernetes.Interface, mode str
 	}
 	return fmt.Errorf("RBAC: %s is forbidden to %s; overlayd needs these in %s lease mode (see Documentation/rbac.md)",
 		whoAmI(ctx, client), strings.Join(denied, ", "), mode)
+}
+
+// createWithRetry retries a request while the API server is unreachable
+// (an agent may start before it), with growing pauses up to 30s; an answer,
+// even a refusal, ends it.
+func createWithRetry[T any](ctx context.Context, log *zap.Logger, create func() (T, error)) (T, error) {
+	delay := 500 * time.Millisecond
+	for {
+		got, err := create()
+		if err == nil || apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) || apierrors.IsBadRequest(err) || ctx.Err() != nil {
+			return got, err
+		}
+		log.Warn("the API server did not answer; retrying", zap.Duration("in", delay), zap.Error(err))
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return got, err
+		}
+		delay = min(2*delay, 30*time.Second)
+	}
 }
 
 // whoAmI names the authenticated user for error messages.

@@ -52,20 +52,6 @@ func (p *podCIDRMode) toStored(obj any) (any, error) {
 	return obj, nil
 }
 
-// only returns the annotations under the prefix, nil if none.
-func (k keys) only(a map[string]string) map[string]string {
-	var out map[string]string
-	for name, v := range a {
-		if k.ours(name) {
-			if out == nil {
-				out = map[string]string{}
-			}
-			out[name] = v
-		}
-	}
-	return out
-}
-
 func (p *podCIDRMode) toRecord(obj any) *record {
 	r, _ := obj.(*record)
 	return r
@@ -120,15 +106,15 @@ func podCIDRs(net *subnet.Config, spec *corev1.NodeSpec) (v4, v6 netip.Prefix, p
 	return v4, v6, problem{}
 }
 
+// permissions: the annotations are written through the status subresource
+// (the API server lets it change a Node's metadata, not its spec), as
+// flanneld does; so the agent needs no right to patch Nodes, which would
+// let it change any Node's taints or podCIDR.
 func (p *podCIDRMode) permissions() []permission {
-	self := p.m.cfg.NodeName
 	perms := []permission{
 		{verb: "list", resource: "nodes"},
 		{verb: "watch", resource: "nodes"},
-		{verb: "patch", resource: "nodes", name: self},
-	}
-	if p.m.cfg.SetNodeNetworkUnavailable {
-		perms = append(perms, permission{verb: "patch", resource: "nodes", subresource: "status", name: self})
+		{verb: "patch", resource: "nodes", subresource: "status", name: p.m.cfg.NodeName},
 	}
 	return append(perms, eventPermissions()...)
 }
@@ -196,7 +182,7 @@ func (p *podCIDRMode) patchAnnotations(ctx context.Context, attrs subnet.LeaseAt
 	if err != nil {
 		return err
 	}
-	if _, err := m.cfg.Client.CoreV1().Nodes().Patch(ctx, m.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if _, err := m.cfg.Client.CoreV1().Nodes().Patch(ctx, m.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
 		return fmt.Errorf("publishing lease annotations on node %s: %w", m.cfg.NodeName, err)
 	}
 	return nil

@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -177,6 +178,11 @@ func TestRBAC(t *testing.T) {
 		if n.Annotations["overlayd.io/public-ip"] != "198.18.6.11" || !networkAvailable(n) {
 			t.Errorf("node rbac-a: annotations %v, conditions %+v", n.Annotations, n.Status.Conditions)
 		}
+		// Least privilege: the agent's identity cannot change a Node's spec.
+		_, err = sa.CoreV1().Nodes().Patch(ctx, "rbac-a", types.MergePatchType, []byte(`{"spec":{"unschedulable":true}}`), metav1.PatchOptions{})
+		if !apierrors.IsForbidden(err) {
+			t.Errorf("patching a Node's spec as the service account: %v, want forbidden", err)
+		}
 		// Events: a later node claiming rbac-a's podCIDR is reported on itself.
 		waitFor(t, "a later second", func() (bool, string) {
 			return time.Now().Truncate(time.Second).After(n.CreationTimestamp.Time), ""
@@ -214,7 +220,7 @@ func TestRBAC(t *testing.T) {
 			cfg  Config
 			want string
 		}{
-			{podCfg(nobody), who + ` is forbidden to list nodes, watch nodes, patch nodes "rbac-a", patch nodes/status "rbac-a", ` +
+			{podCfg(nobody), who + ` is forbidden to list nodes, watch nodes, patch nodes/status "rbac-a", ` +
 				`create events in namespace default, patch events in namespace default; overlayd needs these in podCIDR lease mode (see Documentation/rbac.md)`},
 			{leaseCfg(nobody), who + ` is forbidden to get nodes "rbac-l", patch nodes/status "rbac-l", ` +
 				`get leases.coordination.k8s.io in namespace kube-system, list leases.coordination.k8s.io in namespace kube-system, ` +
