@@ -29,6 +29,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -226,7 +229,40 @@ func (cp *ControlPlane) startControllerManager(bins, dir, logDir string, opts Op
 		return err
 	}
 	cp.procs = append(cp.procs, kcm)
+	if opts.ClusterCIDR != "" {
+		return cp.waitNodeIPAM(kcm, 60*time.Second)
+	}
 	return nil
+}
+
+// waitNodeIPAM waits until the controller manager assigns pod CIDRs, by
+// registering a probe Node and waiting for its spec.podCIDR, so that tests
+// never wait on a controller that is still starting.
+func (cp *ControlPlane) waitNodeIPAM(kcm *process, timeout time.Duration) error {
+	client, err := kubernetes.NewForConfig(cp.Config(Admin))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	const probe = "controlplane-ipam-probe"
+	if _, err := client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: probe}}, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating the node IPAM probe: %w", err)
+	}
+	defer client.CoreV1().Nodes().Delete(context.Background(), probe, metav1.DeleteOptions{})
+	for {
+		n, err := client.CoreV1().Nodes().Get(ctx, probe, metav1.GetOptions{})
+		if err == nil && n.Spec.PodCIDR != "" {
+			return nil
+		}
+		select {
+		case <-kcm.exited:
+			return fmt.Errorf("kube-controller-manager exited: %s", kcm.tail())
+		case <-ctx.Done():
+			return fmt.Errorf("kube-controller-manager assigned no pod CIDR within %s: %s", timeout, kcm.tail())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // writeTokens writes the static token file: the admin, and each service
