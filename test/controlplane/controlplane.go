@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -404,16 +405,26 @@ func startProcess(bin, logPath string, args ...string) (*process, error) {
 	cmd.Stdout, cmd.Stderr = f, f
 	// The child dies with the test binary even if the test is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("starting %s: %w", bin, err)
-	}
 	p := &process{cmd: cmd, log: logPath, exited: make(chan struct{}), logFile: f}
+	started := make(chan error, 1)
 	go func() {
+		// Pdeathsig fires when the starting thread ends, not the process:
+		// hold this thread until the child has exited, so that no other
+		// code ending a locked thread can kill the control plane.
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			f.Close()
+			started <- fmt.Errorf("starting %s: %w", bin, err)
+			return
+		}
+		started <- nil
 		cmd.Wait()
 		f.Close()
 		close(p.exited)
 	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 

@@ -50,13 +50,22 @@ func (l *Lab) initHost(h *Host, role string) error {
 	h.NS, h.lab = l.namePrefix()+role, l
 	errc := make(chan error, 1)
 	go func() {
-		// NewNamed moves this thread into the new namespace. The thread is
-		// never unlocked, so it ends with the goroutine instead of going
-		// back to the scheduler in the wrong namespace.
+		// NewNamed moves this thread into the new namespace; it returns to
+		// the scheduler only once back in its own. A thread that cannot go
+		// back stays locked and ends with this goroutine.
 		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("getting current namespace: %w", err)
+			return
+		}
+		defer orig.Close()
 		ns, err := netns.NewNamed(h.NS)
 		if err == nil {
 			ns.Close()
+		}
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
 		}
 		errc <- err
 	}()

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -84,13 +85,19 @@ func (p *Process) Start() error {
 	cmd := p.Host.Command(context.Background(), p.Argv...)
 	cmd.Env = append(os.Environ(), p.Env...)
 	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		log.Close()
-		return fmt.Errorf("starting %s in %s: %w", p.Name, p.Host.NS, err)
-	}
 	exited := make(chan struct{})
-	p.cmd, p.exited, p.exitErr = cmd, exited, nil
+	started := make(chan error, 1)
 	go func() {
+		// The child's Pdeathsig fires when the thread that started it
+		// ends, not the process: keep that thread for this goroutine
+		// until the child has exited.
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			log.Close()
+			started <- fmt.Errorf("starting %s in %s: %w", p.Name, p.Host.NS, err)
+			return
+		}
+		started <- nil
 		err := cmd.Wait()
 		log.Close()
 		p.mu.Lock()
@@ -98,6 +105,10 @@ func (p *Process) Start() error {
 		p.mu.Unlock()
 		close(exited)
 	}()
+	if err := <-started; err != nil {
+		return err
+	}
+	p.cmd, p.exited, p.exitErr = cmd, exited, nil
 	return nil
 }
 
