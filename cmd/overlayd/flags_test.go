@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestDefaults(t *testing.T) {
+	o, err := parseOptions(nil, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.kubeSubnetMgr || !o.iptablesForwardRules || o.ipMasq || o.iptablesResync != 5 ||
+		o.subnetFile != "/run/flannel/subnet.env" || o.kubeAnnotationPrefix != "overlayd.io" || o.healthzPort != 0 ||
+		o.resyncPeriod != 30*time.Second || o.logFormat != "console" || o.leaseNamespace != "kube-system" {
+		t.Fatalf("defaults %+v", o)
+	}
+}
+
+func TestFlagsEnvAndPrecedence(t *testing.T) {
+	e := env(map[string]string{
+		"OVERLAYD_IP_MASQ":                "true",
+		"OVERLAYD_IFACE":                  "eth1, 198.18.0.5",
+		"OVERLAYD_IPTABLES_RESYNC":        "7",
+		"FLANNELD_PUBLIC_IP":              "203.0.113.9",
+		"OVERLAYD_KUBE_ANNOTATION_PREFIX": "from-env.example.com",
+		"FLANNELD_KUBE_ANNOTATION_PREFIX": "flannel.alpha.coreos.com",
+	})
+	// flanneld's single-dash form works too.
+	o, err := parseOptions([]string{"-iptables-resync=9", "--iface-regex", "^en", "--iface-regex", "^eth"}, e, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.ipMasq {
+		t.Error("OVERLAYD_IP_MASQ not applied")
+	}
+	if strings.Join(o.ifaces, "|") != "eth1|198.18.0.5" {
+		t.Errorf("iface from env: %q", o.ifaces)
+	}
+	if o.iptablesResync != 9 {
+		t.Errorf("flag did not win over env: %d", o.iptablesResync)
+	}
+	if o.publicIP != "203.0.113.9" {
+		t.Errorf("FLANNELD_PUBLIC_IP not read: %q", o.publicIP)
+	}
+	if o.kubeAnnotationPrefix != "from-env.example.com" {
+		t.Errorf("OVERLAYD_ must win over FLANNELD_: %q", o.kubeAnnotationPrefix)
+	}
+	if strings.Join(o.ifaceRegex, "|") != "^en|^eth" {
+		t.Errorf("repeated flag: %q", o.ifaceRegex)
+	}
+}
+
+func TestBadValuesAreOneLineErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		env  map[string]string
+		has  string
+	}{
+		{[]string{"--iptables-resync=abc"}, nil, "iptables-resync"},
+		{[]string{"--iptables-resync=0"}, nil, "--iptables-resync 0: must be a positive number of seconds"},
+		{nil, map[string]string{"OVERLAYD_IPTABLES_RESYNC": "soon"}, `invalid value "soon" for OVERLAYD_IPTABLES_RESYNC`},
+		{nil, map[string]string{"OVERLAYD_IP_MASQ": "maybe"}, "OVERLAYD_IP_MASQ"},
+		{[]string{"--kube-subnet-mgr=false"}, nil, "no etcd mode"},
+		{[]string{"--healthz-port=70000"}, nil, "--healthz-port 70000"},
+		{[]string{"--healthz-ip=localhost"}, nil, `--healthz-ip "localhost" is not an IP address`},
+		{[]string{"--public-ip=10.0.0"}, nil, `--public-ip "10.0.0" is not an IPv4 address`},
+		{[]string{"--public-ipv6=10.0.0.1"}, nil, "--public-ipv6"},
+		{[]string{"--iface-regex=eth("}, nil, `--iface-regex "eth("`},
+		{[]string{"--iface-can-reach=gw"}, nil, `--iface-can-reach "gw"`},
+		{[]string{"--kube-annotation-prefix=Not_Valid"}, nil, "--kube-annotation-prefix"},
+		{[]string{"--lease-namespace=Kube_System"}, nil, "--lease-namespace"},
+		{[]string{"--log-level=loud"}, nil, `--log-level "loud"`},
+		{[]string{"--log-format=xml"}, nil, `--log-format "xml"`},
+		{[]string{"--metrics-addr=9100"}, nil, "--metrics-addr"},
+		{[]string{"--no-such-flag"}, nil, "no-such-flag"},
+		{[]string{"extra"}, nil, `unexpected argument "extra"`},
+	}
+	for _, tt := range tests {
+		_, err := parseOptions(tt.args, env(tt.env), &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), tt.has) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v %v: err = %v, want one line containing %q", tt.args, tt.env, err, tt.has)
+		}
+	}
+}
+
+// contractFlags are flanneld's flags users and tooling rely on.
+var contractFlags = []string{
+	"kube-subnet-mgr", "kubeconfig-file", "kube-api-url", "net-config-path", "subnet-file",
+	"iface", "iface-regex", "iface-can-reach", "public-ip", "ip-masq", "iptables-forward-rules",
+	"iptables-resync", "kube-annotation-prefix", "healthz-ip", "healthz-port", "version",
+	"log-level", "log-format",
+}
+
+func TestHelp(t *testing.T) {
+	var out bytes.Buffer
+	_, err := parseOptions([]string{"--help"}, env(nil), &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("err = %v", err)
+	}
+	for _, f := range contractFlags {
+		if !strings.Contains(out.String(), "  -"+f) {
+			t.Errorf("--help does not list --%s", f)
+		}
+	}
+	if !strings.Contains(out.String(), "OVERLAYD_<FLAG_NAME>") {
+		t.Error("--help does not explain the environment variables")
+	}
+}
+
+// TestBinary runs the built program as a user would.
+func TestBinary(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "overlayd")
+	build := exec.Command("go", "build", "-ldflags", "-X github.com/overlayd/overlayd/pkg/version.Version=v9.8.7-test", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+
+	out, err := exec.Command(bin, "--version").CombinedOutput()
+	if err != nil || string(out) != "v9.8.7-test\n" {
+		t.Fatalf("--version: %q %v", out, err)
+	}
+
+	out, err = exec.Command(bin, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("--help exited with %v", err)
+	}
+	for _, f := range contractFlags {
+		if !strings.Contains(string(out), "-"+f) {
+			t.Errorf("--help does not list --%s", f)
+		}
+	}
+
+	cmd := exec.Command(bin, "--iptables-resync=never")
+	out, err = cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+		t.Fatalf("bad flag: err = %v, want exit status 2", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], "overlayd: ") || !strings.Contains(lines[0], "iptables-resync") {
+		t.Fatalf("bad flag output is not one line naming the flag:\n%s", out)
+	}
+
+	// A missing net-conf.json is a clear error, not a crash.
+	cmd = exec.Command(bin, "--net-config-path", filepath.Join(t.TempDir(), "missing.json"))
+	cmd.Env = append(os.Environ(), "NODE_NAME=n1")
+	out, _ = cmd.CombinedOutput()
+	if cmd.ProcessState.ExitCode() != 1 || !strings.Contains(string(out), "reading --net-config-path") {
+		t.Fatalf("missing net-conf: exit %d\n%s", cmd.ProcessState.ExitCode(), out)
+	}
+}

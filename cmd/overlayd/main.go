@@ -1,0 +1,177 @@
+// Command overlayd is the node agent: it takes this node's pod subnet lease
+// from the Kubernetes API and programs the kernel so that pods on different
+// nodes reach each other. This file only wires the parts together.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/overlayd/overlayd/backend"
+	_ "github.com/overlayd/overlayd/backend/hostgw"
+	_ "github.com/overlayd/overlayd/backend/udp"
+	_ "github.com/overlayd/overlayd/backend/vxlan"
+	"github.com/overlayd/overlayd/pkg/daemon"
+	"github.com/overlayd/overlayd/pkg/health"
+	"github.com/overlayd/overlayd/pkg/ip"
+	"github.com/overlayd/overlayd/pkg/kernel"
+	"github.com/overlayd/overlayd/pkg/logging"
+	"github.com/overlayd/overlayd/pkg/metrics"
+	"github.com/overlayd/overlayd/pkg/version"
+	"github.com/overlayd/overlayd/subnet/kube"
+)
+
+func main() {
+	opts, err := parseOptions(os.Args[1:], defaultGetenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "overlayd: %v\n", err)
+		os.Exit(2)
+	}
+	if opts.version {
+		fmt.Println(version.Version)
+		return
+	}
+	log, err := logging.New(opts.logLevel, opts.logFormat)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "overlayd: %v\n", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, opts, log); err != nil {
+		log.Error("overlayd failed", zap.Error(err))
+		log.Sync()
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o *options, log *zap.Logger) error {
+	log.Info("starting overlayd", zap.String("version", version.Version))
+
+	data, err := os.ReadFile(o.netConfigPath)
+	if err != nil {
+		return fmt.Errorf("reading --net-config-path: %w", err)
+	}
+	netConf, be, err := backend.ParseConfig(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", o.netConfigPath, err)
+	}
+
+	underlay, err := ip.SelectExternal(o.selectOptions(netConf.EnableIPv4, netConf.EnableIPv6), ip.NetlinkHost{})
+	if err != nil {
+		return fmt.Errorf("choosing the external interface: %w", err)
+	}
+	log.Info("using external interface", zap.String("iface", underlay.Iface.Name),
+		zap.Stringer("addr", underlay.Addr), zap.Stringer("publicIP", underlay.PublicIP))
+
+	restCfg, err := kube.NewClientConfig(o.kubeconfigFile, o.kubeAPIURL)
+	if err != nil {
+		return err
+	}
+	client, err := kube.NewClient(restCfg)
+	if err != nil {
+		return fmt.Errorf("building Kubernetes client: %w", err)
+	}
+	nodeName, err := nodeName(ctx, client)
+	if err != nil {
+		return err
+	}
+	leaseNS := o.leaseNamespace
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		leaseNS = ns
+	}
+	leases, err := kube.New(kube.Config{
+		Client:                    client,
+		NodeName:                  nodeName,
+		Net:                       netConf,
+		AnnotationPrefix:          o.kubeAnnotationPrefix,
+		LeaseNamespace:            leaseNS,
+		SetNodeNetworkUnavailable: o.setNodeNetUnavail,
+		Log:                       log.Named("leases"),
+	})
+	if err != nil {
+		return err
+	}
+
+	reconciler, err := kernel.NewReconciler(log.Named("kernel"))
+	if err != nil {
+		return err
+	}
+	defer reconciler.Close()
+	rules, err := newRules(o, log.Named("iptables"))
+	if err != nil {
+		return err
+	}
+	datapath := newDatapath(log.Named("udp"))
+	defer datapath.Close()
+
+	status := health.NewStatus(3*o.resyncPeriod+30*time.Second, health.Lease, health.Datapath, health.Rules)
+	if o.healthzPort != 0 {
+		addr := net.JoinHostPort(o.healthzIP, strconv.Itoa(o.healthzPort))
+		if err := health.Serve(ctx, addr, health.Handler(status, metrics.Registry), log); err != nil {
+			return err
+		}
+		log.Info("serving /healthz, /readyz and /metrics", zap.String("addr", addr))
+	}
+	if o.metricsAddr != "" {
+		if err := health.Serve(ctx, o.metricsAddr, health.MetricsHandler(metrics.Registry), log); err != nil {
+			return err
+		}
+		log.Info("serving /metrics", zap.String("addr", o.metricsAddr))
+	}
+
+	d := daemon.New(daemon.Config{
+		NodeName:      nodeName,
+		Net:           netConf,
+		Backend:       be,
+		Leases:        leases,
+		Underlay:      underlay,
+		Kernel:        reconciler,
+		Datapath:      datapath,
+		Rules:         rules,
+		NetConfigPath: o.netConfigPath,
+		NetConfig:     data,
+		SubnetFile:    o.subnetFile,
+		IPMasq:        o.ipMasq,
+		ResyncPeriod:  o.resyncPeriod,
+		RulesResync:   time.Duration(o.iptablesResync) * time.Second,
+		Status:        status,
+		Log:           log.Named("daemon"),
+	})
+	return d.Run(ctx)
+}
+
+// nodeName is NODE_NAME, else the node of the pod POD_NAMESPACE/POD_NAME,
+// as flanneld finds it.
+func nodeName(ctx context.Context, client kubernetes.Interface) (string, error) {
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return n, nil
+	}
+	pod, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
+	if pod == "" || ns == "" {
+		return "", errors.New("cannot tell which node this is: set NODE_NAME (from the downward API spec.nodeName), or POD_NAME and POD_NAMESPACE")
+	}
+	p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("looking up the node of pod %s/%s: %w", ns, pod, err)
+	}
+	if p.Spec.NodeName == "" {
+		return "", fmt.Errorf("pod %s/%s has no node yet", ns, pod)
+	}
+	return p.Spec.NodeName, nil
+}
