@@ -1,6 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
+	"os"
+
 	"go.uber.org/zap"
 
 	"github.com/overlayd/overlayd/backend"
@@ -37,16 +41,73 @@ func (r *trafficRules) Ensure(net *subnet.Config, lease subnet.Lease) error {
 	return err
 }
 
-// udpDatapath adapts pkg/udptunnel to the daemon.
-type udpDatapath struct{ t *udptunnel.Tunnel }
+// udpDatapath adapts pkg/udptunnel to the daemon, and keeps a copy of the
+// last applied peer table on disk for a warm start.
+type udpDatapath struct {
+	t     *udptunnel.Tunnel
+	cache string // file holding the last applied spec
+	saved []byte
+	log   *zap.Logger
+}
 
-func newDatapath(log *zap.Logger) *udpDatapath { return &udpDatapath{t: udptunnel.New(log)} }
+func newDatapath(cache string, log *zap.Logger) *udpDatapath {
+	return &udpDatapath{t: udptunnel.New(log), cache: cache, log: log}
+}
+
+// WarmStart re-attaches the datapath with the peer table the previous run
+// applied, before anything else starts: the userspace datapath forwards
+// nothing while no agent runs, so a restart must resume it within
+// milliseconds rather than after the lease store has synced. The first
+// reconcile then replaces the table with the current one (or stops the
+// datapath). A missing or unusable cache only means a cold start.
+func (u *udpDatapath) WarmStart() {
+	data, err := os.ReadFile(u.cache)
+	if err != nil {
+		return
+	}
+	var spec udptunnel.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		u.log.Info("ignoring unreadable udp datapath cache", zap.String("path", u.cache), zap.Error(err))
+		return
+	}
+	if err := u.t.Ensure(&spec); err != nil {
+		u.log.Info("no warm start of the udp datapath", zap.String("path", u.cache), zap.Error(err))
+		return
+	}
+	u.saved = data
+	u.log.Info("udp datapath resumed from the previous run's peer table", zap.Int("peers", len(spec.Peers)))
+}
 
 func (u *udpDatapath) Ensure(want *backend.UDPTunnel) error {
 	if want == nil {
-		return u.t.Ensure(nil)
+		if err := u.t.Ensure(nil); err != nil {
+			return err
+		}
+		if u.saved != nil || fileExists(u.cache) {
+			os.Remove(u.cache)
+			u.saved = nil
+		}
+		return nil
 	}
-	return u.t.Ensure(&udptunnel.Spec{Device: want.Device, Port: want.Port, Peers: want.Peers})
+	spec := &udptunnel.Spec{Device: want.Device, Port: want.Port, Peers: want.Peers}
+	if err := u.t.Ensure(spec); err != nil {
+		return err
+	}
+	data, err := json.Marshal(spec)
+	if err != nil || bytes.Equal(data, u.saved) {
+		return err
+	}
+	if err := subnet.WriteFileAtomic(u.cache, data, 0o600); err != nil {
+		u.log.Warn("cannot save the udp peer table for a warm start", zap.Error(err))
+		return nil
+	}
+	u.saved = data
+	return nil
 }
 
 func (u *udpDatapath) Close() error { return u.t.Close() }
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

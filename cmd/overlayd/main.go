@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -62,6 +63,9 @@ func main() {
 
 func run(ctx context.Context, o *options, log *zap.Logger) error {
 	log.Info("starting overlayd", zap.String("version", version.Version))
+	datapath := newDatapath(filepath.Join(filepath.Dir(o.subnetFile), "overlayd-udp.json"), log.Named("udp"))
+	defer datapath.Close()
+	datapath.WarmStart()
 
 	data, err := os.ReadFile(o.netConfigPath)
 	if err != nil {
@@ -117,8 +121,6 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	datapath := newDatapath(log.Named("udp"))
-	defer datapath.Close()
 
 	status := health.NewStatus(3*o.resyncPeriod+30*time.Second, health.Lease, health.Datapath, health.Rules)
 	if o.healthzPort != 0 {

@@ -311,3 +311,12 @@ func metricValue(t *testing.T, c *cluster, n *lab.Node, name string) float64 {
 	}
 	return sum
 }
+
+func containsAll(s string, parts ...string) bool {
+	for _, p := range parts {
+		if !strings.Contains(s, p) {
+			return false
+		}
+	}
+	return true
+}

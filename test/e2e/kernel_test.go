@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -85,68 +86,125 @@ func overlaydRoutes(t *testing.T, n *lab.Node) []ipRoute {
 	return ipJSON[ipRoute](t, n, "route", "show", "proto", "79")
 }
 
-// vxlanState describes the node's overlayd kernel state as lines, sorted,
-// so that it compares as a whole and prints readably.
-func vxlanState(t *testing.T, n *lab.Node, dev string) []string {
-	var lines []string
-	for _, r := range overlaydRoutes(t, n) {
-		lines = append(lines, fmt.Sprintf("route %s via %s dev %s %s", r.Dst, r.Gateway, r.Dev, strings.Join(r.Flags, ",")))
-	}
-	if links := ipJSON[map[string]any](t, n, "link", "show", "dev", dev); len(links) == 0 {
-		return lines
-	}
-	for _, nb := range ipJSON[ipNeigh](t, n, "neigh", "show", "dev", dev, "nud", "permanent") {
-		lines = append(lines, fmt.Sprintf("neigh %s lladdr %s", nb.Dst, nb.LLAddr))
-	}
-	out, err := n.Exec(context.Background(), "bridge", "-j", "fdb", "show", "dev", dev)
-	if err != nil {
-		t.Fatalf("bridge fdb on %s: %v", n.Name, err)
-	}
-	var fdb []fdbEntry
-	if err := json.Unmarshal([]byte(out), &fdb); err != nil {
-		t.Fatalf("bridge fdb on %s: %v\n%s", n.Name, err, out)
-	}
-	for _, f := range fdb {
-		if f.State == "permanent" {
-			lines = append(lines, fmt.Sprintf("fdb %s dst %s", f.MAC, f.Dst))
-		}
-	}
-	sort.Strings(lines)
-	return lines
+type ipLink struct {
+	Name  string `json:"ifname"`
+	Alias string `json:"ifalias"`
 }
 
-// wantVXLANState is the state a node must have for the leases of its peers.
-func wantVXLANState(self string, leases map[string]peerLease) []string {
+// kernelState describes everything overlayd owns on a node as sorted lines
+// (its links, its routes, and the permanent neighbour and FDB entries of its
+// vxlan devices), so that it compares as a whole and prints readably.
+func kernelState(t *testing.T, n *lab.Node) []string {
 	var lines []string
-	for name, l := range leases {
-		if name == self {
+	var vxlanDevs []string
+	for _, l := range ipJSON[ipLink](t, n, "link", "show") {
+		if l.Alias != "overlayd" {
 			continue
 		}
-		vtep := l.subnet.Addr()
-		lines = append(lines,
-			fmt.Sprintf("route %s via %s dev overlay.1 onlink", l.subnet, vtep),
-			fmt.Sprintf("neigh %s lladdr %s", vtep, l.vtepMAC),
-			fmt.Sprintf("fdb %s dst %s", l.vtepMAC, l.publicIP),
-		)
+		lines = append(lines, "link "+l.Name)
+		if strings.HasPrefix(l.Name, "overlay.") {
+			vxlanDevs = append(vxlanDevs, l.Name)
+		}
+	}
+	for _, r := range overlaydRoutes(t, n) {
+		line := "route " + r.Dst
+		if r.Gateway != "" {
+			line += " via " + r.Gateway
+		}
+		line += " dev " + r.Dev
+		if len(r.Flags) > 0 {
+			line += " " + strings.Join(r.Flags, ",")
+		}
+		lines = append(lines, line)
+	}
+	for _, dev := range vxlanDevs {
+		for _, nb := range ipJSON[ipNeigh](t, n, "neigh", "show", "dev", dev, "nud", "permanent") {
+			lines = append(lines, fmt.Sprintf("neigh %s lladdr %s dev %s", nb.Dst, nb.LLAddr, dev))
+		}
+		out, err := n.Exec(context.Background(), "bridge", "-j", "fdb", "show", "dev", dev)
+		if err != nil {
+			t.Fatalf("bridge fdb on %s: %v", n.Name, err)
+		}
+		var fdb []fdbEntry
+		if err := json.Unmarshal([]byte(out), &fdb); err != nil {
+			t.Fatalf("bridge fdb on %s: %v\n%s", n.Name, err, out)
+		}
+		for _, f := range fdb {
+			if f.State == "permanent" {
+				lines = append(lines, fmt.Sprintf("fdb %s dst %s dev %s", f.MAC, f.Dst, dev))
+			}
+		}
 	}
 	sort.Strings(lines)
 	return lines
 }
 
-// requireVXLANStateMatchesLeases asserts, on every node, that overlayd's
-// routes, neighbours and FDB entries are exactly those its peers' leases
-// call for: nothing missing, nothing extra.
-func (c *cluster) requireVXLANStateMatchesLeases() {
+// wantKernelState is the state a node must have: the device of its own
+// backend, and for each peer what reaching it by its published backend
+// needs. Peers on another L2 segment cannot be reached by host-gw.
+func wantKernelState(self peerLease, leases map[string]peerLease, onLink func(netip.Addr) bool) []string {
+	links := map[string]bool{}
+	switch self.backendType {
+	case "vxlan":
+		links["overlay.1"] = true
+	case "udp":
+		links["overlay0"] = true
+	}
+	var lines []string
+	for name, l := range leases {
+		if name == self.node {
+			continue
+		}
+		switch l.backendType {
+		case "vxlan":
+			links["overlay.1"] = true
+			vtep := l.subnet.Addr()
+			lines = append(lines,
+				fmt.Sprintf("route %s via %s dev overlay.1 onlink", l.subnet, vtep),
+				fmt.Sprintf("neigh %s lladdr %s dev overlay.1", vtep, l.vtepMAC),
+				fmt.Sprintf("fdb %s dst %s dev overlay.1", l.vtepMAC, l.publicIP))
+		case "host-gw":
+			if onLink(l.publicIP) {
+				lines = append(lines, fmt.Sprintf("route %s via %s dev eth0", l.subnet, l.publicIP))
+			}
+		case "udp":
+			links["overlay0"] = true
+			lines = append(lines, fmt.Sprintf("route %s dev overlay0", l.subnet))
+		}
+	}
+	for l := range links {
+		lines = append(lines, "link "+l)
+	}
+	sort.Strings(lines)
+	return lines
+}
+
+// requireKernelStateMatchesLeases asserts, on every node, that what
+// overlayd owns in the kernel is exactly what its own and its peers'
+// leases call for: nothing missing, nothing extra.
+func (c *cluster) requireKernelStateMatchesLeases() {
 	c.t.Helper()
 	leases := c.leases()
 	for _, n := range c.lab.Nodes {
-		if _, live := leases[n.Name]; !live {
+		self, live := leases[n.Name]
+		if !live || !c.agents[n.Name].Running() {
 			continue
 		}
-		want := strings.Join(wantVXLANState(n.Name, leases), "\n")
-		eventually(c.t, 30e9, "kernel state of "+n.Name+" matches the leases", func() (bool, string) {
-			got := strings.Join(vxlanState(c.t, n, "overlay.1"), "\n")
+		onLink := func(a netip.Addr) bool { return c.segmentOf(a) == n.Segment }
+		want := strings.Join(wantKernelState(self, leases, onLink), "\n")
+		eventually(c.t, 30*time.Second, "kernel state of "+n.Name+" matches the leases", func() (bool, string) {
+			got := strings.Join(kernelState(c.t, n), "\n")
 			return got == want, fmt.Sprintf("have:\n%s\nwant:\n%s", got, want)
 		})
 	}
+}
+
+// segmentOf is the underlay segment of a node address.
+func (c *cluster) segmentOf(a netip.Addr) int {
+	for _, n := range c.lab.Nodes {
+		if n.IP == a {
+			return n.Segment
+		}
+	}
+	return -1
 }
