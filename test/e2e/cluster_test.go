@@ -62,6 +62,9 @@ type clusterOptions struct {
 	Args         []string // extra overlayd flags for every node
 	PodsPerNode  int      // default 1
 	CNIPods      bool     // attach pods with the real CNI plugins
+	// BeforeAgents runs on each node once its Node object has a podCIDR,
+	// before its agent starts.
+	BeforeAgents func(c *cluster, n *lab.Node, podCIDR netip.Prefix)
 }
 
 // cluster is a control plane, a lab of nodes, an overlayd agent per node
@@ -108,6 +111,9 @@ func newCluster(t *testing.T, opts clusterOptions) *cluster {
 	for _, n := range c.lab.Nodes {
 		c.registerNode(n)
 		c.writeNetConf(n, opts.NetConf)
+		if opts.BeforeAgents != nil {
+			opts.BeforeAgents(c, n, c.waitPodCIDR(n))
+		}
 		c.startAgent(n)
 	}
 	for _, n := range c.lab.Nodes {
@@ -131,6 +137,21 @@ func (c *cluster) registerNode(n *lab.Node) {
 	}
 }
 
+// waitPodCIDR waits for the controller manager to assign the node's podCIDR.
+func (c *cluster) waitPodCIDR(n *lab.Node) netip.Prefix {
+	c.t.Helper()
+	var cidr netip.Prefix
+	eventually(c.t, 30*time.Second, "podCIDR of "+n.Name, func() (bool, string) {
+		node, err := c.admin.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+		if err != nil || node.Spec.PodCIDR == "" {
+			return false, fmt.Sprint(err)
+		}
+		cidr = netip.MustParsePrefix(node.Spec.PodCIDR)
+		return true, ""
+	})
+	return cidr
+}
+
 func (c *cluster) netConfPath(n *lab.Node) string { return filepath.Join(n.Dir, "net-conf.json") }
 
 // writeNetConf replaces the node's net-conf.json atomically, the way a
@@ -146,8 +167,19 @@ func (c *cluster) writeNetConf(n *lab.Node, conf string) {
 	}
 }
 
-func (c *cluster) startAgent(n *lab.Node, extra ...string) *lab.Process {
+func (c *cluster) startAgent(n *lab.Node) *lab.Process {
 	c.t.Helper()
+	p, err := n.StartWithEnv("overlayd", []string{"NODE_NAME=" + n.Name}, c.agentArgv(n)...)
+	if err != nil {
+		c.t.Fatalf("starting overlayd on %s: %v", n.Name, err)
+	}
+	c.agents[n.Name] = p
+	return p
+}
+
+// agentArgv is the command line of a node's agent, with the cluster's
+// current extra flags.
+func (c *cluster) agentArgv(n *lab.Node) []string {
 	args := []string{overlaydBin,
 		"--kubeconfig-file", n.Kubeconfig,
 		"--net-config-path", c.netConfPath(n),
@@ -156,13 +188,20 @@ func (c *cluster) startAgent(n *lab.Node, extra ...string) *lab.Process {
 		"--resync-period", "10s",
 		"--log-level", "debug",
 	}
-	args = append(append(args, c.opts.Args...), extra...)
-	p, err := n.StartWithEnv("overlayd", []string{"NODE_NAME=" + n.Name}, args...)
-	if err != nil {
-		c.t.Fatalf("starting overlayd on %s: %v", n.Name, err)
+	return append(args, c.opts.Args...)
+}
+
+// restartAgentWithArgs restarts the node's agent with other extra flags.
+func (c *cluster) restartAgentWithArgs(n *lab.Node, args ...string) {
+	c.t.Helper()
+	p := c.agents[n.Name]
+	p.Stop()
+	c.opts.Args = args
+	p.Argv = c.agentArgv(n)
+	if err := p.Start(); err != nil {
+		c.t.Fatal(err)
 	}
-	c.agents[n.Name] = p
-	return p
+	c.waitReady(n)
 }
 
 // health fetches an endpoint of the node's health server.
