@@ -203,8 +203,9 @@ func TestPolicyEngineCoexistence(t *testing.T) {
 	if err := src.PingWithin(deniedPod.IP, 2*time.Second); err == nil {
 		t.Fatalf("the policy engine drops traffic to %s, yet a ping across nodes got through", deniedPod.IP)
 	}
-	// Dropped by the policy engine's rule, not lost elsewhere: its counter moved.
-	out, err := c.node(1).Exec(context.Background(), "iptables", "-t", "filter", "-L", "POLICY-ENGINE", "-v", "-n", "-x")
+	// Dropped by the policy engine's rule (on the sending node, where the
+	// packet is first forwarded), not lost elsewhere: its counter moved.
+	out, err := c.node(0).Exec(context.Background(), "iptables", "-t", "filter", "-L", "POLICY-ENGINE", "-v", "-n", "-x")
 	if err != nil {
 		t.Fatal(err)
 	}
