@@ -55,6 +55,9 @@ type UDPTunnel struct {
 	Device string
 	Port   int
 	Peers  map[netip.Prefix]netip.AddrPort // peer pod subnet -> peer public IP and port
+	// Sources are the public IPs of every peer: any of them may send to
+	// this node over udp, whatever this node uses to reach it.
+	Sources []netip.Addr
 }
 
 // SkipError says a peer is skipped, and why (Reason is a metric label).
@@ -202,6 +205,7 @@ func (s State) Clone() State {
 	}}
 	if s.UDP != nil {
 		u := *s.UDP
+		u.Sources = append([]netip.Addr(nil), s.UDP.Sources...)
 		u.Peers = make(map[netip.Prefix]netip.AddrPort, len(s.UDP.Peers))
 		for k, v := range s.UDP.Peers {
 			u.Peers[k] = v

@@ -89,7 +89,7 @@ func (u *udpDatapath) Ensure(want *backend.UDPTunnel) error {
 		}
 		return nil
 	}
-	spec := &udptunnel.Spec{Device: want.Device, Port: want.Port, Peers: want.Peers}
+	spec := &udptunnel.Spec{Device: want.Device, Port: want.Port, Peers: want.Peers, Sources: want.Sources}
 	if err := u.t.Ensure(spec); err != nil {
 		return err
 	}

@@ -10,7 +10,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +31,7 @@ import (
 // Kernel applies a desired kernel state and reports kernel events.
 type Kernel interface {
 	Apply(want kernel.State) (kernel.Changes, kernel.Counts, error)
+	ApplyLinks(want []kernel.Link) (kernel.Changes, error)
 	Watch(ctx context.Context, watched func(ifindex int) bool, notify func(reason string))
 	RxPackets(link string) (uint64, error)
 }
@@ -283,7 +286,20 @@ func (d *Daemon) reconcile() error {
 		return err
 	}
 
+	var errs []error
+	var linkChanges kernel.Changes
+	// A userspace datapath attaches to its device before routes point into
+	// it, and lets go of it only after they have moved elsewhere.
+	if want.UDP != nil && d.cfg.Datapath != nil {
+		var err error
+		if linkChanges, err = d.cfg.Kernel.ApplyLinks(want.Links); err != nil {
+			errs = append(errs, fmt.Errorf("kernel: %w", err))
+		} else if err := d.cfg.Datapath.Ensure(want.UDP); err != nil {
+			errs = append(errs, fmt.Errorf("udp datapath: %w", err))
+		}
+	}
 	changes, counts, applyErr := d.cfg.Kernel.Apply(want.State)
+	changes.Add(linkChanges)
 	for kind, n := range counts {
 		kernelEntries.WithLabelValues(kind).Set(float64(n))
 	}
@@ -299,12 +315,11 @@ func (d *Daemon) reconcile() error {
 			d.log.Info("repaired kernel state", zap.Any("created", changes.Created), zap.Any("updated", changes.Updated))
 		}
 	}
-	var errs []error
 	if applyErr != nil {
 		errs = append(errs, fmt.Errorf("kernel: %w", applyErr))
 	}
-	if d.cfg.Datapath != nil {
-		if err := d.cfg.Datapath.Ensure(want.UDP); err != nil {
+	if want.UDP == nil && d.cfg.Datapath != nil {
+		if err := d.cfg.Datapath.Ensure(nil); err != nil {
 			errs = append(errs, fmt.Errorf("udp datapath: %w", err))
 		}
 	}
@@ -360,7 +375,22 @@ func (d *Daemon) desired(peers []subnet.Lease) (backend.State, error) {
 			delete(d.skipped, name)
 		}
 	}
+	if st.UDP != nil {
+		st.UDP.Sources = peerAddrs(peers)
+	}
 	return st, nil
+}
+
+// peerAddrs are the peers' public IPv4 addresses, sorted, without duplicates.
+func peerAddrs(peers []subnet.Lease) []netip.Addr {
+	out := make([]netip.Addr, 0, len(peers))
+	for _, p := range peers {
+		if p.Attrs.PublicIP.IsValid() {
+			out = append(out, p.Attrs.PublicIP)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 // addPeer adds what reaching p needs, computed on its own so that a peer

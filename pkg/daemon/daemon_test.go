@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -30,9 +31,9 @@ func (s *staticLeases) Acquire(context.Context, subnet.LeaseAttrs) (subnet.Lease
 	return subnet.Lease{}, nil
 }
 func (s *staticLeases) Publish(context.Context, subnet.LeaseAttrs) error { return nil }
-func (s *staticLeases) Run(ctx context.Context) error                   { <-ctx.Done(); return nil }
-func (s *staticLeases) Peers() ([]subnet.Lease, bool)                   { return s.peers, true }
-func (s *staticLeases) Changed() <-chan struct{}                        { return nil }
+func (s *staticLeases) Run(ctx context.Context) error                    { <-ctx.Done(); return nil }
+func (s *staticLeases) Peers() ([]subnet.Lease, bool)                    { return s.peers, true }
+func (s *staticLeases) Changed() <-chan struct{}                         { return nil }
 
 func newTestDaemon(t *testing.T, netConf string, peers ...subnet.Lease) *Daemon {
 	t.Helper()
@@ -100,6 +101,10 @@ func TestDesiredMixesBackendsByPeer(t *testing.T) {
 	}
 	if len(st.Links) != 2 {
 		t.Errorf("links %+v, want the vxlan device and the TUN", st.Links)
+	}
+	// Every peer may send over udp to this node, whatever reaches it.
+	if fmt.Sprint(st.UDP.Sources) != "[198.18.0.12 198.18.0.13 198.18.0.14]" {
+		t.Errorf("udp sources %v, want every peer's public IP", st.UDP.Sources)
 	}
 }
 

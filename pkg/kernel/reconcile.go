@@ -37,6 +37,19 @@ func newChanges() Changes {
 	return Changes{Created: map[string]int{}, Updated: map[string]int{}, Deleted: map[string]int{}}
 }
 
+// Add adds the counts of o to c.
+func (c Changes) Add(o Changes) {
+	for kind, n := range o.Created {
+		c.Created[kind] += n
+	}
+	for kind, n := range o.Updated {
+		c.Updated[kind] += n
+	}
+	for kind, n := range o.Deleted {
+		c.Deleted[kind] += n
+	}
+}
+
 // Total is the number of changes of any kind.
 func (c Changes) Total() int {
 	n := 0
@@ -166,6 +179,19 @@ func (r *Reconciler) Apply(want State) (Changes, Counts, error) {
 		EntryFDB:   len(wantFDB),
 	}
 	return ch, counts, errors.Join(errs...)
+}
+
+// ApplyLinks creates, replaces or adjusts the wanted links and removes
+// nothing. The daemon uses it to have a new device in place, and a datapath
+// attached to it, before any route points into it.
+func (r *Reconciler) ApplyLinks(want []Link) (Changes, error) {
+	ch := newChanges()
+	var errs []error
+	_, err := r.ensureLinks(want, &ch, func(err error) { errs = append(errs, err) })
+	if err != nil {
+		return ch, err
+	}
+	return ch, errors.Join(errs...)
 }
 
 // ensureLinks creates, replaces or adjusts every wanted link and returns

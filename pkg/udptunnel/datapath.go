@@ -146,7 +146,9 @@ func (s *session) tunToUDP(set *[][]byte) {
 		}
 		if errors.Is(err, os.ErrClosed) {
 			s.gone.Store(true)
-			s.log.Warn("TUN device closed under the datapath; waiting for the next Ensure to re-attach")
+			// Normal when the reconciler removes a device no longer in use,
+			// a repair to come when someone else deleted it.
+			s.log.Info("TUN device closed under the datapath; waiting for the next Ensure to re-attach")
 			return
 		}
 		// ErrTooManySegments and checksum/offload complaints lose one read.

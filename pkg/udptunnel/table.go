@@ -44,8 +44,13 @@ type byLen6 struct {
 
 // buildTable turns the desired peers into a table. Entries that cannot be
 // used are left out and described in skipped; the rest still work.
-func buildTable(peers map[netip.Prefix]netip.AddrPort, port int) (t *table, skipped []string) {
-	t = &table{sources: make(map[netip.Addr]struct{}, len(peers))}
+func buildTable(peers map[netip.Prefix]netip.AddrPort, port int, sources []netip.Addr) (t *table, skipped []string) {
+	t = &table{sources: make(map[netip.Addr]struct{}, len(peers)+len(sources))}
+	for _, a := range sources {
+		if a = a.Unmap(); a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() {
+			t.sources[a] = struct{}{}
+		}
+	}
 	v4 := map[int]map[uint32]*peer{}
 	v6 := map[int]map[[2]uint64]*peer{}
 	// Sorted so that the choice between conflicting entries never depends
@@ -131,7 +136,8 @@ func (t *table) lookup(dst netip.Addr) *peer {
 	return nil
 }
 
-// knownSource reports whether src is the public address of a current peer.
+// knownSource reports whether src is the public address of a current peer
+// or one of the extra sources.
 func (t *table) knownSource(src netip.Addr) bool {
 	_, ok := t.sources[src]
 	return ok

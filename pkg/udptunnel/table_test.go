@@ -17,7 +17,7 @@ func TestTableLookup(t *testing.T) {
 		netip.MustParsePrefix("fd00:1::/48"):     ap(netip.MustParseAddr("::ffff:198.18.0.6")), // mapped: unmapped
 		netip.MustParsePrefix("fd00:9::/80"):     ap(netip.MustParseAddr("2001:db8::9")),
 	}
-	tbl, skipped := buildTable(peers, 8285)
+	tbl, skipped := buildTable(peers, 8285, nil)
 	if len(skipped) != 0 {
 		t.Fatalf("skipped %v", skipped)
 	}
@@ -65,7 +65,7 @@ func TestTableSkipsUnusableEntries(t *testing.T) {
 		netip.MustParsePrefix("10.244.3.0/24"): ap(netip.MustParseAddr("239.1.1.1")),
 		netip.MustParsePrefix("10.244.4.0/24"): ap(netip.MustParseAddr("198.18.0.4")),
 		netip.MustParsePrefix("10.244.4.9/24"): ap(netip.MustParseAddr("198.18.0.5")), // same subnet, other peer
-	}, 8285)
+	}, 8285, nil)
 	if len(skipped) != 5 {
 		t.Fatalf("skipped %d entries, want 5: %q", len(skipped), skipped)
 	}
@@ -84,7 +84,7 @@ func BenchmarkTableLookup(b *testing.B) {
 			peers[netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)] =
 				ap(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}))
 		}
-		tbl, _ := buildTable(peers, 8285)
+		tbl, _ := buildTable(peers, 8285, nil)
 		dst := netip.AddrFrom4([4]byte{10, byte((n - 1) >> 8), byte(n - 1), 7})
 		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
 			for b.Loop() {
@@ -103,11 +103,28 @@ func TestTablePeerPort(t *testing.T) {
 	tbl, _ := buildTable(map[netip.Prefix]netip.AddrPort{
 		netip.MustParsePrefix("10.244.1.0/24"): netip.MustParseAddrPort("198.18.0.1:9000"),
 		netip.MustParsePrefix("10.244.2.0/24"): ap(netip.MustParseAddr("198.18.0.2")),
-	}, 8285)
+	}, 8285, nil)
 	if got := tbl.lookup(netip.MustParseAddr("10.244.1.9")).ep.AddrPort; got != netip.MustParseAddrPort("198.18.0.1:9000") {
 		t.Errorf("peer with its own port: %s", got)
 	}
 	if got := tbl.lookup(netip.MustParseAddr("10.244.2.9")).ep.AddrPort; got != netip.MustParseAddrPort("198.18.0.2:8285") {
 		t.Errorf("peer on the tunnel's port: %s", got)
+	}
+}
+
+func TestTableExtraSources(t *testing.T) {
+	tbl, _ := buildTable(map[netip.Prefix]netip.AddrPort{
+		netip.MustParsePrefix("10.244.1.0/24"): ap(netip.MustParseAddr("198.18.0.1")),
+	}, 8285, []netip.Addr{netip.MustParseAddr("198.18.0.9"), {}})
+	for _, src := range []string{"198.18.0.1", "198.18.0.9"} {
+		if !tbl.knownSource(netip.MustParseAddr(src)) {
+			t.Errorf("%s not accepted as a source", src)
+		}
+	}
+	if tbl.knownSource(netip.MustParseAddr("198.18.0.7")) {
+		t.Error("an unknown address accepted as a source")
+	}
+	if tbl.lookup(netip.MustParseAddr("10.244.9.1")) != nil {
+		t.Error("an extra source became a route")
 	}
 }

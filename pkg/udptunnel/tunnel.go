@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -45,6 +46,10 @@ type Spec struct {
 	// Peers maps each peer's pod subnet to that peer's public address and
 	// port; port 0 means Port.
 	Peers map[netip.Prefix]netip.AddrPort
+	// Sources are further addresses datagrams are accepted from, besides
+	// the peers': nodes that send to us over udp although we do not send to
+	// them that way (they reach us by our backend, we reach them by theirs).
+	Sources []netip.Addr
 }
 
 // Tunnel is the datapath. Its methods may be called from any goroutine;
@@ -59,6 +64,7 @@ type Tunnel struct {
 	mu          sync.Mutex // guards the fields below
 	session     *session
 	tablePeers  map[netip.Prefix]netip.AddrPort
+	tableSrcs   []netip.Addr
 	tablePort   int
 	attachments uint64
 	buffers     buffers
@@ -98,14 +104,15 @@ func (t *Tunnel) Ensure(spec *Spec) error {
 	}
 
 	// The table goes in first so a new datapath starts with it.
-	if spec.Port != t.tablePort || !maps.Equal(spec.Peers, t.tablePeers) {
-		tbl, skipped := buildTable(spec.Peers, spec.Port)
+	if spec.Port != t.tablePort || !maps.Equal(spec.Peers, t.tablePeers) || !slices.Equal(spec.Sources, t.tableSrcs) {
+		tbl, skipped := buildTable(spec.Peers, spec.Port, spec.Sources)
 		for _, s := range skipped {
 			t.log.Warn("skipping peer", zap.String("reason", s))
 		}
 		t.table.Store(tbl)
 		t.skipped.Store(int64(len(skipped)))
 		t.tablePeers = maps.Clone(spec.Peers)
+		t.tableSrcs = slices.Clone(spec.Sources)
 		t.tablePort = spec.Port
 		t.log.Debug("peer table updated", zap.Int("peers", tbl.peers))
 	}

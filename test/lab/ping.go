@@ -220,6 +220,7 @@ type Pinger struct {
 	mu         sync.Mutex
 	changed    chan struct{} // closed and replaced on every reply
 	got        []bool        // by index
+	sentAt     []time.Time   // by index
 	received   int
 	sendErrors int
 	dups       int
@@ -262,6 +263,7 @@ func (p *Pinger) sendLoop() {
 		p.mu.Lock()
 		index := uint64(len(p.got))
 		p.got = append(p.got, false)
+		p.sentAt = append(p.sentAt, time.Now())
 		p.mu.Unlock()
 		if err := p.s.send(index); err != nil {
 			p.mu.Lock()
@@ -323,6 +325,30 @@ func (p *Pinger) statsLocked() PingStats {
 		st.MaxConsecutiveLost = max(st.MaxConsecutiveLost, run)
 	}
 	return st
+}
+
+// LossRun is a run of consecutive unanswered requests.
+type LossRun struct {
+	Start time.Time // when the first of them was sent
+	Count int
+}
+
+// LossRuns lists the runs of unanswered requests, for telling when an
+// outage happened; requests still in flight count as lost.
+func (p *Pinger) LossRuns() []LossRun {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var runs []LossRun
+	for i, ok := range p.got {
+		switch {
+		case ok:
+		case i > 0 && !p.got[i-1]:
+			runs[len(runs)-1].Count++
+		default:
+			runs = append(runs, LossRun{Start: p.sentAt[i], Count: 1})
+		}
+	}
+	return runs
 }
 
 // WaitReceived waits until at least n replies have arrived in all.

@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/overlayd/overlayd/test/lab"
+)
+
+// publishedBackend is the backend-type a node publishes.
+func (c *cluster) publishedBackend(n *lab.Node) string {
+	node, err := c.admin.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	return node.Annotations[annotationPrefix+"backend-type"]
+}
+
+// TestSwitchBackendsLive: the backend is switched vxlan → host-gw → udp →
+// vxlan by rewriting net-conf.json on the nodes one at a time, as a rolling
+// ConfigMap update does, while pods on different nodes ping each other at
+// 100/s. After each step every pod pair is reachable and nothing of a
+// backend no longer in use is left on any node; over the whole sequence the
+// pings lose at most 1%.
+func TestSwitchBackendsLive(t *testing.T) {
+	c := newCluster(t, clusterOptions{Nodes: 3, NetConf: netConf("vxlan")})
+	c.requireFullMesh(c.pods)
+	c.requireKernelStateMatchesLeases()
+
+	// A pinger around the ring of nodes: every node sends and receives.
+	var pingers []*lab.Pinger
+	for i := range c.lab.Nodes {
+		src := c.podsOn(c.node(i))[0]
+		dst := c.podsOn(c.node((i + 1) % len(c.lab.Nodes)))[0]
+		p, err := src.StartPinger(dst.IP, 10*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pingers = append(pingers, p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for _, p := range pingers {
+		if err := p.WaitReceived(ctx, 20); err != nil {
+			t.Fatalf("pinger %s -> %s: %v", p.From.NS, p.To, err)
+		}
+	}
+
+	for _, backend := range []string{"host-gw", "udp", "vxlan"} {
+		start := time.Now()
+		for _, n := range c.lab.Nodes {
+			c.writeNetConf(n, netConf(backend))
+			eventually(t, 60*time.Second, n.Name+" publishes "+backend, func() (bool, string) {
+				got := c.publishedBackend(n)
+				return got == backend, got
+			})
+		}
+		c.requireFullMesh(c.pods)
+		// Old devices drain (until no peer sends with them), then go.
+		c.requireKernelStateMatchesLeases()
+		for _, n := range c.lab.Nodes {
+			if !c.agents[n.Name].Running() {
+				t.Fatalf("agent on %s exited during the switch:\n%s", n.Name, c.agents[n.Name].Tail(2000))
+			}
+		}
+		var sent, lost int
+		for _, p := range pingers {
+			s := p.Stats()
+			sent, lost = sent+s.Sent, lost+s.Lost
+		}
+		t.Logf("switched to %s in %s; pings so far: %d sent, %d lost", backend, time.Since(start).Round(time.Millisecond), sent, lost)
+	}
+
+	var total, lost int
+	for _, p := range pingers {
+		s := p.Stop()
+		t.Logf("%s -> %s: %s", p.From.NS, p.To, s)
+		for _, r := range p.LossRuns() {
+			t.Logf("  %d lost from %s", r.Count, r.Start.Format("15:04:05.000"))
+		}
+		total, lost = total+s.Sent, lost+s.Lost
+	}
+	ratio := float64(lost) / float64(total)
+	t.Logf("whole switch sequence vxlan -> host-gw -> udp -> vxlan: %d of %d pings lost (%.3f%%)", lost, total, 100*ratio)
+	if ratio > 0.01 {
+		t.Fatalf("lost %.3f%% of pings across the backend switches; at most 1%% allowed", 100*ratio)
+	}
+	for _, n := range c.lab.Nodes {
+		if v := metricValue(t, c, n, `overlayd_config_reloads_total{result="applied"}`); v != 3 {
+			t.Errorf("%s: %v configuration reloads applied, want 3", n.Name, v)
+		}
+	}
+}
+
+// TestRefusedConfigLeavesDatapathAlone: an invalid net-conf.json and one
+// with a changed Network are refused and logged, and the running datapath
+// is untouched.
+func TestRefusedConfigLeavesDatapathAlone(t *testing.T) {
+	c := newCluster(t, clusterOptions{Nodes: 2})
+	c.requireFullMesh(c.pods)
+	n := c.node(0)
+	before := strings.Join(kernelState(t, n), "\n")
+	src, dst := c.podsOn(n)[0], c.podsOn(c.node(1))[0]
+	pinger, err := src.StartPinger(dst.IP, 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name, conf, result, logged string
+	}{
+		{"invalid JSON", `{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan",}`, "invalid", "JSON syntax error"},
+		{"unknown backend", `{"Network": "10.244.0.0/16", "Backend": {"Type": "geneve"}}`, "invalid", `unknown backend type \"geneve\"`},
+		{"changed Network", `{"Network": "10.245.0.0/16", "Backend": {"Type": "host-gw"}}`, "refused", "Network: changed from 10.244.0.0/16 to 10.245.0.0/16"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			metric := fmt.Sprintf(`overlayd_config_reloads_total{result=%q}`, tc.result)
+			count := metricValue(t, c, n, metric)
+			c.writeNetConf(n, tc.conf)
+			eventually(t, 30*time.Second, "reload "+tc.result, func() (bool, string) {
+				return metricValue(t, c, n, metric) == count+1, c.agents[n.Name].Tail(500)
+			})
+			log := c.agents[n.Name].Log()
+			if !containsAll(log, "refusing changed network configuration", tc.logged) {
+				t.Errorf("refusal not logged with %q:\n%s", tc.logged, c.agents[n.Name].Tail(1500))
+			}
+			if after := strings.Join(kernelState(t, n), "\n"); after != before {
+				t.Errorf("the datapath changed:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+			if got := c.publishedBackend(n); got != "vxlan" {
+				t.Errorf("published backend changed to %q", got)
+			}
+		})
+	}
+	// The running configuration stays in force, and traffic never stopped.
+	if err := pinger.WaitReceived(context.Background(), pinger.Stats().Received+20); err != nil {
+		t.Fatal(err)
+	}
+	if s := pinger.Stop(); s.Lost != 0 {
+		t.Errorf("pings lost while refusing configurations: %s", s)
+	}
+	c.requireKernelStateMatchesLeases()
+}
