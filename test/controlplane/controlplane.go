@@ -177,6 +177,7 @@ func Start(opts Options) (cp *ControlPlane, err error) {
 		"--tls-cert-file="+pki.servingCert, "--tls-private-key-file="+pki.servingKey,
 		"--token-auth-file="+tokenFile,
 		"--authorization-mode=RBAC",
+		"--allow-privileged=true", // as kubeadm and kind run it: node agents such as calico-node are privileged
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+pki.saPublic,
 		"--service-account-signing-key-file="+pki.saSigner,
