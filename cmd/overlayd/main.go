@@ -153,6 +153,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		ResyncPeriod:  o.resyncPeriod,
 		RulesResync:   time.Duration(o.iptablesResync) * time.Second,
 		Status:        status,
+		Events:        kube.NewNodeEvents(ctx, client, nodeName),
 		Log:           log.Named("daemon"),
 	})
 	return d.Run(ctx)

@@ -46,6 +46,21 @@ type Rules interface {
 	Ensure(net *subnet.Config, lease subnet.Lease) error
 }
 
+// Events records what an operator should see on the Node (Kubernetes
+// Events); nil records nothing.
+type Events interface {
+	Normal(reason, format string, args ...any)
+	Warning(reason, format string, args ...any)
+}
+
+// Event reasons.
+const (
+	EventConfigApplied  = "NetConfApplied"
+	EventConfigRefused  = "NetConfRefused"
+	EventDatapathFailed = "DatapathFailed"
+	EventPeerSkipped    = "PeerUnreachable"
+)
+
 // Config is everything the loop needs; the caller wires real parts in.
 type Config struct {
 	NodeName string
@@ -67,6 +82,7 @@ type Config struct {
 	RulesResync  time.Duration // iptables checked at least this often
 
 	Status *health.Status
+	Events Events
 	Log    *zap.Logger
 }
 
@@ -152,6 +168,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			if err := d.Reload(data); err != nil {
 				d.log.Error("refusing changed network configuration; the running one stays in force",
 					zap.String("path", c.NetConfigPath), zap.Error(err))
+				d.warn(EventConfigRefused, "refusing the changed %s (the running configuration stays in force): %v", c.NetConfigPath, err)
 			}
 		}, d.log)
 	}
@@ -264,6 +281,9 @@ func (d *Daemon) processOne() bool {
 			level = d.log.Warn
 		}
 		level("reconcile failed; retrying", zap.Error(err), zap.Int("retries", retries))
+		if retries == 3 {
+			d.warn(EventDatapathFailed, "programming the datapath keeps failing (retrying with backoff): %v", err)
+		}
 		d.queue.AddRateLimited(key)
 		return true
 	}
@@ -434,6 +454,19 @@ func (d *Daemon) noteSkip(p subnet.Lease, s *backend.SkipError) {
 	peersSkipped.WithLabelValues(s.Reason).Inc()
 	d.log.Warn("skipping peer", zap.String("peer", p.Node), zap.Stringer("subnet", p.Subnet),
 		zap.String("backend", p.Attrs.BackendType), zap.String("reason", s.Reason), zap.Error(s.Err))
+	d.warn(EventPeerSkipped, "peer %s (%s, backend %s) cannot be reached: %v", p.Node, p.Subnet, p.Attrs.BackendType, s)
+}
+
+func (d *Daemon) warn(reason, format string, args ...any) {
+	if d.cfg.Events != nil {
+		d.cfg.Events.Warning(reason, format, args...)
+	}
+}
+
+func (d *Daemon) normal(reason, format string, args ...any) {
+	if d.cfg.Events != nil {
+		d.cfg.Events.Normal(reason, format, args...)
+	}
 }
 
 // publish updates this node's published attributes when they changed (a

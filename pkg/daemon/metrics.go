@@ -3,6 +3,8 @@ package daemon
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/pkg/metrics"
 )
 
@@ -36,6 +38,14 @@ var (
 
 func init() {
 	metrics.MustRegister(reconcileRuns, reconcileErrors, reconcileDuration, kernelEntries, repairs, peersSkipped)
+	// Exported at zero from the start, so that dashboards and alerts see
+	// them before the first occurrence.
+	for _, kind := range []string{kernel.EntryLink, kernel.EntryAddr, kernel.EntryRoute, kernel.EntryNeigh, kernel.EntryFDB} {
+		repairs.WithLabelValues(kind)
+	}
+	for _, reason := range []string{backend.SkipBadBackendData, backend.SkipNotOnLink, backend.SkipUnknownBackend} {
+		peersSkipped.WithLabelValues(reason)
+	}
 }
 
 var configReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -43,4 +53,9 @@ var configReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help: "Changed net-conf.json contents seen, by result: applied, unchanged, invalid, refused (cannot change live).",
 }, []string{"result"})
 
-func init() { metrics.MustRegister(configReloads) }
+func init() {
+	metrics.MustRegister(configReloads)
+	for _, result := range []string{"applied", "unchanged", "invalid", "refused"} {
+		configReloads.WithLabelValues(result)
+	}
+}

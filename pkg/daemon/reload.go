@@ -96,6 +96,7 @@ func (d *Daemon) applyPending() {
 		d.backends[old.Type()] = old
 	}
 	configReloads.WithLabelValues("applied").Inc()
+	d.normal(EventConfigApplied, "network configuration applied: backend %s -> %s %s", old.Type(), p.backend.Type(), p.raw)
 	if err := d.writeSubnetFile(); err != nil {
 		d.log.Error("rewriting subnet file", zap.Error(err))
 	}

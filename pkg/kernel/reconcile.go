@@ -121,6 +121,11 @@ func (r *Reconciler) Apply(want State) (Changes, Counts, error) {
 		if l, ok := links[dev]; ok {
 			return l.Attrs().Index, nil
 		}
+		if _, wanted := want.Link(dev); wanted {
+			// Ours but not in place (e.g. a foreign device holds the name):
+			// nothing may be added to whatever has that name now.
+			return 0, fmt.Errorf("device %s is not in place", dev)
+		}
 		l, err := r.h.LinkByName(dev)
 		if err != nil {
 			return 0, fmt.Errorf("device %s: %w", dev, err)

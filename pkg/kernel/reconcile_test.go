@@ -351,3 +351,21 @@ func TestValidateRefusesContradictions(t *testing.T) {
 		t.Errorf("the same link twice refused: %v", err)
 	}
 }
+
+// Nothing is added through a foreign device that holds the name of one of
+// ours: not even our own routes.
+func TestNoEntriesThroughForeignLink(t *testing.T) {
+	ns, name := underlayNS(t)
+	ipIn(t, name, "link", "add", "overlay.1", "type", "bridge")
+	ipIn(t, name, "link", "set", "overlay.1", "up")
+	r := newTestReconciler(t, ns)
+	if _, _, err := r.Apply(vxlanState()); err == nil {
+		t.Fatal("apply succeeded with a foreign device in the way")
+	}
+	if routes := ipIn(t, name, "route", "show", "proto", "79"); routes != "" {
+		t.Fatalf("routes added through the foreign device:\n%s", routes)
+	}
+	if neigh := ipIn(t, name, "neigh", "show", "dev", "overlay.1"); neigh != "" {
+		t.Fatalf("neighbours added on the foreign device:\n%s", neigh)
+	}
+}

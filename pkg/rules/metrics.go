@@ -21,4 +21,14 @@ var (
 	}, []string{"family", "table"})
 )
 
-func init() { metrics.MustRegister(repairsTotal, errorsTotal) }
+func init() {
+	metrics.MustRegister(repairsTotal, errorsTotal)
+	// Exported at zero from the start, so that dashboards and alerts see
+	// them before the first repair or error.
+	for _, family := range []string{"ipv4", "ipv6"} {
+		repairsTotal.WithLabelValues(family, "nat", MasqChain)
+		repairsTotal.WithLabelValues(family, "filter", ForwardChain)
+		errorsTotal.WithLabelValues(family, "nat")
+		errorsTotal.WithLabelValues(family, "filter")
+	}
+}

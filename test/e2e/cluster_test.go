@@ -62,6 +62,9 @@ type clusterOptions struct {
 	Args         []string // extra overlayd flags for every node
 	PodsPerNode  int      // default 1
 	CNIPods      bool     // attach pods with the real CNI plugins
+	// NoWait returns as soon as the agents are started: no waiting for
+	// readiness, no pods.
+	NoWait bool
 	// BeforeAgents runs on each node once its Node object has a podCIDR,
 	// before its agent starts.
 	BeforeAgents func(c *cluster, n *lab.Node, podCIDR netip.Prefix)
@@ -115,6 +118,9 @@ func newCluster(t *testing.T, opts clusterOptions) *cluster {
 			opts.BeforeAgents(c, n, c.waitPodCIDR(n))
 		}
 		c.startAgent(n)
+	}
+	if opts.NoWait {
+		return c
 	}
 	for _, n := range c.lab.Nodes {
 		c.waitReady(n)
