@@ -137,6 +137,11 @@ func ParseConfig(data []byte) (*subnet.Config, Backend, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if cfg.EnableIPv6 {
+		// Refused rather than run half-working: leases and subnet.env would
+		// carry IPv6, but no backend programs IPv6 routes between nodes yet.
+		return nil, nil, &subnet.ConfigError{Key: "EnableIPv6", Msg: "true is not supported yet: overlayd's backends route IPv4 pod traffic only; set it to false"}
+	}
 	b, err := New(cfg.BackendType, cfg.Backend)
 	if err != nil {
 		return nil, nil, err

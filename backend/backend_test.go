@@ -64,6 +64,7 @@ func TestBackendConfigErrors(t *testing.T) {
 		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Learning":"no"}}`, "Backend.Learning", "want true or false"},
 		{`{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw","VNI":1}}`, "Backend.VNI", "unknown key"},
 		{`{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":0}}`, "Backend.Port", "0 is not"},
+		{`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48"}`, "EnableIPv6", "not supported yet"},
 	}
 	for _, tt := range tests {
 		_, _, err := backend.ParseConfig([]byte(tt.conf))
