@@ -1,0 +1,321 @@
+// Command bench is `make bench`: it runs overlayd's benchmarks one after
+// the other (never two at once: they would measure each other), streams
+// their output, and ends with one summary table. It fails only when a
+// benchmark fails to run, never on a figure.
+//
+//   - throughput: test/bench BenchmarkThroughput (vxlan, host-gw, udp);
+//   - convergence: test/bench BenchmarkConvergence (1000 and 5000 peers);
+//   - snapshot: subnet/kube BenchmarkSnapshot (the lease store at 5000 nodes).
+//
+// Run from the repository root, as root, after `make build test-bins
+// cni-bins`.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/overlayd/overlayd/test/bench"
+	"github.com/overlayd/overlayd/test/lab"
+)
+
+// labPrefix is test/bench's namespace prefix, swept after each run in case
+// a benchmark process died without cleaning up.
+const labPrefix = "ovlH"
+
+type options struct {
+	overlayd     string
+	only         string
+	rounds       int
+	iperfSeconds int
+	churn        int
+	peers        string
+	snapshotRuns int
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.overlayd, "overlayd", "bin/overlayd", "overlayd binary the cluster benchmarks run")
+	flag.StringVar(&o.only, "only", "throughput,convergence,snapshot", "benchmarks to run, comma-separated")
+	flag.IntVar(&o.rounds, "rounds", 5, "throughput rounds; each runs every backend once")
+	flag.IntVar(&o.iperfSeconds, "iperf-seconds", 10, "length of one iperf3 run")
+	flag.IntVar(&o.churn, "churn", 5, "peers added and deleted one at a time, per peer count")
+	flag.StringVar(&o.peers, "peers", "1000,5000", "peer counts of the convergence benchmark")
+	flag.IntVar(&o.snapshotRuns, "snapshot-runs", 3, "runs of the lease store snapshot probe")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options) error {
+	if _, err := os.Stat("go.mod"); err != nil {
+		return errors.New("run from the repository root (make bench)")
+	}
+	abs, err := absPath(o.overlayd)
+	if err != nil {
+		return fmt.Errorf("-overlayd: %w", err)
+	}
+	resultsDir, err := os.MkdirTemp("", "overlayd-bench-results-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(resultsDir)
+
+	// An interrupt reaches the benchmark processes too; they clean up and
+	// exit, and this process waits for them instead of dying first.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	env := append(os.Environ(), "OVERLAYD_BIN="+abs, bench.ResultsDirEnv+"="+resultsDir)
+	s := summary{start: time.Now(), load: loadAverage()}
+	var errs []error
+	for _, name := range strings.Split(o.only, ",") {
+		if ctx.Err() != nil {
+			errs = append(errs, errors.New("interrupted"))
+			break
+		}
+		var args []string
+		switch strings.TrimSpace(name) {
+		case "throughput":
+			args = []string{"./test/bench/", "-bench", "^BenchmarkThroughput$", "-benchtime", fmt.Sprintf("%dx", o.rounds)}
+			env = append(env, "OVERLAYD_BENCH_IPERF_SECONDS="+strconv.Itoa(o.iperfSeconds))
+		case "convergence":
+			args = []string{"./test/bench/", "-bench", "^BenchmarkConvergence$", "-benchtime", fmt.Sprintf("%dx", o.churn)}
+			env = append(env, "OVERLAYD_BENCH_PEERS="+o.peers)
+		case "snapshot":
+			args = []string{"./subnet/kube/", "-bench", "^BenchmarkSnapshot$", "-benchtime", fmt.Sprintf("%dx", o.snapshotRuns)}
+		default:
+			return fmt.Errorf("-only: unknown benchmark %q", name)
+		}
+		out, err := goTest(env, args...)
+		if removed, serr := lab.Sweep(labPrefix); serr == nil && len(removed) > 0 {
+			fmt.Printf("bench: removed namespaces a benchmark left behind: %s\n", strings.Join(removed, " "))
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+		switch strings.TrimSpace(name) {
+		case "throughput":
+			s.throughput = &bench.Throughput{}
+			if rerr := bench.ReadResult(resultsDir, bench.ThroughputFile, s.throughput); rerr != nil {
+				s.throughput = nil
+			}
+		case "convergence":
+			s.convergence = &bench.Convergence{}
+			if rerr := bench.ReadResult(resultsDir, bench.ConvergenceFile, s.convergence); rerr != nil {
+				s.convergence = nil
+			}
+		case "snapshot":
+			s.snapshot = parseSnapshot(out)
+		}
+	}
+	s.print(os.Stdout)
+	return errors.Join(errs...)
+}
+
+// goTest runs one benchmark package, streaming its output, and returns it.
+func goTest(env []string, args ...string) ([]byte, error) {
+	argv := append([]string{"test", "-run", "^$", "-count", "1", "-timeout", "30m"}, args...)
+	fmt.Printf("\n=== go %s\n", strings.Join(argv, " "))
+	cmd := exec.Command(goBinary(), argv...)
+	cmd.Env = env
+	var buf bytes.Buffer
+	cmd.Stdout = io.MultiWriter(os.Stdout, &buf)
+	cmd.Stderr = io.MultiWriter(os.Stderr, &buf)
+	err := cmd.Run()
+	return buf.Bytes(), err
+}
+
+func goBinary() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return runtime.GOROOT() + "/bin/go"
+}
+
+func absPath(p string) (string, error) {
+	if _, err := os.Stat(p); err != nil {
+		return "", err
+	}
+	if strings.HasPrefix(p, "/") {
+		return p, nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	return wd + "/" + p, nil
+}
+
+func loadAverage() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(data)); len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "?"
+}
+
+// snapshot is what subnet/kube's BenchmarkSnapshot printed.
+type snapshot struct {
+	nodes      int
+	meanMs     float64   // ms/snapshot: mean over the runs
+	runsMs     []float64 // each run's time to a complete snapshot
+	rssMiB     float64   // largest VmRSS after the snapshot
+	peakRSSMiB float64   // largest VmHWM
+}
+
+var snapshotRunRE = regexp.MustCompile(`complete snapshot of \d+ peers in ([\d.]+) ms`)
+
+// parseSnapshot reads the benchmark line's metrics and each run's log line.
+func parseSnapshot(out []byte) *snapshot {
+	var s snapshot
+	found := false
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		line := sc.Text()
+		if m := snapshotRunRE.FindStringSubmatch(line); m != nil {
+			v, _ := strconv.ParseFloat(m[1], 64)
+			s.runsMs = append(s.runsMs, v)
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasPrefix(f[0], "BenchmarkSnapshot") {
+			continue
+		}
+		found = true
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				continue
+			}
+			switch f[i+1] {
+			case "ms/snapshot":
+				s.meanMs = v
+			case "MiB-RSS":
+				s.rssMiB = v
+			case "MiB-peakRSS":
+				s.peakRSSMiB = v
+			case "nodes":
+				s.nodes = int(v)
+			}
+		}
+	}
+	if !found {
+		return nil
+	}
+	return &s
+}
+
+type summary struct {
+	start       time.Time
+	load        string
+	throughput  *bench.Throughput
+	convergence *bench.Convergence
+	snapshot    *snapshot
+}
+
+func (s *summary) print(out io.Writer) {
+	fmt.Fprintf(out, "\n==================== overlayd benchmark summary ====================\n")
+	fmt.Fprintf(out, "%d CPUs, load average %s at start, %s in all\n", runtime.NumCPU(), s.load, time.Since(s.start).Round(time.Second))
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	if t := s.throughput; t != nil && len(t.Backends) > 0 {
+		fmt.Fprintf(out, "\nThroughput, pod to pod across two nodes: iperf3, one TCP stream, %d rounds x %d s, backends alternating;\n", t.Rounds, t.Seconds)
+		fmt.Fprintf(out, "real overlayd on both nodes, pods attached by the CNI plugins with overlayd's MTU\n")
+		fmt.Fprintln(w, "  backend\tMTU\tmedian Gbit/s\tmin - max\tvs vxlan (median)\tper-round ratios\tagents' CPU s/run\tretransmits/run")
+		ref := t.Backends[0]
+		refMed := bench.Median(ref.Gbps)
+		for _, b := range t.Backends {
+			med := bench.Median(b.Gbps)
+			lo, hi := bench.Spread(b.Gbps)
+			var ratios []string
+			for i := range b.Gbps {
+				if i < len(ref.Gbps) && ref.Gbps[i] > 0 {
+					ratios = append(ratios, fmt.Sprintf("%.0f%%", 100*b.Gbps[i]/ref.Gbps[i]))
+				}
+			}
+			vs := fmt.Sprintf("%.1f%%", 100*med/refMed)
+			if b.Backend == "udp" {
+				vs += target(100*med/refMed >= 25, "target >= 25%")
+			}
+			retr := make([]float64, len(b.Retransmits))
+			for i, r := range b.Retransmits {
+				retr[i] = float64(r)
+			}
+			fmt.Fprintf(w, "  %s\t%d\t%.2f\t%.2f - %.2f\t%s\t%s\t%.1f\t%.0f\n", b.Backend, b.MTU, med, lo, hi, vs,
+				strings.Join(ratios, " "), bench.Median(b.AgentCPU), bench.Median(retr))
+		}
+		w.Flush()
+	} else {
+		fmt.Fprintln(out, "\nThroughput: not measured")
+	}
+
+	if sn := s.snapshot; sn != nil {
+		fmt.Fprintf(out, "\nLease store at scale (subnet/kube BenchmarkSnapshot): %d nodes, %d runs of a probe running only the lease store\n", sn.nodes, len(sn.runsMs))
+		lo, hi := bench.Spread(sn.runsMs)
+		fmt.Fprintf(w, "  start to full snapshot\t%.0f ms mean (runs %.0f - %.0f ms)\t%s\n", sn.meanMs, lo, hi, target(sn.meanMs <= 1000, "target <= 1 s"))
+		fmt.Fprintf(w, "  RSS with the snapshot\t%.1f MiB (peak %.1f MiB)\t%s\n", sn.rssMiB, sn.peakRSSMiB, target(sn.peakRSSMiB <= 40, "target <= 40 MiB"))
+		w.Flush()
+	} else {
+		fmt.Fprintln(out, "\nLease store at scale: not measured")
+	}
+
+	if c := s.convergence; c != nil && len(c.Sizes) > 0 {
+		fmt.Fprintf(out, "\nConvergence: one real overlayd agent (vxlan), N peer Nodes of kubelet size in a real API server\n")
+		row := func(label string, cell func(bench.ConvergenceSize) string) {
+			fmt.Fprintf(w, "  %s", label)
+			for _, z := range c.Sizes {
+				fmt.Fprintf(w, "\t%s", cell(z))
+			}
+			fmt.Fprintln(w)
+		}
+		row("", func(z bench.ConvergenceSize) string { return fmt.Sprintf("N = %d", z.Peers) })
+		row("cold start to first route", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.2f s", z.FirstEntrySec) })
+		row("cold start to all N routes, neighbours, FDB entries", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.2f s", z.ConvergedSec) })
+		row("new peer Node to its 3 entries in the kernel", func(z bench.ConvergenceSize) string { return medianRange(z.AddMs) })
+		row("deleted peer Node to its 3 entries gone", func(z bench.ConvergenceSize) string { return medianRange(z.DeleteMs) })
+		row("no-change reconcile (mean)", func(z bench.ConvergenceSize) string {
+			return fmt.Sprintf("%.1f ms (%d passes)", z.NoopReconcileMs, z.NoopReconciles)
+		})
+		row("agent VmRSS / VmHWM", func(z bench.ConvergenceSize) string {
+			return fmt.Sprintf("%.1f / %.1f MiB", float64(z.VmRSSKiB)/1024, float64(z.VmHWMKiB)/1024)
+		})
+		row("agent CPU when idle (resync every 2 s)", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.1f%%", z.IdleCPUPercent) })
+		row("warm restart to ready (kernel writes)", func(z bench.ConvergenceSize) string {
+			return fmt.Sprintf("%.2f s (%d)", z.WarmRestartSec, z.WarmRestartDiff)
+		})
+		row("setup: creating the peer Nodes", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.1f s", z.CreateSeconds) })
+		w.Flush()
+	} else {
+		fmt.Fprintln(out, "\nConvergence: not measured")
+	}
+	fmt.Fprintln(out)
+}
+
+func medianRange(xs []float64) string {
+	lo, hi := bench.Spread(xs)
+	return fmt.Sprintf("%.0f ms (%.0f - %.0f, n=%d)", bench.Median(xs), lo, hi, len(xs))
+}
+
+func target(met bool, what string) string {
+	if met {
+		return "  [" + what + ": met]"
+	}
+	return "  [" + what + ": NOT MET]"
+}

@@ -1,0 +1,380 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/overlayd/overlayd/pkg/ip"
+	"github.com/overlayd/overlayd/pkg/kernel"
+	"github.com/overlayd/overlayd/subnet/kube"
+	"github.com/overlayd/overlayd/test/lab"
+)
+
+// The convergence cluster: one lab node runs the agent; every other Node
+// exists only in the API server, published as a vxlan peer. vxlan needs no
+// on-link peers, so their public addresses need not exist.
+const (
+	convergenceNetConf = `{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}`
+	// convergenceResync makes no-change reconciles frequent enough to
+	// average a few of them in a short quiet window.
+	convergenceResync = 2 * time.Second
+	// peerSubnetBase: peer i has subnet number peerSubnetBase+i of the
+	// network; the lab node has number 1.
+	peerSubnetBase = 256
+	// churnBase: peers added and deleted one at a time are numbered from here.
+	churnBase = 50000
+)
+
+var defaultPeerCounts = []int{1000, 5000}
+
+// BenchmarkConvergence runs one real overlayd agent on a lab node against a
+// real API server holding N peer Nodes (N = 1000, then 5000; as many as a
+// kubelet-registered Node is big: status, images, labels). For each N:
+//
+//   - a cold start (no agent, nothing in the kernel): time from starting the
+//     agent to the first route, and to every route, neighbour and FDB entry;
+//   - a quiet window: the mean duration of the reconciles that change
+//     nothing (overlayd_reconcile_duration_seconds), the agent's CPU, its
+//     VmRSS and VmHWM;
+//   - a warm restart (everything in place): time to /readyz, and how many
+//     kernel entries it wrote (want none);
+//   - each iteration (-benchtime Nx: N samples): one new peer Node is
+//     created and the time until its route, neighbour and FDB entry are in
+//     the kernel is taken, then it is deleted and the time until all three
+//     are gone is taken.
+//
+// OVERLAYD_BENCH_PEERS="1000,5000" changes the peer counts.
+//
+//	go test -run '^$' -bench Convergence -benchtime 5x ./test/bench/
+func BenchmarkConvergence(b *testing.B) {
+	counts := defaultPeerCounts
+	if s := os.Getenv("OVERLAYD_BENCH_PEERS"); s != "" {
+		counts = nil
+		for _, f := range strings.Split(s, ",") {
+			v, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || v < 1 || v >= churnBase {
+				b.Fatalf("OVERLAYD_BENCH_PEERS=%q: want increasing peer counts below %d", s, churnBase)
+			}
+			counts = append(counts, v)
+		}
+	}
+	c := newCluster(b, clusterOptions{
+		Nodes:          1,
+		NetConf:        convergenceNetConf,
+		AssignPodCIDRs: true,
+		ManualAgents:   true,
+		Args:           []string{"--resync-period", convergenceResync.String()},
+	})
+	peers := &peerSet{admin: c.admin, network: c.net.Network, subnetLen: c.net.SubnetLen}
+	var res Convergence
+	for _, n := range counts {
+		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
+			r := measureConvergence(b, c, peers, n)
+			res.Sizes = append(res.Sizes, r)
+		})
+	}
+	if err := WriteResult(ConvergenceFile, res); err != nil {
+		b.Error(err)
+	}
+}
+
+func measureConvergence(b *testing.B, c *cluster, peers *peerSet, size int) ConvergenceSize {
+	node := c.lab.Nodes[0]
+	res := ConvergenceSize{Peers: size}
+	start := time.Now()
+	created := peers.ensure(b, size)
+	res.CreateSeconds = time.Since(start).Seconds()
+	b.Logf("created %d peer Nodes in %s (%d in the API)", created, time.Since(start).Round(time.Millisecond), size)
+
+	// A cold start: no agent, nothing of overlayd's in the kernel.
+	if p := c.agents[node.Name]; p != nil && p.Running() {
+		if err := p.Stop(); err != nil && p.Running() {
+			b.Fatal(err)
+		}
+	}
+	if err := deleteLink(node, vxlanDev); err != nil {
+		b.Fatal(err)
+	}
+	if k, err := countKernel(node); err != nil || k != (kernelCounts{}) {
+		b.Fatalf("kernel not clean before the cold start: %v %v", k, err)
+	}
+	want := kernelCounts{size, size, size}
+	start = time.Now()
+	agent := c.startAgent(node)
+	var first time.Time
+	var last kernelCounts
+	waitFor(b, 5*time.Minute, fmt.Sprintf("%d peers programmed", size), func() (bool, string) {
+		if !agent.Running() {
+			b.Fatalf("overlayd exited: %v\n%s", agent.ExitErr(), agent.Tail(3000))
+		}
+		k, err := countKernel(node)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if k.routes > 0 && first.IsZero() {
+			first = time.Now()
+		}
+		last = k
+		return k == want, k.String()
+	})
+	converged := time.Now()
+	res.FirstEntrySec = first.Sub(start).Seconds()
+	res.ConvergedSec = converged.Sub(start).Seconds()
+	c.waitReady(node, time.Minute)
+	b.Logf("cold start with %d peers: first route after %.2f s, all %s after %.2f s",
+		size, res.FirstEntrySec, last, res.ConvergedSec)
+
+	quietWindow(b, c, node, &res)
+
+	w, err := watchKernel(node)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.close()
+	warmRestart(b, c, node, w, &res)
+
+	i := 0
+	for b.Loop() {
+		add, del := churnOnce(b, c.admin, peers, w, churnBase+size+i)
+		res.AddMs = append(res.AddMs, ms(add))
+		res.DeleteMs = append(res.DeleteMs, ms(del))
+		i++
+	}
+	b.Logf("one peer added: median %.1f ms %v; deleted: median %.1f ms %v", Median(res.AddMs), res.AddMs, Median(res.DeleteMs), res.DeleteMs)
+
+	b.ReportMetric(res.ConvergedSec, "s-to-converge")
+	b.ReportMetric(Median(res.AddMs), "ms-peer-add")
+	b.ReportMetric(Median(res.DeleteMs), "ms-peer-delete")
+	b.ReportMetric(float64(res.VmRSSKiB)/1024, "MiB-RSS")
+	b.ReportMetric(float64(res.VmHWMKiB)/1024, "MiB-peakRSS")
+	b.ReportMetric(res.NoopReconcileMs, "ms-noop-reconcile")
+	return res
+}
+
+// quietWindow lets a few reconciles run with no change anywhere (nothing
+// polls the agent meanwhile) and takes their mean duration, the agent's CPU
+// share and its memory.
+func quietWindow(b *testing.B, c *cluster, node *lab.Node, res *ConvergenceSize) {
+	const window = 3*convergenceResync + convergenceResync/2
+	agent := c.agents[node.Name]
+	const sum, count = "overlayd_reconcile_duration_seconds_sum", "overlayd_reconcile_duration_seconds_count"
+	m0 := metrics(b, node)
+	cpu0, err := cpuSeconds(agent.Pid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	t0 := time.Now()
+	pause(b, window)
+	m1 := metrics(b, node)
+	if m1[count]-m0[count] < 1 {
+		b.Fatalf("no reconcile in %s with --resync-period %s", window, convergenceResync)
+	}
+	elapsed := time.Since(t0)
+	cpu1, err := cpuSeconds(agent.Pid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	res.NoopReconciles = int(m1[count] - m0[count])
+	res.NoopReconcileMs = 1000 * (m1[sum] - m0[sum]) / (m1[count] - m0[count])
+	res.IdleCPUPercent = 100 * (cpu1 - cpu0) / elapsed.Seconds()
+	if res.VmRSSKiB, res.VmHWMKiB, err = procStatus(agent.Pid()); err != nil {
+		b.Fatal(err)
+	}
+	for _, kind := range []string{"route", "neigh", "fdb"} {
+		key := fmt.Sprintf(`overlayd_repairs_total{kind=%q}`, kind)
+		if m1[key] != m0[key] {
+			b.Fatalf("the agent repaired %s entries during the quiet window: %v -> %v", kind, m0[key], m1[key])
+		}
+	}
+	b.Logf("quiet: %d no-change reconciles of %.1f ms on average; agent CPU %.1f%%, VmRSS %.1f MiB, VmHWM %.1f MiB",
+		res.NoopReconciles, res.NoopReconcileMs, res.IdleCPUPercent, float64(res.VmRSSKiB)/1024, float64(res.VmHWMKiB)/1024)
+}
+
+// warmRestart stops the agent and starts it again with everything in place,
+// and counts the kernel changes the new agent makes until it is ready and
+// one more resync period has passed.
+func warmRestart(b *testing.B, c *cluster, node *lab.Node, w *kernelWatch, res *ConvergenceSize) {
+	agent := c.agents[node.Name]
+	if err := agent.Stop(); err != nil {
+		b.Fatalf("stopping the agent: %v", err)
+	}
+	drain(w)
+	start := time.Now()
+	c.startAgent(node)
+	ready := c.waitReady(node, time.Minute)
+	res.WarmRestartSec = ready.Sub(start).Seconds()
+	pause(b, convergenceResync) // let a resync pass run before counting
+	res.WarmRestartDiff = drain(w)
+	b.Logf("warm restart: ready after %.2f s, %d kernel route/neighbour/FDB changes", res.WarmRestartSec, res.WarmRestartDiff)
+}
+
+// drain empties the watch and returns how many route, neighbour and FDB
+// changes it held.
+func drain(w *kernelWatch) int {
+	n := 0
+	for {
+		select {
+		case u := <-w.routes:
+			if u.Protocol == kernel.RouteProtocol {
+				n++
+			}
+		case u := <-w.neighs:
+			if u.State&netlink.NUD_PERMANENT != 0 {
+				n++
+			}
+		default:
+			return n
+		}
+	}
+}
+
+// churnOnce creates peer i, waits until the kernel has its entries, deletes
+// it and waits until they are gone.
+func churnOnce(b *testing.B, admin kubernetes.Interface, peers *peerSet, w *kernelWatch, i int) (add, del time.Duration) {
+	ctx, cancel := context.WithTimeout(interrupted, time.Minute)
+	defer cancel()
+	node, entries := peers.node(i)
+	drain(w)
+	start := time.Now()
+	if _, err := admin.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+		b.Fatalf("creating %s: %v", node.Name, err)
+	}
+	at, err := w.wait(ctx, entries, true)
+	if err != nil {
+		b.Fatalf("new peer %s: %v", node.Name, err)
+	}
+	add = at.Sub(start)
+	start = time.Now()
+	if err := admin.CoreV1().Nodes().Delete(ctx, node.Name, metav1.DeleteOptions{}); err != nil {
+		b.Fatalf("deleting %s: %v", node.Name, err)
+	}
+	if at, err = w.wait(ctx, entries, false); err != nil {
+		b.Fatalf("deleted peer %s: %v", node.Name, err)
+	}
+	return add, at.Sub(start)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// peerSet creates peer Nodes as their agents would have left them.
+type peerSet struct {
+	admin     kubernetes.Interface
+	network   netip.Prefix
+	subnetLen int
+	created   int // peers 0..created-1 exist
+}
+
+// ensure creates peers up to count, 32 at a time, and returns how many it
+// created.
+func (s *peerSet) ensure(b *testing.B, count int) int {
+	from := s.created
+	var next atomic.Int64
+	next.Store(int64(from))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for range 32 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= count {
+					return
+				}
+				node, _ := s.node(i)
+				if _, err := s.admin.CoreV1().Nodes().Create(interrupted, node, metav1.CreateOptions{}); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = fmt.Errorf("creating %s: %w", node.Name, err)
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		b.Fatal(firstErr)
+	}
+	s.created = max(s.created, count)
+	return max(0, count-from)
+}
+
+// node returns peer i's Node and the kernel entries it calls for. Its
+// public address is 198.18.16.0 + i: for every i used (below 61440) in
+// 198.18.16.0-198.18.255.255, clear of the lab's underlay segments.
+func (s *peerSet) node(i int) (*corev1.Node, peerEntries) {
+	name := fmt.Sprintf("peer-%05d", i)
+	sub, err := ip.NthSubnet(s.network, s.subnetLen, uint64(peerSubnetBase+i))
+	if err != nil {
+		panic(fmt.Sprintf("peer %d: %v", i, err)) // the constants leave room for every i used
+	}
+	off := 16*256 + i
+	public := netip.AddrFrom4([4]byte{198, 18 + byte(off>>16), byte(off >> 8), byte(off)})
+	mac := net.HardwareAddr{0x0a, 0x58, byte(i >> 16), byte(i >> 8), byte(i), 0x7e}
+	k := kube.DefaultAnnotationPrefix + "/"
+	n := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: name,
+			Labels: map[string]string{
+				"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux", "kubernetes.io/hostname": name,
+				"node.kubernetes.io/instance-type": "m6i.2xlarge",
+				"topology.kubernetes.io/region":    "eu-west-1",
+				"topology.kubernetes.io/zone":      fmt.Sprintf("eu-west-1%c", 'a'+i%3),
+			},
+			Annotations: map[string]string{
+				"node.alpha.kubernetes.io/ttl":                           "0",
+				"volumes.kubernetes.io/controller-managed-attach-detach": "true",
+				k + "kube-subnet-manager":                                "true",
+				k + "backend-type":                                       "vxlan",
+				k + "backend-data":                                       fmt.Sprintf(`{"VNI":1,"VtepMAC":%q}`, mac),
+				k + "public-ip":                                          public.String(),
+			},
+		},
+		Spec: corev1.NodeSpec{PodCIDR: sub.String(), PodCIDRs: []string{sub.String()}},
+	}
+	// The bulk of a real Node: what its kubelet reports.
+	q := resource.MustParse
+	n.Status.Capacity = corev1.ResourceList{"cpu": q("8"), "memory": q("32408232Ki"), "pods": q("110"), "ephemeral-storage": q("101430960Ki")}
+	n.Status.Allocatable = corev1.ResourceList{"cpu": q("7910m"), "memory": q("31391400Ki"), "pods": q("110"), "ephemeral-storage": q("92936802Ki")}
+	now := metav1.Now()
+	for _, t := range []string{"MemoryPressure", "DiskPressure", "PIDPressure", "Ready"} {
+		status := corev1.ConditionFalse
+		if t == "Ready" {
+			status = corev1.ConditionTrue
+		}
+		n.Status.Conditions = append(n.Status.Conditions, corev1.NodeCondition{
+			Type: corev1.NodeConditionType(t), Status: status, Reason: "Kubelet" + t, Message: "reported by the kubelet",
+			LastHeartbeatTime: now, LastTransitionTime: now,
+		})
+	}
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: public.String()}, {Type: corev1.NodeHostName, Address: name}}
+	n.Status.NodeInfo = corev1.NodeSystemInfo{
+		MachineID: fmt.Sprintf("%032x", i), SystemUUID: fmt.Sprintf("%032x", i+1), BootID: fmt.Sprintf("%032x", i+2),
+		KernelVersion: "6.1.0-27-amd64", OSImage: "Debian GNU/Linux 12 (bookworm)", ContainerRuntimeVersion: "containerd://1.7.20",
+		KubeletVersion: "v1.36.3", OperatingSystem: "linux", Architecture: "amd64",
+	}
+	for j := range 40 {
+		repo := fmt.Sprintf("registry.example.com/team-%d/service-%02d", j%7, j)
+		n.Status.Images = append(n.Status.Images, corev1.ContainerImage{
+			Names:     []string{fmt.Sprintf("%s@sha256:%064x", repo, j*7919+1), fmt.Sprintf("%s:v1.%d", repo, j)},
+			SizeBytes: int64(20_000_000 + j*1_234_567),
+		})
+	}
+	return n, peerEntries{subnet: sub, vtep: sub.Addr(), vtepMAC: mac, publicIP: public}
+}

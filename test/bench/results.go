@@ -1,0 +1,128 @@
+// Package bench holds overlayd's cluster benchmarks, run by `make bench`
+// (hack/bench). They print figures and never fail on a time; they fail only
+// when something does not work (an agent that never converges, a pod that
+// cannot reach another).
+//
+//   - BenchmarkThroughput: pod-to-pod TCP throughput (iperf3, one stream)
+//     between two lab nodes for vxlan, host-gw and udp, each a real overlayd
+//     binary on real namespace nodes with pods attached by the real CNI
+//     plugins; backends alternate within every round (-benchtime Nx: N
+//     rounds).
+//   - BenchmarkConvergence: one real overlayd agent against a real API
+//     server holding 1000 and 5000 peer Nodes: time from start until every
+//     route, neighbour and FDB entry is in the kernel, time for one new or
+//     deleted peer to reach the kernel (-benchtime Nx: N samples), memory,
+//     and the cost of a reconcile that changes nothing.
+//
+// Run by hand (root, `make build test-bins cni-bins` first):
+//
+//	OVERLAYD_BIN=$PWD/bin/overlayd go test -run '^$' -bench Throughput -benchtime 3x -timeout 20m ./test/bench/
+//
+// Network namespaces are named ovlH-<id>-*; everything is removed on exit.
+// With OVERLAYD_BENCH_RESULTS set to a directory, each benchmark also writes
+// its raw figures there as JSON, for the summary table.
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+)
+
+// ResultsDirEnv names the directory the benchmarks write their figures to.
+const ResultsDirEnv = "OVERLAYD_BENCH_RESULTS"
+
+// Result file names in the results directory.
+const (
+	ThroughputFile  = "throughput.json"
+	ConvergenceFile = "convergence.json"
+)
+
+// Throughput is what BenchmarkThroughput measured.
+type Throughput struct {
+	Seconds  int // length of one iperf3 run, after a 1 s warm-up it omits
+	Rounds   int
+	Backends []BackendThroughput // vxlan first: the reference
+}
+
+// BackendThroughput is one backend's runs, in round order.
+type BackendThroughput struct {
+	Backend     string
+	MTU         int       // FLANNEL_MTU written by overlayd, checked against the pods' eth0
+	Gbps        []float64 // received throughput per round
+	Retransmits []int     // TCP retransmits per round
+	AgentCPU    []float64 // CPU seconds both agents used per run (the udp datapath's cost)
+}
+
+// Convergence is what BenchmarkConvergence measured, per peer count.
+type Convergence struct {
+	Sizes []ConvergenceSize
+}
+
+// ConvergenceSize holds the figures for one number of peers.
+type ConvergenceSize struct {
+	Peers           int
+	CreateSeconds   float64   // creating the (missing) peer Nodes in the API, setup only
+	FirstEntrySec   float64   // agent start to the first overlayd route in the kernel
+	ConvergedSec    float64   // agent start to every route, neighbour and FDB entry
+	WarmRestartSec  float64   // restart with everything in place, to /readyz
+	WarmRestartDiff int       // kernel entries the warm restart changed (want 0)
+	AddMs           []float64 // Node created -> route, neighbour and FDB entry in the kernel
+	DeleteMs        []float64 // Node deleted -> all three gone
+	VmRSSKiB        int64     // steady state, after the no-change window
+	VmHWMKiB        int64     // peak since start
+	NoopReconcileMs float64   // mean overlayd_reconcile_duration_seconds over no-change passes
+	NoopReconciles  int       // passes that mean is over
+	IdleCPUPercent  float64   // agent CPU over the no-change window
+}
+
+// WriteResult stores v as name in the results directory, if one is set.
+func WriteResult(name string, v any) error {
+	dir := os.Getenv(ResultsDirEnv)
+	if dir == "" {
+		return nil
+	}
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding %s: %w", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+		return fmt.Errorf("writing result %s: %w", name, err)
+	}
+	return nil
+}
+
+// ReadResult loads name from dir into v.
+func ReadResult(dir, name string, v any) error {
+	data, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("decoding %s: %w", name, err)
+	}
+	return nil
+}
+
+// Median of xs (0 for none); xs is not changed.
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// Spread is the smallest and largest of xs.
+func Spread(xs []float64) (lo, hi float64) {
+	if len(xs) == 0 {
+		return 0, 0
+	}
+	return slices.Min(xs), slices.Max(xs)
+}
