@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/overlayd/overlayd/backend"
 	_ "github.com/overlayd/overlayd/backend/hostgw"
@@ -108,11 +109,15 @@ func TestNetConf(t *testing.T) {
 func TestCalicoCNIConfig(t *testing.T) {
 	canal := decode(t, "hack/kind/canal", render(t, "hack/kind/canal"))
 	data := configMap(t, canal, "calico-policy-cfg").Data["cni_network_config"]
-	_, plugins := conflist(t, "cni_network_config", data)
+	list, plugins := conflist(t, "cni_network_config", data)
 	if len(plugins) != 2 {
 		t.Fatalf("%d plugins, want calico then portmap", len(plugins))
 	}
 	calico, portmap := plugins[0], plugins[1]
+	overlaydList, _ := conflist(t, "cni-conf.json", configMap(t, canal, "kube-overlayd-cfg").Data["cni-conf.json"])
+	if list.Name != overlaydList.Name {
+		t.Errorf("calico's network is %q, overlayd's %q: host-local would keep two records of the node's addresses and could hand one out twice", list.Name, overlaydList.Name)
+	}
 	wantField(t, "calico", calico, "calico", "type")
 	wantField(t, "calico", calico, "kubernetes", "datastore_type")
 	wantField(t, "calico", calico, "host-local", "ipam", "type")
@@ -132,5 +137,30 @@ func TestCalicoCNIConfig(t *testing.T) {
 	podMTU := b.MTU(backend.Node{Underlay: &ip.External{Iface: ip.Interface{MTU: 1500}}})
 	if mtu, ok := field(calico, "mtu").(float64); !ok || int(mtu) != podMTU {
 		t.Errorf("calico mtu %v, want %d: overlayd's pod MTU with its %s backend on a 1500-byte underlay", field(calico, "mtu"), podMTU, b.Type())
+	}
+}
+
+// TestEveryNetConfParses: wherever net-conf.json or a CNI conflist appears
+// — the manifests, the kustomizations and the examples in the
+// documentation — it is valid for the parser that will read it.
+func TestEveryNetConfParses(t *testing.T) {
+	for _, s := range sources(t) {
+		for _, o := range s.objs {
+			if o.GetKind() != "ConfigMap" {
+				continue
+			}
+			cm := typed[corev1.ConfigMap](t, o)
+			for key, data := range cm.Data {
+				name := s.name + ": ConfigMap " + cm.Name + " " + key
+				switch {
+				case key == "net-conf.json":
+					if _, _, err := backend.ParseConfig([]byte(data)); err != nil {
+						t.Errorf("%s: %v", name, err)
+					}
+				case key == "cni-conf.json" || key == "cni_network_config":
+					conflist(t, name, data)
+				}
+			}
+		}
 	}
 }

@@ -1,6 +1,8 @@
 package manifests
 
 import (
+	"regexp"
+	"strings"
 	"testing"
 
 	kindv1alpha4 "sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
@@ -51,4 +53,26 @@ func TestKindConfig(t *testing.T) {
 		t.Errorf("ipFamily %s: net-conf.json is IPv4 only", c.Networking.IPFamily)
 	}
 	t.Logf("%d nodes, %d workers, podSubnet %s", len(c.Nodes), workers, c.Networking.PodSubnet)
+}
+
+// TestKindCalicoVersion: hack/kind/up.sh installs the CRDs of the Calico
+// release whose images Documentation/canal runs.
+func TestKindCalicoVersion(t *testing.T) {
+	script := string(readFile(t, "hack/kind/up.sh"))
+	m := regexp.MustCompile(`projectcalico/calico/(v[0-9.]+)/manifests/crds\.yaml`).FindStringSubmatch(script)
+	if m == nil {
+		t.Fatal("hack/kind/up.sh names no Calico CRD manifest")
+	}
+	canal := decode(t, "hack/kind/canal", render(t, "hack/kind/canal"))
+	ds := daemonSet(t, canal, "calico-node")
+	for _, c := range append(ds.Spec.Template.Spec.InitContainers, ds.Spec.Template.Spec.Containers...) {
+		if !strings.HasSuffix(c.Image, ":"+m[1]) {
+			t.Errorf("container %s runs %s; hack/kind/up.sh installs the CRDs of Calico %s", c.Name, c.Image, m[1])
+		}
+	}
+	for _, doc := range []string{"Documentation/canal/README.md"} {
+		if !strings.Contains(string(readFile(t, doc)), "/"+m[1]+"/manifests/crds.yaml") {
+			t.Errorf("%s does not name the CRDs of Calico %s", doc, m[1])
+		}
+	}
 }

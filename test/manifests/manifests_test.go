@@ -98,15 +98,18 @@ func load(t testing.TB, p string) []*unstructured.Unstructured {
 	return decode(t, p, readFile(t, p))
 }
 
-// render builds a kustomization the way `kubectl apply -k` does (same
-// library, default options: no files from outside the kustomization's
-// root, no plugins).
+// render builds a kustomization (a directory of the repository, or an
+// absolute one) the way `kubectl apply -k` does (same library, default
+// options: no files from outside the kustomization's root, no plugins).
 func render(t testing.TB, dir string) []byte {
 	t.Helper()
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	abs, err := filepath.Abs(repoPath(dir))
-	if err != nil {
-		t.Fatal(err)
+	abs := dir
+	if !filepath.IsAbs(dir) {
+		var err error
+		if abs, err = filepath.Abs(repoPath(dir)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	m, err := k.Run(filesys.MakeFsOnDisk(), abs)
 	if err != nil {
@@ -154,7 +157,8 @@ func manifestFiles(t testing.TB) []string {
 	return files
 }
 
-// sources are all manifests and rendered kustomizations.
+// sources are all manifests, the rendered kustomizations and the
+// kustomizations the documentation shows.
 func sources(t testing.TB) []source {
 	t.Helper()
 	var out []source
@@ -163,6 +167,9 @@ func sources(t testing.TB) []source {
 	}
 	for _, dir := range renderedKustomizations {
 		out = append(out, source{name: "kustomize build " + dir, objs: decode(t, dir, render(t, dir))})
+	}
+	for _, ex := range docExamples(t) {
+		out = append(out, source{name: ex.name, objs: decode(t, ex.name, render(t, ex.dir))})
 	}
 	return out
 }
