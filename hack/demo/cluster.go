@@ -48,11 +48,15 @@ type cluster struct {
 }
 
 // step prints what is being done, runs it, and prints how it went.
-func (c *cluster) step(what string, fn func() error) error {
+func (c *cluster) step(ctx context.Context, what string, fn func() error) error {
 	fmt.Fprintf(c.out, "  %-66s ", what)
 	start := time.Now()
 	if err := fn(); err != nil {
-		fmt.Fprintln(c.out, "FAILED")
+		if ctx.Err() != nil {
+			fmt.Fprintln(c.out, "stopped")
+		} else {
+			fmt.Fprintln(c.out, "FAILED")
+		}
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	fmt.Fprintf(c.out, "%6s\n", since(start))
@@ -83,7 +87,7 @@ func (c *cluster) up(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := c.step(s.what, s.fn); err != nil {
+		if err := c.step(ctx, s.what, s.fn); err != nil {
 			return err
 		}
 	}
@@ -284,7 +288,7 @@ func (c *cluster) printExplore(hold bool) {
 	lines = append(lines,
 		[2]string{"the CNI plugin's input:", "cat " + node.SubnetEnv},
 		[2]string{"all namespaces:", fmt.Sprintf("ip netns list | grep %s-%s-", c.lab.Prefix, c.lab.ID)},
-		[2]string{"the API (kubectl):", fmt.Sprintf("kubectl --kubeconfig %s get nodes -o wide", c.adminKubeconfig())},
+		[2]string{"the API (kubectl):", fmt.Sprintf("kubectl --kubeconfig %s describe node node-1", c.adminKubeconfig())},
 		[2]string{"overlayd logs:", filepath.Join(c.lab.Dir, "node-*", "overlayd.log")},
 		[2]string{"control plane logs:", filepath.Join(c.dir, "controlplane", "*.log")},
 	)

@@ -115,9 +115,6 @@ func run(opts options, out io.Writer) (code int) {
 
 	c := &cluster{opts: opts, overlayd: bin, out: out}
 	defer func() {
-		if ctx.Err() != nil {
-			fmt.Fprintln(out, "\ninterrupted")
-		}
 		if !c.teardown() && code == 0 {
 			code = 1
 		}
@@ -126,6 +123,10 @@ func run(opts options, out io.Writer) (code int) {
 	fmt.Fprintf(out, "overlayd demo: backend %s, %d nodes x %d pods, every node and pod a network namespace\n\n",
 		opts.backend, opts.nodes, opts.pods)
 	if err := c.up(ctx); err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintf(out, "\n%v: stopping\n", context.Cause(ctx))
+			return 1
+		}
 		fmt.Fprintf(out, "\ndemo failed: %v\n", err)
 		c.printLogTails()
 		return 1
@@ -135,6 +136,7 @@ func run(opts options, out io.Writer) (code int) {
 	fmt.Fprintf(out, "\nConnectivity (a row pings each column, ICMP echo between pod namespaces):\n%s", indent(m.String(), "  "))
 	if !m.OK() {
 		if ctx.Err() != nil {
+			fmt.Fprintf(out, "\n%v: stopping\n", context.Cause(ctx))
 			return 1
 		}
 		fmt.Fprintf(out, "\nFAIL: %d of %d pod pairs cannot reach each other:\n", len(m.Failed()), len(m.Pods)*(len(m.Pods)-1))
@@ -152,6 +154,9 @@ func run(opts options, out io.Writer) (code int) {
 	if hold {
 		fmt.Fprint(out, "\nThe cluster is up. Press Enter or Ctrl-C to tear it down. ")
 		waitForEnter(ctx, os.Stdin)
+		if ctx.Err() != nil {
+			fmt.Fprintf(out, "\n%v", context.Cause(ctx))
+		}
 	}
 	return 0
 }

@@ -72,7 +72,7 @@ func TestDemoHoldsUntilInterrupt(t *testing.T) {
 	r.wait(t) // make reports the interrupt with a non-zero status
 	out = r.output()
 	t.Logf("make demo BACKEND=udp DEMO_HOLD=1, then SIGINT:\n%s", out)
-	if !strings.Contains(out, "interrupted") {
+	if !strings.Contains(out, "interrupt signal received") {
 		t.Errorf("no word of the interrupt in the output:\n%s", out)
 	}
 	checkTornDown(t, out)
@@ -91,6 +91,9 @@ func TestDemoTerminatedWhileStarting(t *testing.T) {
 	t.Logf("make demo, SIGTERM while starting:\n%s", out)
 	if strings.Contains(out, "Connectivity") {
 		t.Fatalf("the demo went on to the matrix after SIGTERM:\n%s", out)
+	}
+	if !strings.Contains(out, "terminated signal received: stopping") {
+		t.Errorf("no word of SIGTERM in the output:\n%s", out)
 	}
 	checkTornDown(t, out)
 	r.checkNothingLeft(t)
