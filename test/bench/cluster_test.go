@@ -137,7 +137,8 @@ func newCluster(tb testing.TB, opts clusterOptions) *cluster {
 	if _, err := cp.Apply(context.Background(), controlplane.Admin, rbac, controlplane.ApplyOptions{}); err != nil {
 		tb.Fatalf("applying Documentation/rbac.yml: %v", err)
 	}
-	c.lab = lab.New(tb, lab.Options{Prefix: labPrefix, Nodes: opts.Nodes, ControlPlane: cp})
+	// Quiet lab: a benchmark's log is cut after ten lines, keep them for figures.
+	c.lab = lab.New(tb, lab.Options{Prefix: labPrefix, Nodes: opts.Nodes, ControlPlane: cp, Logf: func(string, ...any) {}})
 	for _, n := range c.lab.Nodes {
 		c.registerNode(n)
 		c.writeNetConf(n)

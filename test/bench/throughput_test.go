@@ -59,15 +59,17 @@ func BenchmarkThroughput(b *testing.B) {
 		tcs = append(tcs, newThroughputCluster(b, backend))
 	}
 
+	// One log line per round: a benchmark's log is cut after ten lines.
 	round := 0
 	for b.Loop() {
+		var line []string
 		for i := range tcs {
 			tc := tcs[(i+round)%len(tcs)]
 			gbps, retr, cpu := tc.run(b, secs)
-			b.Logf("round %d: %-7s %6.2f Gbit/s, %d retransmits, agents used %.1f s CPU (load %s)",
-				round+1, tc.backend, gbps, retr, cpu, loadAverage())
+			line = append(line, fmt.Sprintf("%s %.2f Gbit/s (%d retr, agents %.1f s CPU)", tc.backend, gbps, retr, cpu))
 		}
 		round++
+		b.Logf("round %d: %s; load %s", round, strings.Join(line, ", "), loadAverage())
 	}
 
 	res := Throughput{Seconds: secs, Rounds: round}
@@ -129,7 +131,7 @@ func newThroughputCluster(b *testing.B, backend string) *throughputCluster {
 		out, err := tc.server.Exec(context.Background(), "ss", "-Hltn", "sport = :5201")
 		return err == nil && strings.Contains(out, "5201"), out
 	})
-	b.Logf("%s: two nodes, pods %s -> %s, MTU %d, ready in %s", backend, tc.client.IP, tc.server.IP, mtu,
+	b.Logf("%s: pods %s -> %s, MTU %d, cluster ready in %s", backend, tc.client.IP, tc.server.IP, mtu,
 		time.Since(start).Round(time.Millisecond))
 	return tc
 }
