@@ -11,7 +11,7 @@ TEST_FLAGS ?= -count=1 -timeout 30m
 export OVERLAYD_TEST_BIN_DIR := $(TOOLS_BIN)
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: all build test deps test-bins cni-bins lint bench clean
+.PHONY: all build test deps test-bins cni-bins lint bench demo clean
 
 all: build
 
@@ -56,6 +56,15 @@ lint:
 ## test: everything — unit, integration (real apiserver), end-to-end (netns)
 test: deps test-bins cni-bins lint build
 	$(GO) test $(TEST_FLAGS) ./...
+
+BACKEND ?= vxlan
+
+## demo: a local cluster without containers: real control plane, 3 nodes x 2 pods as network
+##       namespaces, overlayd on every node; prints leases and a connectivity matrix, removes
+##       everything on exit (BACKEND=vxlan|host-gw|udp; DEMO_HOLD=0|1; needs root)
+demo: build test-bins cni-bins deps
+	$(GO) build -trimpath -o bin/overlayd-demo ./hack/demo
+	bin/overlayd-demo --backend=$(BACKEND) --overlayd=bin/overlayd
 
 clean:
 	rm -rf bin
