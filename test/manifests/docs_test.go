@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"unicode"
 )
 
 // docExample is a kustomization shown in the documentation.
@@ -78,4 +79,77 @@ func docExamples(t testing.TB) []docExample {
 		t.Fatalf("found %d kustomization examples in Documentation/*.md, expected those of kubernetes.md, backends.md and canal/README.md", len(out))
 	}
 	return out
+}
+
+// mdLink finds Markdown links: [text](target).
+var mdLink = regexp.MustCompile(`\]\(([^)\s]+)\)`)
+
+// headingSlug is the anchor GitHub gives a heading: lower case, only
+// letters, digits, spaces, hyphens and underscores kept, spaces as hyphens.
+func headingSlug(h string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(strings.TrimSpace(h)) {
+		switch {
+		case r == ' ':
+			b.WriteRune('-')
+		case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r):
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func anchors(t *testing.T, p string) map[string]bool {
+	t.Helper()
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	inFence := false
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "```") {
+			inFence = !inFence
+		}
+		if !inFence && strings.HasPrefix(line, "#") {
+			out[headingSlug(strings.TrimLeft(line, "#"))] = true
+		}
+	}
+	return out
+}
+
+// TestDocLinks: every relative link in Documentation/ leads to a file that
+// exists, and every #anchor to a heading of that file.
+func TestDocLinks(t *testing.T) {
+	err := filepath.WalkDir(repoPath("Documentation"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || filepath.Ext(p) != ".md" {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, m := range mdLink.FindAllStringSubmatch(string(data), -1) {
+			target := m[1]
+			if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
+				continue
+			}
+			file, anchor, _ := strings.Cut(target, "#")
+			dest := p
+			if file != "" {
+				dest = filepath.Join(filepath.Dir(p), filepath.FromSlash(file))
+				if _, err := os.Stat(dest); err != nil {
+					t.Errorf("%s: link %s: %v", p, target, err)
+					continue
+				}
+			}
+			if anchor != "" && filepath.Ext(dest) == ".md" && !anchors(t, dest)[anchor] {
+				t.Errorf("%s: link %s: no heading #%s in %s", p, target, anchor, dest)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
