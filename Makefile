@@ -65,6 +65,31 @@ BENCH_FLAGS ?=
 bench: build test-bins cni-bins deps
 	$(GO) run ./hack/bench -overlayd $(CURDIR)/bin/overlayd $(BENCH_FLAGS)
 
+DOCKER       ?= docker
+KIND         ?= kind
+KUBECTL      ?= kubectl
+IMAGE        ?= ghcr.io/overlayd/overlayd:$(VERSION)
+KIND_CLUSTER ?= overlayd
+KIND_OVERLAY ?= hack/kind
+# The image hack/kind's kustomizations deploy (test/manifests checks it is overlayd:dev).
+KIND_IMAGE   := overlayd:dev
+
+.PHONY: image kind-up kind-down
+
+## image: the container image $(IMAGE) (Dockerfile; needs docker)
+image:
+	$(DOCKER) build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+## kind-up: a kind cluster running overlayd built from this tree (needs docker, kind, kubectl;
+##          KIND_OVERLAY=hack/kind/canal adds Calico for NetworkPolicy)
+kind-up:
+	$(MAKE) image IMAGE=$(KIND_IMAGE)
+	KIND=$(KIND) KUBECTL=$(KUBECTL) hack/kind/up.sh $(KIND_CLUSTER) $(KIND_IMAGE) $(KIND_OVERLAY)
+
+## kind-down: delete the kind cluster
+kind-down:
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
+
 BACKEND ?= vxlan
 
 ## demo: a local cluster without containers: real control plane, 3 nodes x 2 pods as network
