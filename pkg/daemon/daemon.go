@@ -99,6 +99,9 @@ type Daemon struct {
 	lastState *backend.State    // last successfully applied desired state
 	published *subnet.LeaseAttrs
 
+	peerCache map[peerKey]peerResult // per peer, for the current backends
+	nextCache map[peerKey]peerResult // filled during a pass
+
 	pending atomic.Pointer[pendingConfig] // offered by Reload, taken by the loop
 	ownRaw  json.RawMessage               // the Backend object in force
 	drains  []*drain
@@ -323,7 +326,7 @@ func (d *Daemon) reconcile() error {
 	for kind, n := range counts {
 		kernelEntries.WithLabelValues(kind).Set(float64(n))
 	}
-	if d.lastState != nil && reflect.DeepEqual(*d.lastState, want) {
+	if changes.Total() > 0 && d.lastState != nil && reflect.DeepEqual(*d.lastState, want) {
 		// Nothing we wanted changed, yet the kernel had to: repairs.
 		for kind, n := range changes.Created {
 			repairs.WithLabelValues(kind).Add(float64(n))
@@ -370,9 +373,14 @@ func (d *Daemon) reconcile() error {
 // and for each peer what reaching it with its published backend needs.
 func (d *Daemon) desired(peers []subnet.Lease) (backend.State, error) {
 	var st backend.State
+	st.Routes = make([]kernel.Route, 0, len(peers))
 	if err := d.cfg.Backend.Local(d.node, &st); err != nil {
 		return st, fmt.Errorf("backend %s: %w", d.cfg.Backend.Type(), err)
 	}
+	// Peers that did not change keep what was computed for them, so a pass
+	// over thousands of peers does not parse thousands of backend data.
+	d.nextCache = make(map[peerKey]peerResult, len(peers))
+	defer func() { d.peerCache, d.nextCache = d.nextCache, nil }()
 	d.addDrains(&st)
 	seen := make(map[string]bool, len(peers))
 	for _, p := range peers {
@@ -423,11 +431,30 @@ func (d *Daemon) addPeer(p subnet.Lease, st *backend.State) error {
 	if err != nil {
 		return backend.Skip(backend.SkipUnknownBackend, "%v", err)
 	}
-	var own backend.State
-	if err := b.Peer(d.node, p, &own); err != nil {
-		return err
+	key := peerKey{node: p.Node, subnet: p.Subnet, publicIP: p.Attrs.PublicIP, backendType: p.Attrs.BackendType, data: string(p.Attrs.BackendData)}
+	res, ok := d.peerCache[key]
+	if !ok {
+		res.err = b.Peer(d.node, p, &res.state)
 	}
-	return st.Merge(own)
+	d.nextCache[key] = res
+	if res.err != nil {
+		return res.err
+	}
+	return st.Merge(res.state)
+}
+
+// peerKey is everything a peer's desired state depends on, besides this
+// node's own configuration (a change of which empties the cache).
+type peerKey struct {
+	node, backendType, data string
+	subnet                  netip.Prefix
+	publicIP                netip.Addr
+}
+
+// peerResult is what a backend made of a peer: its state, or why it is skipped.
+type peerResult struct {
+	state backend.State
+	err   error
 }
 
 // backendFor returns the backend that reaches peers publishing typ: our own

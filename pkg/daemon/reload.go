@@ -91,6 +91,7 @@ func (d *Daemon) applyPending() {
 	d.ownRaw = p.raw
 	d.cfg.Net = p.net
 	d.backends = map[string]backend.Backend{p.backend.Type(): p.backend}
+	d.peerCache = nil // computed with the old backends
 	if old.Type() != p.backend.Type() {
 		// Peers still on the old type are reached with its last settings.
 		d.backends[old.Type()] = old

@@ -67,9 +67,10 @@ type Counts map[string]int
 // Reconciler makes the kernel match a desired State. It is not safe for
 // concurrent Apply calls; the daemon loop is its only caller.
 type Reconciler struct {
-	h   *netlink.Handle
-	ns  netns.NsHandle // the namespace worked in; netns.None() for the current one
-	log *zap.Logger
+	h      *netlink.Handle
+	routes *netlink.Handle // for route dumps, with strict checking
+	ns     netns.NsHandle  // the namespace worked in; netns.None() for the current one
+	log    *zap.Logger
 
 	mu    sync.Mutex
 	owned map[int]string // ifindex -> name of links that are ours, for the event filter
@@ -86,11 +87,25 @@ func NewReconcilerAt(ns netns.NsHandle, log *zap.Logger) (*Reconciler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
-	return &Reconciler{h: h, ns: ns, log: log, owned: map[int]string{}}, nil
+	// Route dumps go through a second handle with strict checking, with
+	// which the kernel filters by protocol itself: a pass reads overlayd's
+	// routes only, not the whole table. (Kernels before 4.20 ignore it, and
+	// the filter here does the work.) Neighbour dumps stay on the plain
+	// handle: strict checking refuses the way they name a device.
+	routes, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("opening netlink: %w", err)
+	}
+	routes.SetStrictCheck(true)
+	return &Reconciler{h: h, routes: routes, ns: ns, log: log, owned: map[int]string{}}, nil
 }
 
-// Close releases the netlink handle.
-func (r *Reconciler) Close() { r.h.Close() }
+// Close releases the netlink handles.
+func (r *Reconciler) Close() {
+	r.h.Close()
+	r.routes.Close()
+}
 
 // OwnedIndex reports whether ifindex is one of overlayd's links.
 func (r *Reconciler) OwnedIndex(ifindex int) bool {
@@ -157,19 +172,22 @@ func (r *Reconciler) Apply(want State) (Changes, Counts, error) {
 			ch.Deleted[EntryRoute]++
 		}
 	}
-	for key, n := range haveNeighs {
+	for key := range haveNeighs {
 		if !wantNeighs[key] {
-			if err := r.h.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
-				fail(fmt.Errorf("deleting neighbour %s: %w", n.IP, err))
+			n := &netlink.Neigh{LinkIndex: key.index, Family: family(key.ip), IP: key.ip.AsSlice(), State: netlink.NUD_PERMANENT}
+			if err := r.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+				fail(fmt.Errorf("deleting neighbour %s: %w", key.ip, err))
 				continue
 			}
 			ch.Deleted[EntryNeigh]++
 		}
 	}
-	for key, n := range haveFDB {
+	for key, dst := range haveFDB {
 		if !wantFDB[key] {
-			if err := r.h.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
-				fail(fmt.Errorf("deleting FDB entry %s: %w", n.HardwareAddr, err))
+			n := &netlink.Neigh{LinkIndex: key.index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
+				State: netlink.NUD_PERMANENT, HardwareAddr: key.mac[:], IP: dst.AsSlice()}
+			if err := r.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+				fail(fmt.Errorf("deleting FDB entry %s: %w", net.HardwareAddr(key.mac[:]), err))
 				continue
 			}
 			ch.Deleted[EntryFDB]++
@@ -473,16 +491,41 @@ func (r *Reconciler) deleteStaleLinks(want State, ch *Changes, fail func(error))
 	}
 }
 
-// neighKey identifies a neighbour or FDB entry.
-type neighKey struct {
-	index int
-	ip    netip.Addr
-	mac   string // FDB entries are keyed by MAC
+// mac48 is a MAC address as a comparable value.
+type mac48 [6]byte
+
+func toMAC48(hw net.HardwareAddr) (mac48, bool) {
+	var m mac48
+	if len(hw) != len(m) {
+		return m, false
+	}
+	copy(m[:], hw)
+	return m, true
 }
 
-// listNeighs returns the permanent FDB and neighbour entries on our links.
-func (r *Reconciler) listNeighs(links map[string]netlink.Link) (fdb, neighs map[neighKey]netlink.Neigh, err error) {
-	fdb, neighs = map[neighKey]netlink.Neigh{}, map[neighKey]netlink.Neigh{}
+// neighKey identifies a neighbour entry; fdbKey an FDB entry.
+type (
+	neighKey struct {
+		index int
+		ip    netip.Addr
+	}
+	fdbKey struct {
+		index int
+		mac   mac48
+	}
+)
+
+func family(a netip.Addr) int {
+	if a.Is6() {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// listNeighs returns the permanent FDB entries (MAC -> destination) and
+// neighbour entries (address -> MAC) on our links.
+func (r *Reconciler) listNeighs(links map[string]netlink.Link) (fdb map[fdbKey]netip.Addr, neighs map[neighKey]mac48, err error) {
+	fdb, neighs = map[fdbKey]netip.Addr{}, map[neighKey]mac48{}
 	ours := map[int]bool{}
 	for _, l := range links {
 		ours[l.Attrs().Index] = true
@@ -490,8 +533,8 @@ func (r *Reconciler) listNeighs(links map[string]netlink.Link) (fdb, neighs map[
 	if len(ours) == 0 {
 		return fdb, neighs, nil
 	}
-	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6, unix.AF_BRIDGE} {
-		list, err := r.h.NeighList(0, family)
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6, unix.AF_BRIDGE} {
+		list, err := r.h.NeighList(0, fam)
 		if err != nil {
 			return nil, nil, fmt.Errorf("listing neighbours: %w", err)
 		}
@@ -499,36 +542,39 @@ func (r *Reconciler) listNeighs(links map[string]netlink.Link) (fdb, neighs map[
 			if !ours[n.LinkIndex] || n.State&netlink.NUD_PERMANENT == 0 {
 				continue
 			}
+			mac, ok := toMAC48(n.HardwareAddr)
+			if !ok {
+				continue
+			}
 			a, _ := netip.AddrFromSlice(n.IP)
-			if family == unix.AF_BRIDGE {
-				if n.HardwareAddr == nil {
-					continue
-				}
-				fdb[neighKey{index: n.LinkIndex, mac: n.HardwareAddr.String()}] = n
+			if fam == unix.AF_BRIDGE {
+				fdb[fdbKey{n.LinkIndex, mac}] = a.Unmap()
 			} else {
-				neighs[neighKey{index: n.LinkIndex, ip: a.Unmap()}] = n
+				neighs[neighKey{n.LinkIndex, a.Unmap()}] = mac
 			}
 		}
 	}
 	return fdb, neighs, nil
 }
 
-func (r *Reconciler) ensureFDB(want []FDBEntry, have map[neighKey]netlink.Neigh, index func(string) (int, error), ch *Changes, fail func(error)) map[neighKey]bool {
-	keep := map[neighKey]bool{}
+func (r *Reconciler) ensureFDB(want []FDBEntry, have map[fdbKey]netip.Addr, index func(string) (int, error), ch *Changes, fail func(error)) map[fdbKey]bool {
+	keep := make(map[fdbKey]bool, len(want))
 	for _, f := range want {
 		idx, err := index(f.Dev)
 		if err != nil {
 			fail(fmt.Errorf("FDB entry %s: %w", f, err))
 			continue
 		}
-		key := neighKey{index: idx, mac: f.MAC.String()}
+		mac, ok := toMAC48(f.MAC)
+		if !ok {
+			fail(fmt.Errorf("FDB entry %s: not a 48-bit MAC address", f))
+			continue
+		}
+		key := fdbKey{idx, mac}
 		keep[key] = true
-		cur, exists := have[key]
-		if exists {
-			dst, _ := netip.AddrFromSlice(cur.IP)
-			if dst.Unmap() == f.Dst {
-				continue
-			}
+		dst, exists := have[key]
+		if exists && dst == f.Dst {
+			continue
 		}
 		n := &netlink.Neigh{
 			LinkIndex:    idx,
@@ -547,27 +593,28 @@ func (r *Reconciler) ensureFDB(want []FDBEntry, have map[neighKey]netlink.Neigh,
 	return keep
 }
 
-func (r *Reconciler) ensureNeighs(want []Neigh, have map[neighKey]netlink.Neigh, index func(string) (int, error), ch *Changes, fail func(error)) map[neighKey]bool {
-	keep := map[neighKey]bool{}
+func (r *Reconciler) ensureNeighs(want []Neigh, have map[neighKey]mac48, index func(string) (int, error), ch *Changes, fail func(error)) map[neighKey]bool {
+	keep := make(map[neighKey]bool, len(want))
 	for _, w := range want {
 		idx, err := index(w.Dev)
 		if err != nil {
 			fail(fmt.Errorf("neighbour %s: %w", w, err))
 			continue
 		}
-		key := neighKey{index: idx, ip: w.IP}
-		keep[key] = true
-		cur, exists := have[key]
-		if exists && slices.Equal(cur.HardwareAddr, w.MAC) {
+		mac, ok := toMAC48(w.MAC)
+		if !ok {
+			fail(fmt.Errorf("neighbour %s: not a 48-bit MAC address", w))
 			continue
 		}
-		family := netlink.FAMILY_V4
-		if w.IP.Is6() {
-			family = netlink.FAMILY_V6
+		key := neighKey{idx, w.IP}
+		keep[key] = true
+		cur, exists := have[key]
+		if exists && cur == mac {
+			continue
 		}
 		n := &netlink.Neigh{
 			LinkIndex:    idx,
-			Family:       family,
+			Family:       family(w.IP),
 			State:        netlink.NUD_PERMANENT,
 			IP:           w.IP.AsSlice(),
 			HardwareAddr: w.MAC,
@@ -594,17 +641,16 @@ type routeKey netip.Prefix
 
 // listRoutes returns overlayd's routes (by protocol) in the main table.
 func (r *Reconciler) listRoutes() (map[routeKey]netlink.Route, error) {
-	list, err := r.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+	out := map[routeKey]netlink.Route{}
+	err := r.routes.RouteListFilteredIter(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL,
+		func(rt netlink.Route) bool {
+			if p, ok := ip.PrefixFromIPNet(rt.Dst); ok {
+				out[routeKey(p.Masked())] = rt
+			}
+			return true
+		})
 	if err != nil {
 		return nil, fmt.Errorf("listing routes: %w", err)
-	}
-	out := make(map[routeKey]netlink.Route, len(list))
-	for _, rt := range list {
-		p, ok := ip.PrefixFromIPNet(rt.Dst)
-		if !ok {
-			continue
-		}
-		out[routeKey(p.Masked())] = rt
 	}
 	return out, nil
 }

@@ -125,7 +125,8 @@ func (s *State) Link(name string) (Link, bool) {
 
 func (l Link) equal(o Link) bool {
 	return l.Name == o.Name && l.Kind == o.Kind && l.VXLAN == o.VXLAN && l.MTU == o.MTU &&
-		slices.Equal(l.MAC, o.MAC) && slices.Equal(sortedPrefixes(l.Addrs), sortedPrefixes(o.Addrs))
+		slices.Equal(l.MAC, o.MAC) &&
+		(slices.Equal(l.Addrs, o.Addrs) || slices.Equal(sortedPrefixes(l.Addrs), sortedPrefixes(o.Addrs)))
 }
 
 func sortedPrefixes(ps []netip.Prefix) []netip.Prefix {
@@ -138,32 +139,37 @@ func sortedPrefixes(ps []netip.Prefix) []netip.Prefix {
 // flap between two answers: one destination routed twice, one neighbour or
 // MAC mapped twice.
 func (s *State) Validate() error {
-	routes := map[netip.Prefix]Route{}
+	routes := make(map[netip.Prefix]Route, len(s.Routes))
 	for _, r := range s.Routes {
 		if prev, dup := routes[r.Dst]; dup && prev != r {
 			return fmt.Errorf("route %s wanted both as %q and %q", r.Dst, prev, r)
 		}
 		routes[r.Dst] = r
-		if _, ok := s.Link(r.Dev); !ok && r.Dev == "" {
+		if r.Dev == "" {
 			return fmt.Errorf("route %s has no device", r.Dst)
 		}
 	}
-	type neighKey struct {
+	type devAddr struct {
 		dev string
 		ip  netip.Addr
 	}
-	neighs := map[neighKey]string{}
+	neighs := make(map[devAddr]mac48, len(s.Neighs))
 	for _, n := range s.Neighs {
-		k := neighKey{n.Dev, n.IP}
-		if prev, dup := neighs[k]; dup && prev != n.MAC.String() {
-			return fmt.Errorf("neighbour %s on %s wanted as both %s and %s", n.IP, n.Dev, prev, n.MAC)
+		k := devAddr{n.Dev, n.IP}
+		mac, _ := toMAC48(n.MAC)
+		if prev, dup := neighs[k]; dup && prev != mac {
+			return fmt.Errorf("neighbour %s on %s wanted as both %s and %s", n.IP, n.Dev, net.HardwareAddr(prev[:]), n.MAC)
 		}
-		neighs[k] = n.MAC.String()
+		neighs[k] = mac
 	}
-	type fdbKey struct{ dev, mac string }
-	fdb := map[fdbKey]netip.Addr{}
+	type devMAC struct {
+		dev string
+		mac mac48
+	}
+	fdb := make(map[devMAC]netip.Addr, len(s.FDB))
 	for _, f := range s.FDB {
-		k := fdbKey{f.Dev, f.MAC.String()}
+		mac, _ := toMAC48(f.MAC)
+		k := devMAC{f.Dev, mac}
 		if prev, dup := fdb[k]; dup && prev != f.Dst {
 			return fmt.Errorf("FDB entry %s on %s wanted to both %s and %s", f.MAC, f.Dev, prev, f.Dst)
 		}
