@@ -136,6 +136,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	leaseErr := make(chan error, 1)
 	go func() { leaseErr <- c.Leases.Run(ctx) }()
 
+	// Waiting for a lease (e.g. for kube-controller-manager to assign a
+	// podCIDR) is progress, not a hang: stay alive until the loop beats.
+	starting := make(chan struct{})
+	go d.beatUntil(ctx, starting)
+
 	attrs, err := d.attrs()
 	if err != nil {
 		return err
@@ -183,6 +188,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		for d.processOne() {
 		}
 	}()
+	close(starting)
 	select {
 	case <-ctx.Done():
 		d.queue.ShutDown()
@@ -196,6 +202,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 			err = errors.New("lease store stopped")
 		}
 		return fmt.Errorf("lease store: %w", err)
+	}
+}
+
+// beatUntil keeps the liveness heartbeat going while the daemon starts.
+func (d *Daemon) beatUntil(ctx context.Context, started <-chan struct{}) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		d.cfg.Status.Beat()
+		select {
+		case <-ctx.Done():
+			return
+		case <-started:
+			return
+		case <-t.C:
+		}
 	}
 }
 
