@@ -47,6 +47,7 @@ func main() {
 		fmt.Println(version.Version)
 		return
 	}
+	daemon.TuneGC()
 	log, err := logging.New(opts.logLevel, opts.logFormat)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "overlayd: %v\n", err)

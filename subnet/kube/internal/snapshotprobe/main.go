@@ -23,6 +23,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/overlayd/overlayd/pkg/daemon"
 	"github.com/overlayd/overlayd/subnet"
 	"github.com/overlayd/overlayd/subnet/kube"
 )
@@ -40,6 +41,7 @@ type Result struct {
 }
 
 func main() {
+	daemon.TuneGC() // as the daemon runs
 	r, err := probe()
 	if err != nil {
 		r.Error = err.Error()
