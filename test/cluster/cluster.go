@@ -1,0 +1,390 @@
+// Package cluster is the cluster harness of overlayd's end-to-end tests,
+// benchmarks and `make demo`: a real control plane (test/controlplane) with
+// Documentation/rbac.yml applied, a lab of network-namespace nodes
+// (test/lab), a Node object per lab node, a net-conf.json per node, the real
+// overlayd binary on every node and pods. It also answers what callers ask
+// of such a cluster: readiness through the node's namespace, subnet.env,
+// /metrics, the leases in the API server, and polling with a deadline.
+//
+// The core returns errors: Start builds a whole cluster and Close removes
+// it; Prepare and the step methods (StartControlPlane, StartLab,
+// RegisterNodes, StartAgents, WaitAgentsReady, AttachPods) build one step at
+// a time, as the demo shows them. New is the form for tests and benchmarks:
+// it fails the test on error and removes everything when the test ends.
+//
+//	c := cluster.New(t, cluster.Options{Prefix: "ovlE", Nodes: 2, NetConf: conf, Overlayd: bin, PodsPerNode: 1})
+//	m := lab.CheckMatrix(ctx, c.Pods, 20*time.Second)
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/overlayd/overlayd/pkg/ip"
+	"github.com/overlayd/overlayd/subnet"
+	"github.com/overlayd/overlayd/test/controlplane"
+	"github.com/overlayd/overlayd/test/lab"
+)
+
+// HealthzPort is where every agent's health server listens, on 127.0.0.1
+// inside its node.
+const HealthzPort = 9910
+
+// How long the harness waits for what a cluster does on its own.
+const (
+	PodCIDRTimeout       = 30 * time.Second // node IPAM assigning a Node's podCIDR
+	ReadyTimeout         = 60 * time.Second // an agent's /readyz answering 200
+	DefaultPollInterval  = 100 * time.Millisecond
+	DefaultHealthTimeout = 2 * time.Second
+)
+
+// RBACManifest is the RBAC the agents run with, relative to the repository.
+const RBACManifest = "Documentation/rbac.yml"
+
+// Options describe a cluster.
+type Options struct {
+	// Prefix starts the name of every network namespace (lab.Options.Prefix).
+	Prefix string
+	// Nodes, RoutedNodes and ExternalHost shape the lab (see lab.Options).
+	Nodes        int
+	RoutedNodes  int
+	ExternalHost bool
+	// NetConf is the net-conf.json every node starts with. Its Network and
+	// SubnetLen also configure node IPAM.
+	NetConf string
+	// AssignPodCIDRs: the harness sets each Node's spec.podCIDR when it
+	// registers it (lab node k gets the k-th subnet of the network) and no
+	// kube-controller-manager runs, so nothing else touches the Nodes.
+	// Otherwise kube-controller-manager's node IPAM assigns them, as in a
+	// real cluster.
+	AssignPodCIDRs bool
+	// Overlayd is the binary every agent runs.
+	Overlayd string
+	// Args are overlayd flags after the ones every agent gets (AgentArgv).
+	Args []string
+	// PodsPerNode are attached to every node once the agents are ready.
+	PodsPerNode int
+	// PodName names pod i (0-based) of node n; default "<node>-p<i>".
+	PodName func(n *lab.Node, i int) string
+	// CNIPods attaches pods with the real CNI plugins (flannel reading the
+	// subnet.env overlayd writes); otherwise directly, on the node's subnet.
+	CNIPods bool
+	// NoAgents: Start and New stop once the Nodes are registered; the
+	// caller starts the agents (Up, StartAgents or StartAgent).
+	NoAgents bool
+	// NoWait: Up returns once the agents are started, without waiting for
+	// them to be ready and without attaching pods.
+	NoWait bool
+	// BeforeAgent runs for each node in turn, once its Node has a podCIDR
+	// and just before its agent starts.
+	BeforeAgent func(c *Cluster, n *lab.Node, podCIDR netip.Prefix) error
+	// RBAC is applied as admin before anything else; default RBACManifest
+	// of the repository (RepoRoot).
+	RBAC []byte
+	// ControlPlaneLogDir receives the control plane's logs; default inside
+	// its temporary directory.
+	ControlPlaneLogDir string
+	// Logf receives the lab's progress messages; New defaults it to t.Logf.
+	Logf func(format string, args ...any)
+	// HealthTimeout bounds one request to an agent's health server;
+	// default DefaultHealthTimeout.
+	HealthTimeout time.Duration
+	// PollInterval is how often waits check again; default DefaultPollInterval.
+	PollInterval time.Duration
+}
+
+// Cluster is a control plane, a lab of nodes, an agent per node and pods.
+// A field is nil until the step that makes it has run.
+type Cluster struct {
+	Net    *subnet.Config // Options.NetConf, parsed
+	CP     *controlplane.ControlPlane
+	Admin  kubernetes.Interface
+	Lab    *lab.Lab
+	Agents map[string]*lab.Process // by node name
+	Pods   []*lab.Pod              // in the order attached
+
+	opts              Options
+	startControlPlane func(controlplane.Options) (*controlplane.ControlPlane, error)
+	startLab          func(lab.Options) (*lab.Lab, error)
+}
+
+// Prepare checks the options, fills in defaults and reads the RBAC
+// manifest; it starts nothing. The step methods build the cluster.
+func Prepare(opts Options) (*Cluster, error) {
+	if opts.Prefix == "" {
+		return nil, errors.New("cluster: Options.Prefix is required")
+	}
+	netConf, err := subnet.ParseConfig([]byte(opts.NetConf))
+	if err != nil {
+		return nil, fmt.Errorf("cluster: Options.NetConf: %w", err)
+	}
+	if !netConf.EnableIPv4 {
+		return nil, errors.New("cluster: Options.NetConf: the harness needs an IPv4 Network")
+	}
+	if opts.RBAC == nil {
+		root, err := RepoRoot()
+		if err != nil {
+			return nil, err
+		}
+		if opts.RBAC, err = os.ReadFile(filepath.Join(root, RBACManifest)); err != nil {
+			return nil, fmt.Errorf("cluster: reading the RBAC manifest: %w", err)
+		}
+	}
+	if opts.PodName == nil {
+		opts.PodName = func(n *lab.Node, i int) string { return fmt.Sprintf("%s-p%d", n.Name, i) }
+	}
+	if opts.HealthTimeout == 0 {
+		opts.HealthTimeout = DefaultHealthTimeout
+	}
+	if opts.PollInterval == 0 {
+		opts.PollInterval = DefaultPollInterval
+	}
+	return &Cluster{
+		Net:               netConf,
+		Agents:            map[string]*lab.Process{},
+		opts:              opts,
+		startControlPlane: controlplane.Start,
+		startLab:          lab.Start,
+	}, nil
+}
+
+// Start builds a whole cluster: control plane, RBAC, lab, Nodes and, unless
+// Options.NoAgents, agents and pods (Up). The caller must Close it; on
+// error, what was built is already removed.
+func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
+	if c, err = Prepare(opts); err != nil {
+		return nil, err
+	}
+	if err := c.build(ctx); err != nil {
+		if cerr := c.Close(); cerr != nil {
+			err = fmt.Errorf("%w (cleanup: %v)", err, cerr)
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) build(ctx context.Context) error {
+	if err := c.StartControlPlane(ctx); err != nil {
+		return err
+	}
+	if err := c.StartLab(); err != nil {
+		return err
+	}
+	if err := c.RegisterNodes(ctx); err != nil {
+		return err
+	}
+	if c.opts.NoAgents {
+		return nil
+	}
+	return c.Up(ctx)
+}
+
+// StartControlPlane starts etcd and kube-apiserver, and unless
+// Options.AssignPodCIDRs kube-controller-manager with node IPAM over the
+// network of Options.NetConf, then applies the RBAC manifest.
+func (c *Cluster) StartControlPlane(ctx context.Context) error {
+	cpOpts := controlplane.Options{LogDir: c.opts.ControlPlaneLogDir}
+	if !c.opts.AssignPodCIDRs {
+		cpOpts.ControllerManager = true
+		cpOpts.ClusterCIDR = c.Net.Network.String()
+		cpOpts.NodeCIDRMaskSize = c.Net.SubnetLen
+	}
+	cp, err := c.startControlPlane(cpOpts)
+	if err != nil {
+		return fmt.Errorf("starting the control plane: %w", err)
+	}
+	c.CP = cp
+	if c.Admin, err = kubernetes.NewForConfig(cp.Config(controlplane.Admin)); err != nil {
+		return fmt.Errorf("admin client: %w", err)
+	}
+	if _, err := cp.Apply(ctx, controlplane.Admin, c.opts.RBAC, controlplane.ApplyOptions{}); err != nil {
+		return fmt.Errorf("applying %s: %w", RBACManifest, err)
+	}
+	return nil
+}
+
+// StartLab builds the network namespaces: underlay, gateway, nodes.
+func (c *Cluster) StartLab() error {
+	l, err := c.startLab(lab.Options{
+		Prefix: c.opts.Prefix, Nodes: c.opts.Nodes, RoutedNodes: c.opts.RoutedNodes,
+		ExternalHost: c.opts.ExternalHost, ControlPlane: c.CP, Logf: c.opts.Logf,
+	})
+	if err != nil {
+		return err
+	}
+	c.Lab = l
+	return nil
+}
+
+// RegisterNodes creates the Node object of every lab node, as its kubelet
+// would, and gives the node its net-conf.json, as the ConfigMap volume
+// would.
+func (c *Cluster) RegisterNodes(ctx context.Context) error {
+	for _, n := range c.Lab.Nodes {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
+		if c.opts.AssignPodCIDRs {
+			// Index 0 stays free, as node IPAM leaves it.
+			cidr, err := ip.NthSubnet(c.Net.Network, c.Net.SubnetLen, uint64(n.Index))
+			if err != nil {
+				return fmt.Errorf("pod CIDR of %s: %w", n.Name, err)
+			}
+			node.Spec.PodCIDR, node.Spec.PodCIDRs = cidr.String(), []string{cidr.String()}
+		}
+		if _, err := c.Admin.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("creating Node %s: %w", n.Name, err)
+		}
+		if err := c.WriteNetConf(n, c.opts.NetConf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WaitPodCIDR waits until the node's Node object has a podCIDR and returns it.
+func (c *Cluster) WaitPodCIDR(ctx context.Context, n *lab.Node, timeout time.Duration) (netip.Prefix, error) {
+	var cidr netip.Prefix
+	var bad error
+	err := Poll(ctx, timeout, c.opts.PollInterval, func() (bool, string) {
+		node, err := c.Admin.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil || node.Spec.PodCIDR == "" {
+			return false, fmt.Sprint(err)
+		}
+		cidr, bad = netip.ParsePrefix(node.Spec.PodCIDR)
+		return true, ""
+	})
+	if err == nil {
+		err = bad
+	}
+	if err != nil {
+		return cidr, fmt.Errorf("podCIDR of %s: %w", n.Name, err)
+	}
+	return cidr, nil
+}
+
+// NetConfPath is the node's net-conf.json.
+func (c *Cluster) NetConfPath(n *lab.Node) string { return filepath.Join(n.Dir, "net-conf.json") }
+
+// WriteNetConf replaces the node's net-conf.json atomically, the way a
+// ConfigMap volume update does.
+func (c *Cluster) WriteNetConf(n *lab.Node, conf string) error {
+	tmp := c.NetConfPath(n) + ".tmp"
+	if err := os.WriteFile(tmp, []byte(conf), 0o644); err != nil {
+		return fmt.Errorf("net-conf.json of %s: %w", n.Name, err)
+	}
+	if err := os.Rename(tmp, c.NetConfPath(n)); err != nil {
+		return fmt.Errorf("net-conf.json of %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// Up starts every agent (StartAgents) and, unless Options.NoWait, waits
+// until each is ready and attaches the pods.
+func (c *Cluster) Up(ctx context.Context) error {
+	if err := c.StartAgents(ctx); err != nil {
+		return err
+	}
+	if c.opts.NoWait {
+		return nil
+	}
+	if err := c.WaitAgentsReady(ctx); err != nil {
+		return err
+	}
+	return c.AttachPods()
+}
+
+// StartAgents starts the agent of every node in turn, running
+// Options.BeforeAgent first.
+func (c *Cluster) StartAgents(ctx context.Context) error {
+	for _, n := range c.Lab.Nodes {
+		if c.opts.BeforeAgent != nil {
+			cidr, err := c.WaitPodCIDR(ctx, n, PodCIDRTimeout)
+			if err != nil {
+				return err
+			}
+			if err := c.opts.BeforeAgent(c, n, cidr); err != nil {
+				return fmt.Errorf("before the agent on %s: %w", n.Name, err)
+			}
+		}
+		if _, err := c.StartAgent(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WaitAgentsReady waits until every node's agent is ready, each within
+// ReadyTimeout.
+func (c *Cluster) WaitAgentsReady(ctx context.Context) error {
+	for _, n := range c.Lab.Nodes {
+		if _, err := c.WaitReady(ctx, n, ReadyTimeout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AttachPods attaches Options.PodsPerNode pods to every node.
+func (c *Cluster) AttachPods() error {
+	for _, n := range c.Lab.Nodes {
+		for i := range c.opts.PodsPerNode {
+			if _, err := c.AddPod(n, c.opts.PodName(n, i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// AddPod attaches a pod to the node, with the CNI plugins if
+// Options.CNIPods, else directly on the subnet in the node's subnet.env.
+func (c *Cluster) AddPod(n *lab.Node, name string) (*lab.Pod, error) {
+	var p *lab.Pod
+	var err error
+	if c.opts.CNIPods {
+		p, err = n.AddCNIPod(name)
+	} else {
+		var sub netip.Prefix
+		if sub, err = SubnetOf(n); err == nil {
+			p, err = n.AddPod(name, sub)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("adding pod %s: %w", name, err)
+	}
+	c.Pods = append(c.Pods, p)
+	return p, nil
+}
+
+// PodsOn returns the pods of a node, in the order attached.
+func (c *Cluster) PodsOn(n *lab.Node) []*lab.Pod {
+	var out []*lab.Pod
+	for _, p := range c.Pods {
+		if p.Node == n {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Close stops every agent, removes the lab's namespaces and stops the
+// control plane. It may be called at any point, more than once.
+func (c *Cluster) Close() error {
+	var err error
+	if c.Lab != nil {
+		err = c.Lab.Close()
+	}
+	if c.CP != nil {
+		c.CP.Stop()
+	}
+	return err
+}
