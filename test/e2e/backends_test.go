@@ -10,6 +10,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
 )
 
@@ -48,19 +49,19 @@ var (
 // deleted from the API disappears from every peer.
 func testBackend(t *testing.T, backend string, breakages ...breakage) {
 	c := newCluster(t, clusterOptions{Nodes: 3, PodsPerNode: 2, NetConf: netConf(backend)})
-	c.requireFullMesh(c.pods)
+	c.requireFullMesh(c.Pods)
 	c.requireKernelStateMatchesLeases()
 
 	n1, n2 := c.node(0), c.node(1)
 	peer := c.leases()[n2.Name]
 	for _, b := range breakages {
 		t.Run(b.name, func(t *testing.T) {
-			pid := c.agents[n1.Name].Pid()
+			pid := c.Agents[n1.Name].Pid()
 			before := metricValue(t, c, n1, "overlayd_repairs_total")
 			b.do(c, n1, peer)
 			c.requireKernelStateMatchesLeases()
-			c.requireFullMesh(c.pods)
-			if p := c.agents[n1.Name]; !p.Running() || p.Pid() != pid {
+			c.requireFullMesh(c.Pods)
+			if p := c.Agents[n1.Name]; !p.Running() || p.Pid() != pid {
 				t.Fatalf("the agent on %s was restarted; repairs must not need that", n1.Name)
 			}
 			if b.repairs {
@@ -74,8 +75,8 @@ func testBackend(t *testing.T, backend string, breakages ...breakage) {
 	t.Run("node deleted from the API", func(t *testing.T) {
 		n3 := c.node(2)
 		gone := c.leases()[n3.Name]
-		c.agents[n3.Name].Stop()
-		if err := c.admin.CoreV1().Nodes().Delete(context.Background(), n3.Name, metav1.DeleteOptions{}); err != nil {
+		c.Agents[n3.Name].Stop()
+		if err := c.Admin.CoreV1().Nodes().Delete(context.Background(), n3.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		c.requireKernelStateMatchesLeases()
@@ -84,7 +85,7 @@ func testBackend(t *testing.T, backend string, breakages ...breakage) {
 				t.Errorf("%s still routes the deleted node's subnet", n.Name)
 			}
 		}
-		c.requireFullMesh(append(c.podsOn(n1), c.podsOn(n2)...))
+		c.requireFullMesh(append(c.PodsOn(n1), c.PodsOn(n2)...))
 	})
 }
 
@@ -128,23 +129,23 @@ func TestUDP(t *testing.T) {
 func TestHostGWSkipsPeersNotOnLink(t *testing.T) {
 	c := newCluster(t, clusterOptions{Nodes: 2, RoutedNodes: 1, NetConf: netConf("host-gw")})
 	c.requireKernelStateMatchesLeases()
-	far := c.lab.Nodes[2]
+	far := c.Lab.Nodes[2]
 	if far.Segment == c.node(0).Segment {
 		t.Fatal("lab put the routed node on the first segment")
 	}
 	farLease := c.leases()[far.Name]
-	for _, n := range c.lab.Nodes[:2] {
+	for _, n := range c.Lab.Nodes[:2] {
 		if hasRoute(t, n, farLease.subnet.String()) {
 			t.Errorf("%s has a route to %s, which is not on its link", n.Name, far.Name)
 		}
 		if v := metricValue(t, c, n, `overlayd_backend_peers_skipped_total{reason="not_on_link"}`); v < 1 {
 			t.Errorf("%s: not_on_link skip not counted (%v)", n.Name, v)
 		}
-		if log := c.agents[n.Name].Log(); !containsAll(log, "skipping peer", far.Name, "not_on_link") {
+		if log := c.Agents[n.Name].Log(); !containsAll(log, "skipping peer", far.Name, "not_on_link") {
 			t.Errorf("%s: skip of %s not logged", n.Name, far.Name)
 		}
 	}
-	c.requireFullMesh(append(c.podsOn(c.node(0)), c.podsOn(c.node(1))...))
+	c.requireFullMesh(append(c.PodsOn(c.node(0)), c.PodsOn(c.node(1))...))
 }
 
 func hasRoute(t *testing.T, n *lab.Node, dst string) bool {
@@ -164,26 +165,26 @@ func TestDepartedPeerWhileDown(t *testing.T) {
 	n1, n3 := c.node(0), c.node(2)
 	gone := c.leases()[n3.Name]
 
-	if err := c.agents[n1.Name].Stop(); err != nil {
+	if err := c.Agents[n1.Name].Stop(); err != nil {
 		t.Fatalf("stopping agent: %v", err)
 	}
-	c.agents[n3.Name].Stop()
-	if err := c.admin.CoreV1().Nodes().Delete(context.Background(), n3.Name, metav1.DeleteOptions{}); err != nil {
+	c.Agents[n3.Name].Stop()
+	if err := c.Admin.CoreV1().Nodes().Delete(context.Background(), n3.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	// The datapath outlived the agent: the departed peer's route is still there.
 	if !hasRoute(t, n1, gone.subnet.String()) {
 		t.Fatal("stopping the agent removed routes; the datapath must stay in place")
 	}
-	if err := c.agents[n1.Name].Start(); err != nil {
+	if err := c.Agents[n1.Name].Start(); err != nil {
 		t.Fatal(err)
 	}
 	c.waitReady(n1)
-	eventually(t, 30*time.Second, "departed peer's route removed", func() (bool, string) {
+	harness.Eventually(t, 30*time.Second, "departed peer's route removed", func() (bool, string) {
 		return !hasRoute(t, n1, gone.subnet.String()), fmt.Sprint(overlaydRoutes(t, n1))
 	})
 	c.requireKernelStateMatchesLeases()
-	c.requireFullMesh(append(c.podsOn(n1), c.podsOn(c.node(1))...))
+	c.requireFullMesh(append(c.PodsOn(n1), c.PodsOn(c.node(1))...))
 }
 
 // TestRestartLoss: a continuous ping at 100/s between pods on two nodes
@@ -198,8 +199,8 @@ func TestRestartLoss(t *testing.T) {
 	}{{"vxlan", 0}, {"host-gw", 0}, {"udp", 10}} {
 		t.Run(tc.backend, func(t *testing.T) {
 			c := newCluster(t, clusterOptions{Nodes: 2, NetConf: netConf(tc.backend)})
-			c.requireFullMesh(c.pods)
-			src, dst := c.podsOn(c.node(0))[0], c.podsOn(c.node(1))[0]
+			c.requireFullMesh(c.Pods)
+			src, dst := c.PodsOn(c.node(0))[0], c.PodsOn(c.node(1))[0]
 			pinger, err := src.StartPinger(dst.IP, 10*time.Millisecond)
 			if err != nil {
 				t.Fatal(err)
@@ -231,8 +232,8 @@ func TestRestartLoss(t *testing.T) {
 			}
 			t.Logf("%s: ping at 100/s across 4 agent restarts: %s", tc.backend, pinger.Stop())
 			if tc.backend == "udp" {
-				for _, n := range c.lab.Nodes {
-					if !strings.Contains(c.agents[n.Name].Log(), "udp datapath resumed from the previous run's peer table") {
+				for _, n := range c.Lab.Nodes {
+					if !strings.Contains(c.Agents[n.Name].Log(), "udp datapath resumed from the previous run's peer table") {
 						t.Errorf("%s: the restarted agent did not warm-start the udp datapath", n.Name)
 					}
 				}
@@ -248,7 +249,7 @@ type PingCounts struct{ sent, received int }
 // until it is ready.
 func restartAgent(t *testing.T, c *cluster, n *lab.Node, sig syscall.Signal) {
 	t.Helper()
-	p := c.agents[n.Name]
+	p := c.Agents[n.Name]
 	if err := p.Signal(sig); err != nil {
 		t.Fatalf("signalling agent on %s: %v", n.Name, err)
 	}

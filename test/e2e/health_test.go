@@ -11,6 +11,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
 )
 
@@ -31,7 +32,7 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 	blocked, healthy := c.node(0), c.node(1)
 	c.waitReady(healthy)
 
-	eventually(t, 30*time.Second, "readyz explains what is missing", func() (bool, string) {
+	harness.Eventually(t, 30*time.Second, "readyz explains what is missing", func() (bool, string) {
 		code, body, err := c.health(blocked, "/readyz")
 		return err == nil && code == http.StatusServiceUnavailable &&
 			containsAll(body, "[waiting] datapath", "link overlay.1 exists and is not overlayd's"), body
@@ -39,20 +40,20 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 	if code, body, err := c.health(blocked, "/healthz"); err != nil || code != http.StatusOK {
 		t.Fatalf("/healthz while not ready: %d %q %v", code, body, err)
 	}
-	eventually(t, 30*time.Second, "reconcile errors counted", func() (bool, string) {
+	harness.Eventually(t, 30*time.Second, "reconcile errors counted", func() (bool, string) {
 		return metricValue(t, c, blocked, "overlayd_reconcile_errors_total") > 0, ""
 	})
-	eventually(t, 30*time.Second, "an Event on the Node", func() (bool, string) {
-		events, err := c.admin.CoreV1().Events("default").List(context.Background(), metav1.ListOptions{
+	harness.Eventually(t, 30*time.Second, "an Event on the Node", func() (bool, string) {
+		events, err := c.Admin.CoreV1().Events("default").List(context.Background(), metav1.ListOptions{
 			FieldSelector: "involvedObject.kind=Node,involvedObject.name=" + blocked.Name + ",reason=DatapathFailed"})
 		if err != nil || len(events.Items) == 0 {
-			all, _ := c.admin.CoreV1().Events("").List(context.Background(), metav1.ListOptions{})
+			all, _ := c.Admin.CoreV1().Events("").List(context.Background(), metav1.ListOptions{})
 			var seen []string
 			for _, e := range all.Items {
 				seen = append(seen, e.InvolvedObject.Kind+"/"+e.InvolvedObject.Name+" "+e.Reason+": "+e.Message)
 			}
 			var logged []string
-			for _, l := range strings.Split(c.agents[blocked.Name].Log(), "\n") {
+			for _, l := range strings.Split(c.Agents[blocked.Name].Log(), "\n") {
 				if strings.Contains(strings.ToLower(l), "event") {
 					logged = append(logged, l)
 				}
@@ -65,7 +66,7 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 	// The operator removes the foreign device: the agent finishes on its
 	// own, and when it says ready the datapath is already in place.
 	run(t, blocked, "ip", "link", "del", "overlay.1")
-	eventually(t, 30*time.Second, "ready after the fix", func() (bool, string) {
+	harness.Eventually(t, 30*time.Second, "ready after the fix", func() (bool, string) {
 		code, body, err := c.health(blocked, "/readyz")
 		return err == nil && code == http.StatusOK, body
 	})

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
 )
 
@@ -59,11 +60,11 @@ func iptablesSave(t *testing.T, n *lab.Node, table string) string {
 // and no overlayd masquerade rule is left behind.
 func TestMasquerade(t *testing.T) {
 	c := newCluster(t, clusterOptions{Nodes: 2, ExternalHost: true, Args: []string{"--ip-masq"}})
-	c.requireFullMesh(c.pods)
+	c.requireFullMesh(c.Pods)
 	n1 := c.node(0)
-	pod1, pod2 := c.podsOn(n1)[0], c.podsOn(c.node(1))[0]
+	pod1, pod2 := c.PodsOn(n1)[0], c.PodsOn(c.node(1))[0]
 
-	if src := udpSource(t, pod1, c.lab.External, 7001); src != n1.IP {
+	if src := udpSource(t, pod1, c.Lab.External, 7001); src != n1.IP {
 		t.Errorf("with --ip-masq, the external host saw %s; want the node's address %s", src, n1.IP)
 	}
 	if src := udpSource(t, pod1, &pod2.Host, 7002); src != pod1.IP {
@@ -74,13 +75,13 @@ func TestMasquerade(t *testing.T) {
 	}
 
 	// Restart every agent without --ip-masq.
-	for _, n := range c.lab.Nodes {
+	for _, n := range c.Lab.Nodes {
 		c.restartAgentWithArgs(n)
 		if nat := iptablesSave(t, n, "nat"); strings.Contains(nat, "OVERLAYD") {
 			t.Errorf("overlayd masquerade rules left on %s after restarting without --ip-masq:\n%s", n.Name, nat)
 		}
 	}
-	if src := udpSource(t, pod1, c.lab.External, 7003); src != pod1.IP {
+	if src := udpSource(t, pod1, c.Lab.External, 7003); src != pod1.IP {
 		t.Errorf("without --ip-masq, the external host saw %s; want the pod's address %s", src, pod1.IP)
 	}
 }
@@ -99,7 +100,7 @@ func TestRulesRestoredWithinResync(t *testing.T) {
 		run(t, n, del...)
 		start := time.Now()
 		// One period, plus what one reconcile takes on a loaded machine.
-		eventually(t, resync+3*time.Second, "rules restored after "+strings.Join(del, " "), func() (bool, string) {
+		harness.Eventually(t, resync+3*time.Second, "rules restored after "+strings.Join(del, " "), func() (bool, string) {
 			after := iptablesSave(t, n, "filter") + iptablesSave(t, n, "nat")
 			return ruleLines(after) == ruleLines(before), after
 		})
@@ -150,7 +151,7 @@ func TestPolicyEngineCoexistence(t *testing.T) {
 				// The lab gives a node's first pod the subnet's second address.
 				denied = podCIDR.Addr().Next().Next()
 			}
-			for _, n := range c.lab.Nodes {
+			for _, n := range c.Lab.Nodes {
 				if _, done := policy[n.Name]; done {
 					continue
 				}
@@ -159,27 +160,27 @@ func TestPolicyEngineCoexistence(t *testing.T) {
 				policy[n.Name] = ""
 			}
 			if denied.IsValid() {
-				for _, n := range c.lab.Nodes {
+				for _, n := range c.Lab.Nodes {
 					if !strings.Contains(iptablesSave(t, n, "filter"), denied.String()) {
 						run(t, n, "iptables", "-A", "POLICY-ENGINE", "-d", denied.String()+"/32", "-j", "DROP")
 					}
 				}
 			}
-			for _, n := range c.lab.Nodes {
+			for _, n := range c.Lab.Nodes {
 				policy[n.Name] = foreignFilter(iptablesSave(t, n, "filter"))
 			}
 		},
 	})
-	deniedPod := c.podsOn(c.node(1))[0]
+	deniedPod := c.PodsOn(c.node(1))[0]
 	if deniedPod.IP != denied {
 		t.Fatalf("the denied pod got %s, the policy drops %s", deniedPod.IP, denied)
 	}
-	allowedPod := c.podsOn(c.node(1))[1]
-	src := c.podsOn(c.node(0))[0]
+	allowedPod := c.PodsOn(c.node(1))[1]
+	src := c.PodsOn(c.node(0))[0]
 
 	checkPolicy := func(when string) {
 		t.Helper()
-		for _, n := range c.lab.Nodes {
+		for _, n := range c.Lab.Nodes {
 			dump := iptablesSave(t, n, "filter")
 			if got := foreignFilter(dump); got != policy[n.Name] {
 				t.Errorf("%s: the policy engine's rules changed %s:\nbefore:\n%s\nafter:\n%s", n.Name, when, policy[n.Name], got)
@@ -221,14 +222,14 @@ func TestPolicyEngineCoexistence(t *testing.T) {
 
 	// Several resyncs (one a second) change nothing of the engine's.
 	runs := metricValue(t, c, c.node(0), "overlayd_reconcile_runs_total")
-	eventually(t, 30*time.Second, "three more reconciles", func() (bool, string) {
+	harness.Eventually(t, 30*time.Second, "three more reconciles", func() (bool, string) {
 		now := metricValue(t, c, c.node(0), "overlayd_reconcile_runs_total")
 		return now >= runs+3, fmt.Sprint(now)
 	})
 	checkPolicy("after resyncs")
 
-	for _, n := range c.lab.Nodes {
-		c.agents[n.Name].Stop()
+	for _, n := range c.Lab.Nodes {
+		c.Agents[n.Name].Stop()
 	}
 	checkPolicy("after overlayd stopped")
 }

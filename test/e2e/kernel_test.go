@@ -10,8 +10,7 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
+	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
 )
 
@@ -28,33 +27,28 @@ type peerLease struct {
 	vni         int
 }
 
-// leases reads every node's lease from the API server.
+// leases reads the lease of every node that has published one from the
+// API server.
 func (c *cluster) leases() map[string]peerLease {
 	c.t.Helper()
-	nodes, err := c.admin.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	all, err := c.Leases(context.Background())
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	out := map[string]peerLease{}
-	for _, n := range nodes.Items {
-		a := n.Annotations
-		if n.Spec.PodCIDR == "" || a[annotationPrefix+"public-ip"] == "" {
+	for _, a := range all {
+		if !a.Subnet.IsValid() || !a.PublicIP.IsValid() {
 			continue
 		}
-		l := peerLease{
-			node:        n.Name,
-			subnet:      netip.MustParsePrefix(n.Spec.PodCIDR),
-			publicIP:    netip.MustParseAddr(a[annotationPrefix+"public-ip"]),
-			backendType: a[annotationPrefix+"backend-type"],
-		}
+		l := peerLease{node: a.Node, subnet: a.Subnet, publicIP: a.PublicIP, backendType: a.BackendType}
 		var data struct {
 			VNI     int
 			VtepMAC string
 		}
-		if json.Unmarshal([]byte(a[annotationPrefix+"backend-data"]), &data) == nil {
+		if json.Unmarshal([]byte(a.BackendData), &data) == nil {
 			l.vtepMAC, l.vni = data.VtepMAC, data.VNI
 		}
-		out[n.Name] = l
+		out[a.Node] = l
 	}
 	return out
 }
@@ -185,14 +179,14 @@ func wantKernelState(self peerLease, leases map[string]peerLease, onLink func(ne
 func (c *cluster) requireKernelStateMatchesLeases() {
 	c.t.Helper()
 	leases := c.leases()
-	for _, n := range c.lab.Nodes {
+	for _, n := range c.Lab.Nodes {
 		self, live := leases[n.Name]
-		if !live || !c.agents[n.Name].Running() {
+		if !live || !c.Agents[n.Name].Running() {
 			continue
 		}
 		onLink := func(a netip.Addr) bool { return c.segmentOf(a) == n.Segment }
 		want := strings.Join(wantKernelState(self, leases, onLink), "\n")
-		eventually(c.t, 30*time.Second, "kernel state of "+n.Name+" matches the leases", func() (bool, string) {
+		harness.Eventually(c.t, 30*time.Second, "kernel state of "+n.Name+" matches the leases", func() (bool, string) {
 			got := strings.Join(kernelState(c.t, n), "\n")
 			return got == want, fmt.Sprintf("have:\n%s\nwant:\n%s", got, want)
 		})
@@ -201,7 +195,7 @@ func (c *cluster) requireKernelStateMatchesLeases() {
 
 // segmentOf is the underlay segment of a node address.
 func (c *cluster) segmentOf(a netip.Addr) int {
-	for _, n := range c.lab.Nodes {
+	for _, n := range c.Lab.Nodes {
 		if n.IP == a {
 			return n.Segment
 		}

@@ -9,12 +9,13 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
 )
 
 // publishedBackend is the backend-type a node publishes.
 func (c *cluster) publishedBackend(n *lab.Node) string {
-	node, err := c.admin.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+	node, err := c.Admin.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
 	if err != nil {
 		return "error: " + err.Error()
 	}
@@ -29,14 +30,14 @@ func (c *cluster) publishedBackend(n *lab.Node) string {
 // pings lose at most 1%.
 func TestSwitchBackendsLive(t *testing.T) {
 	c := newCluster(t, clusterOptions{Nodes: 3, NetConf: netConf("vxlan")})
-	c.requireFullMesh(c.pods)
+	c.requireFullMesh(c.Pods)
 	c.requireKernelStateMatchesLeases()
 
 	// A pinger around the ring of nodes: every node sends and receives.
 	var pingers []*lab.Pinger
-	for i := range c.lab.Nodes {
-		src := c.podsOn(c.node(i))[0]
-		dst := c.podsOn(c.node((i + 1) % len(c.lab.Nodes)))[0]
+	for i := range c.Lab.Nodes {
+		src := c.PodsOn(c.node(i))[0]
+		dst := c.PodsOn(c.node((i + 1) % len(c.Lab.Nodes)))[0]
 		p, err := src.StartPinger(dst.IP, 10*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
@@ -53,19 +54,19 @@ func TestSwitchBackendsLive(t *testing.T) {
 
 	for _, backend := range []string{"host-gw", "udp", "vxlan"} {
 		start := time.Now()
-		for _, n := range c.lab.Nodes {
+		for _, n := range c.Lab.Nodes {
 			c.writeNetConf(n, netConf(backend))
-			eventually(t, 60*time.Second, n.Name+" publishes "+backend, func() (bool, string) {
+			harness.Eventually(t, 60*time.Second, n.Name+" publishes "+backend, func() (bool, string) {
 				got := c.publishedBackend(n)
 				return got == backend, got
 			})
 		}
-		c.requireFullMesh(c.pods)
+		c.requireFullMesh(c.Pods)
 		// Old devices drain (until no peer sends with them), then go.
 		c.requireKernelStateMatchesLeases()
-		for _, n := range c.lab.Nodes {
-			if !c.agents[n.Name].Running() {
-				t.Fatalf("agent on %s exited during the switch:\n%s", n.Name, c.agents[n.Name].Tail(2000))
+		for _, n := range c.Lab.Nodes {
+			if !c.Agents[n.Name].Running() {
+				t.Fatalf("agent on %s exited during the switch:\n%s", n.Name, c.Agents[n.Name].Tail(2000))
 			}
 		}
 		var sent, lost int
@@ -90,7 +91,7 @@ func TestSwitchBackendsLive(t *testing.T) {
 	if ratio > 0.01 {
 		t.Fatalf("lost %.3f%% of pings across the backend switches; at most 1%% allowed", 100*ratio)
 	}
-	for _, n := range c.lab.Nodes {
+	for _, n := range c.Lab.Nodes {
 		if v := metricValue(t, c, n, `overlayd_config_reloads_total{result="applied"}`); v != 3 {
 			t.Errorf("%s: %v configuration reloads applied, want 3", n.Name, v)
 		}
@@ -102,10 +103,10 @@ func TestSwitchBackendsLive(t *testing.T) {
 // is untouched.
 func TestRefusedConfigLeavesDatapathAlone(t *testing.T) {
 	c := newCluster(t, clusterOptions{Nodes: 2})
-	c.requireFullMesh(c.pods)
+	c.requireFullMesh(c.Pods)
 	n := c.node(0)
 	before := strings.Join(kernelState(t, n), "\n")
-	src, dst := c.podsOn(n)[0], c.podsOn(c.node(1))[0]
+	src, dst := c.PodsOn(n)[0], c.PodsOn(c.node(1))[0]
 	pinger, err := src.StartPinger(dst.IP, 10*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -122,12 +123,12 @@ func TestRefusedConfigLeavesDatapathAlone(t *testing.T) {
 			metric := fmt.Sprintf(`overlayd_config_reloads_total{result=%q}`, tc.result)
 			count := metricValue(t, c, n, metric)
 			c.writeNetConf(n, tc.conf)
-			eventually(t, 30*time.Second, "reload "+tc.result, func() (bool, string) {
-				return metricValue(t, c, n, metric) == count+1, c.agents[n.Name].Tail(500)
+			harness.Eventually(t, 30*time.Second, "reload "+tc.result, func() (bool, string) {
+				return metricValue(t, c, n, metric) == count+1, c.Agents[n.Name].Tail(500)
 			})
-			log := c.agents[n.Name].Log()
+			log := c.Agents[n.Name].Log()
 			if !containsAll(log, "refusing changed network configuration", tc.logged) {
-				t.Errorf("refusal not logged with %q:\n%s", tc.logged, c.agents[n.Name].Tail(1500))
+				t.Errorf("refusal not logged with %q:\n%s", tc.logged, c.Agents[n.Name].Tail(1500))
 			}
 			if after := strings.Join(kernelState(t, n), "\n"); after != before {
 				t.Errorf("the datapath changed:\nbefore:\n%s\nafter:\n%s", before, after)
