@@ -137,18 +137,26 @@ func (c *cluster) requireFullMesh(pods []*lab.Pod) {
 // ipJSON runs `ip -j` inside a node and decodes the result.
 func ipJSON[T any](t *testing.T, n *lab.Node, args ...string) []T {
 	t.Helper()
+	v, err := readIPJSON[T](n, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func readIPJSON[T any](n *lab.Node, args ...string) ([]T, error) {
 	out, err := n.Exec(context.Background(), append([]string{"ip", "-j"}, args...)...)
 	if err != nil {
-		t.Fatalf("ip %s on %s: %v", strings.Join(args, " "), n.Name, err)
+		return nil, fmt.Errorf("ip %s on %s: %w", strings.Join(args, " "), n.Name, err)
 	}
 	var v []T
 	if strings.TrimSpace(out) == "" {
-		return v
+		return v, nil
 	}
 	if err := json.Unmarshal([]byte(out), &v); err != nil {
-		t.Fatalf("ip %s on %s: %v\n%s", strings.Join(args, " "), n.Name, err, out)
+		return nil, fmt.Errorf("ip %s on %s: %w\n%s", strings.Join(args, " "), n.Name, err, out)
 	}
-	return v
+	return v, nil
 }
 
 // node returns the lab node by index (0-based).

@@ -3,12 +3,15 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
@@ -89,7 +92,22 @@ type ipLink struct {
 // (its links, its routes, and the permanent neighbour and FDB entries of its
 // vxlan devices), so that it compares as a whole and prints readably.
 func kernelState(t *testing.T, n *lab.Node) []string {
-	var lines []string
+	t.Helper()
+	for range 10 {
+		if lines, ok := kernelSnapshot(t, n); ok {
+			return lines
+		}
+		// A device was deleted while it was being read (an old backend's
+		// device going once drained): read the whole state again.
+	}
+	t.Fatalf("%s: overlayd's devices kept vanishing while being read", n.Name)
+	return nil
+}
+
+// kernelSnapshot reads what kernelState describes; ok is false if a listed
+// device was gone by the time its entries were read.
+func kernelSnapshot(t *testing.T, n *lab.Node) (lines []string, ok bool) {
+	t.Helper()
 	var vxlanDevs []string
 	for _, l := range ipJSON[ipLink](t, n, "link", "show") {
 		if l.Alias != "overlayd" {
@@ -112,10 +130,20 @@ func kernelState(t *testing.T, n *lab.Node) []string {
 		lines = append(lines, line)
 	}
 	for _, dev := range vxlanDevs {
-		for _, nb := range ipJSON[ipNeigh](t, n, "neigh", "show", "dev", dev, "nud", "permanent") {
+		nbs, err := readIPJSON[ipNeigh](n, "neigh", "show", "dev", dev, "nud", "permanent")
+		if err != nil && linkGone(t, n, dev) {
+			return nil, false
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, nb := range nbs {
 			lines = append(lines, fmt.Sprintf("neigh %s lladdr %s dev %s", nb.Dst, nb.LLAddr, dev))
 		}
 		out, err := n.Exec(context.Background(), "bridge", "-j", "fdb", "show", "dev", dev)
+		if err != nil && linkGone(t, n, dev) {
+			return nil, false
+		}
 		if err != nil {
 			t.Fatalf("bridge fdb on %s: %v", n.Name, err)
 		}
@@ -130,7 +158,20 @@ func kernelState(t *testing.T, n *lab.Node) []string {
 		}
 	}
 	sort.Strings(lines)
-	return lines
+	return lines, true
+}
+
+// linkGone reports whether the node no longer has the link.
+func linkGone(t *testing.T, n *lab.Node, name string) bool {
+	t.Helper()
+	nl, err := n.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	_, err = nl.LinkByName(name)
+	var notFound netlink.LinkNotFoundError
+	return errors.As(err, &notFound)
 }
 
 // wantKernelState is the state a node must have: the device of its own
