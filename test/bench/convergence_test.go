@@ -22,6 +22,7 @@ import (
 	"github.com/overlayd/overlayd/pkg/ip"
 	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/subnet/kube"
+	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
 )
 
@@ -80,7 +81,7 @@ func BenchmarkConvergence(b *testing.B) {
 		ManualAgents:   true,
 		Args:           []string{"--resync-period", convergenceResync.String()},
 	})
-	peers := &peerSet{admin: c.admin, network: c.net.Network, subnetLen: c.net.SubnetLen}
+	peers := &peerSet{admin: c.Admin, network: c.Net.Network, subnetLen: c.Net.SubnetLen}
 	var res Convergence
 	for _, n := range counts {
 		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
@@ -94,7 +95,7 @@ func BenchmarkConvergence(b *testing.B) {
 }
 
 func measureConvergence(b *testing.B, c *cluster, peers *peerSet, size int) ConvergenceSize {
-	node := c.lab.Nodes[0]
+	node := c.Lab.Nodes[0]
 	res := ConvergenceSize{Peers: size}
 	start := time.Now()
 	created := peers.ensure(b, size)
@@ -102,7 +103,7 @@ func measureConvergence(b *testing.B, c *cluster, peers *peerSet, size int) Conv
 	b.Logf("created %d peer Nodes in %s (%d in the API)", created, time.Since(start).Round(time.Millisecond), size)
 
 	// A cold start: no agent, nothing of overlayd's in the kernel.
-	if p := c.agents[node.Name]; p != nil && p.Running() {
+	if p := c.Agents[node.Name]; p != nil && p.Running() {
 		if err := p.Stop(); err != nil && p.Running() {
 			b.Fatal(err)
 		}
@@ -150,7 +151,7 @@ func measureConvergence(b *testing.B, c *cluster, peers *peerSet, size int) Conv
 
 	i := 0
 	for b.Loop() {
-		add, del := churnOnce(b, c.admin, peers, w, churnBase+size+i)
+		add, del := churnOnce(b, c.Admin, peers, w, churnBase+size+i)
 		res.AddMs = append(res.AddMs, ms(add))
 		res.DeleteMs = append(res.DeleteMs, ms(del))
 		i++
@@ -171,28 +172,28 @@ func measureConvergence(b *testing.B, c *cluster, peers *peerSet, size int) Conv
 // share and its memory.
 func quietWindow(b *testing.B, c *cluster, node *lab.Node, res *ConvergenceSize) {
 	const window = 3*convergenceResync + convergenceResync/2
-	agent := c.agents[node.Name]
+	agent := c.Agents[node.Name]
 	const sum, count = "overlayd_reconcile_duration_seconds_sum", "overlayd_reconcile_duration_seconds_count"
-	m0 := metrics(b, node)
-	cpu0, err := cpuSeconds(agent.Pid())
+	m0 := c.metrics(node)
+	cpu0, err := harness.ProcessCPUSeconds(agent.Pid())
 	if err != nil {
 		b.Fatal(err)
 	}
 	t0 := time.Now()
 	pause(b, window)
-	m1 := metrics(b, node)
+	m1 := c.metrics(node)
 	if m1[count]-m0[count] < 1 {
 		b.Fatalf("no reconcile in %s with --resync-period %s", window, convergenceResync)
 	}
 	elapsed := time.Since(t0)
-	cpu1, err := cpuSeconds(agent.Pid())
+	cpu1, err := harness.ProcessCPUSeconds(agent.Pid())
 	if err != nil {
 		b.Fatal(err)
 	}
 	res.NoopReconciles = int(m1[count] - m0[count])
 	res.NoopReconcileMs = 1000 * (m1[sum] - m0[sum]) / (m1[count] - m0[count])
 	res.IdleCPUPercent = 100 * (cpu1 - cpu0) / elapsed.Seconds()
-	if res.VmRSSKiB, res.VmHWMKiB, err = procStatus(agent.Pid()); err != nil {
+	if res.VmRSSKiB, res.VmHWMKiB, err = harness.ProcessMemory(agent.Pid()); err != nil {
 		b.Fatal(err)
 	}
 	for _, kind := range []string{"route", "neigh", "fdb"} {
@@ -209,7 +210,7 @@ func quietWindow(b *testing.B, c *cluster, node *lab.Node, res *ConvergenceSize)
 // and counts the kernel changes the new agent makes until it is ready and
 // one more resync period has passed.
 func warmRestart(b *testing.B, c *cluster, node *lab.Node, w *kernelWatch, res *ConvergenceSize) {
-	agent := c.agents[node.Name]
+	agent := c.Agents[node.Name]
 	if err := agent.Stop(); err != nil {
 		b.Fatalf("stopping the agent: %v", err)
 	}

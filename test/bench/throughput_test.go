@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
 )
 
@@ -101,21 +102,21 @@ func newThroughputCluster(b *testing.B, backend string) *throughputCluster {
 		// datapaths being measured.
 		AssignPodCIDRs: true,
 	})
-	tc := &throughputCluster{backend: backend, c: c, client: c.pods[0], server: c.pods[1]}
-	mtu, err := strconv.Atoi(subnetEnv(b, c.lab.Nodes[0], "FLANNEL_MTU"))
+	tc := &throughputCluster{backend: backend, c: c, client: c.Pods[0], server: c.Pods[1]}
+	mtu, err := strconv.Atoi(subnetEnv(b, c.Lab.Nodes[0], "FLANNEL_MTU"))
 	if err != nil {
 		b.Fatalf("%s: FLANNEL_MTU: %v", backend, err)
 	}
 	tc.mtu = mtu
 	// The comparison is only fair if every pod uses the MTU overlayd chose,
 	// and overlayd's device agrees.
-	for _, p := range c.pods {
+	for _, p := range c.Pods {
 		if got := linkMTU(b, &p.Host, "eth0"); got != mtu {
 			b.Fatalf("%s: pod %s has MTU %d, overlayd's FLANNEL_MTU is %d", backend, p.Name, got, mtu)
 		}
 	}
 	if dev := overlayDevice[backend]; dev != "" {
-		for _, n := range c.lab.Nodes {
+		for _, n := range c.Lab.Nodes {
 			if got := linkMTU(b, &n.Host, dev); got != mtu {
 				b.Fatalf("%s: %s on %s has MTU %d, FLANNEL_MTU is %d", backend, dev, n.Name, got, mtu)
 			}
@@ -174,9 +175,9 @@ func (tc *throughputCluster) run(b *testing.B, secs int) (float64, int, float64)
 // agentsCPU is the CPU time both agents have used so far.
 func (tc *throughputCluster) agentsCPU(b *testing.B) float64 {
 	var sum float64
-	for _, n := range tc.c.lab.Nodes {
-		p := tc.c.agents[n.Name]
-		s, err := cpuSeconds(p.Pid())
+	for _, n := range tc.c.Lab.Nodes {
+		p := tc.c.Agents[n.Name]
+		s, err := harness.ProcessCPUSeconds(p.Pid())
 		if err != nil || !p.Running() {
 			b.Fatalf("%s: agent on %s: %v (running %v)\n%s", tc.backend, n.Name, err, p.Running(), p.Tail(3000))
 		}
