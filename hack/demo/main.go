@@ -113,26 +113,26 @@ func run(opts options, out io.Writer) (code int) {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	c := &cluster{opts: opts, overlayd: bin, out: out}
+	d := &demo{opts: opts, overlayd: bin, out: out}
 	defer func() {
-		if !c.teardown() && code == 0 {
+		if !d.teardown() && code == 0 {
 			code = 1
 		}
 	}()
 
 	fmt.Fprintf(out, "overlayd demo: backend %s, %d nodes x %d pods, every node and pod a network namespace\n\n",
 		opts.backend, opts.nodes, opts.pods)
-	if err := c.up(ctx); err != nil {
+	if err := d.up(ctx); err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintf(out, "\n%v: stopping\n", context.Cause(ctx))
 			return 1
 		}
 		fmt.Fprintf(out, "\ndemo failed: %v\n", err)
-		c.printLogTails()
+		d.printLogTails()
 		return 1
 	}
-	c.printLeases(ctx)
-	m := c.checkMatrix(ctx)
+	d.printLeases(ctx)
+	m := d.checkMatrix(ctx)
 	fmt.Fprintf(out, "\nConnectivity (a row pings each column, ICMP echo between pod namespaces):\n%s", indent(m.String(), "  "))
 	if !m.OK() {
 		if ctx.Err() != nil {
@@ -143,14 +143,14 @@ func run(opts options, out io.Writer) (code int) {
 		for _, p := range m.Failed() {
 			fmt.Fprintf(out, "  %s\n", p)
 		}
-		c.printLogTails()
+		d.printLogTails()
 		return 1
 	}
 	fmt.Fprintf(out, "\nOK: all %d pod pairs reach each other across %d nodes (backend %s).\n",
 		len(m.Pods)*(len(m.Pods)-1), opts.nodes, opts.backend)
 
 	hold := opts.hold == "1" || (opts.hold == "" && isTerminal(os.Stdin))
-	c.printExplore(hold)
+	d.printExplore(hold)
 	if hold {
 		fmt.Fprint(out, "\nThe cluster is up. Press Enter or Ctrl-C to tear it down. ")
 		waitForEnter(ctx, os.Stdin)

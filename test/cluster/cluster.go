@@ -256,8 +256,11 @@ func (c *Cluster) WaitPodCIDR(ctx context.Context, n *lab.Node, timeout time.Dur
 	var bad error
 	err := Poll(ctx, timeout, c.opts.PollInterval, func() (bool, string) {
 		node, err := c.Admin.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
-		if err != nil || node.Spec.PodCIDR == "" {
-			return false, fmt.Sprint(err)
+		if err != nil {
+			return false, err.Error()
+		}
+		if node.Spec.PodCIDR == "" {
+			return false, "no podCIDR yet"
 		}
 		cidr, bad = netip.ParsePrefix(node.Spec.PodCIDR)
 		return true, ""
