@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/overlayd/overlayd/backend"
 	"github.com/overlayd/overlayd/subnet/kube"
+	"github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/controlplane"
 	"github.com/overlayd/overlayd/test/lab"
 )
@@ -90,7 +90,7 @@ func TestDaemonSetOnNodes(t *testing.T) {
 	// The probes, as kubelet asks them: startup until it passes, then
 	// readiness and liveness.
 	for _, n := range l.Nodes {
-		eventually(t, 60*time.Second, "startup probe on "+n.Name, func() (bool, string) {
+		cluster.Eventually(t, 60*time.Second, "startup probe on "+n.Name, func() (bool, string) {
 			if p := agents[n.Name]; !p.Running() {
 				t.Fatalf("overlayd on %s exited: %v\n%s", n.Name, p.ExitErr(), p.Log())
 			}
@@ -172,12 +172,7 @@ func probe(n *lab.Node, p *corev1.Probe) (bool, string) {
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	client := &http.Client{
-		Timeout: time.Duration(max(p.TimeoutSeconds, 1)) * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return n.Dial(ctx, network, addr)
-		}},
-	}
+	client := cluster.HTTPClient(n, time.Duration(max(p.TimeoutSeconds, 1))*time.Second)
 	defer client.CloseIdleConnections()
 	resp, err := client.Get(fmt.Sprintf("http://%s%s", net.JoinHostPort(host, g.Port.String()), g.Path))
 	if err != nil {
@@ -207,19 +202,4 @@ func shippedFlannelConfig(t *testing.T, conflistData string) map[string]any {
 	conf := list.Plugins[i]
 	conf["name"], conf["cniVersion"] = list.Name, list.CNIVersion
 	return conf
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %s: %s", what, timeout, detail)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
