@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -30,6 +31,9 @@ func (c *Cluster) AgentArgv(n *lab.Node) []string {
 // DaemonSet does, or starts the node's stopped agent again with the
 // current AgentArgv.
 func (c *Cluster) StartAgent(n *lab.Node) (*lab.Process, error) {
+	if c.opts.Overlayd == "" {
+		return nil, errors.New("cluster: Options.Overlayd is required to start agents")
+	}
 	if p := c.Agents[n.Name]; p != nil {
 		p.Argv = c.AgentArgv(n)
 		if err := p.Start(); err != nil {

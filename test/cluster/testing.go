@@ -14,14 +14,12 @@ import (
 // failure the tails of the agents' and the control plane's logs are logged.
 func New(t testing.TB, opts Options) *Cluster {
 	t.Helper()
-	if opts.Logf == nil {
-		opts.Logf = t.Logf
-	}
 	c, err := Prepare(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The test forms register their own cleanups and failure logs.
+	// The test forms register their own cleanups and failure logs; lab.New
+	// also sends the lab's progress to t.Logf unless Options.Logf is set.
 	c.startControlPlane = func(o controlplane.Options) (*controlplane.ControlPlane, error) {
 		return controlplane.StartT(t, o), nil
 	}
