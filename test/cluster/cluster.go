@@ -12,7 +12,7 @@
 // a time, as the demo shows them. New is the form for tests and benchmarks:
 // it fails the test on error and removes everything when the test ends.
 //
-//	c := cluster.New(t, cluster.Options{Prefix: "ovlE", Nodes: 2, NetConf: conf, Overlayd: bin, PodsPerNode: 1})
+//	c := cluster.New(t, cluster.Options{Prefix: "ovlCH", Nodes: 2, NetConf: conf, Overlayd: bin, PodsPerNode: 1})
 //	m := lab.CheckMatrix(ctx, c.Pods, 20*time.Second)
 package cluster
 

@@ -120,7 +120,7 @@ func TestPrepareRefusesBadOptions(t *testing.T) {
 	if _, err := Prepare(Options{NetConf: `{"Network": "10.244.0.0/16"}`}); err == nil || !strings.Contains(err.Error(), "Prefix") {
 		t.Errorf("no prefix: %v", err)
 	}
-	if _, err := Prepare(Options{Prefix: "ovlC", NetConf: `{"Network": "10.244.0.0/33"}`}); err == nil || !strings.Contains(err.Error(), "Options.NetConf") {
+	if _, err := Prepare(Options{Prefix: "ovlCH", NetConf: `{"Network": "10.244.0.0/33"}`}); err == nil || !strings.Contains(err.Error(), "Options.NetConf") {
 		t.Errorf("bad net-conf.json: %v", err)
 	}
 }
@@ -137,7 +137,7 @@ func TestStartAndClose(t *testing.T) {
 	defer remove()
 	ctx := context.Background()
 	c, err := Start(ctx, Options{
-		Prefix: "ovlC", Nodes: 2, AssignPodCIDRs: true,
+		Prefix: "ovlCH", Nodes: 2, AssignPodCIDRs: true,
 		NetConf:  `{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}`,
 		Overlayd: bin, PodsPerNode: 1,
 	})
