@@ -6,7 +6,9 @@ LDFLAGS   := -X github.com/overlayd/overlayd/pkg/version.Version=$(VERSION)
 TOOLS_BIN := $(CURDIR)/hack/tools/bin
 TEST_BINS := $(TOOLS_BIN)/etcd $(TOOLS_BIN)/kube-apiserver $(TOOLS_BIN)/kube-controller-manager
 K8S_VERSION := $(shell awk '$$1=="k8s.io/kubernetes" {print $$2}' hack/tools/go.mod)
-TEST_FLAGS ?= -count=1 -timeout 30m
+# One package at a time: the end-to-end, demo and benchmark-like tests measure
+# packet loss and must not compete for the CPU with each other.
+TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
 
 export OVERLAYD_TEST_BIN_DIR := $(TOOLS_BIN)
 export PATH := $(PATH):/usr/sbin:/sbin
