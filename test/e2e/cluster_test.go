@@ -65,6 +65,9 @@ type clusterOptions struct {
 type cluster struct {
 	*harness.Cluster
 	t *testing.T
+	// directRouting says which nodes run vxlan with DirectRouting, which
+	// the kernel state depends on but no node publishes.
+	directRouting map[string]bool
 }
 
 func newCluster(t *testing.T, opts clusterOptions) *cluster {
@@ -75,7 +78,7 @@ func newCluster(t *testing.T, opts clusterOptions) *cluster {
 	if opts.PodsPerNode == 0 {
 		opts.PodsPerNode = 1
 	}
-	c := &cluster{t: t}
+	c := &cluster{t: t, directRouting: map[string]bool{}}
 	hopts := harness.Options{
 		Prefix: labPrefix, Nodes: opts.Nodes, RoutedNodes: opts.RoutedNodes, ExternalHost: opts.ExternalHost,
 		NetConf: opts.NetConf, Overlayd: overlaydBin, Args: slices.Concat(agentFlags, opts.Args),

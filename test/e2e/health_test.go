@@ -72,7 +72,7 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 	})
 	leases := c.leases()
 	self := leases[blocked.Name]
-	want := strings.Join(wantKernelState(self, leases, func(netip.Addr) bool { return true }), "\n")
+	want := strings.Join(wantKernelState(self, leases, func(netip.Addr) bool { return true }, false), "\n")
 	if got := strings.Join(kernelState(t, blocked), "\n"); got != want {
 		t.Fatalf("ready before the datapath was programmed:\nhave:\n%s\nwant:\n%s", got, want)
 	}

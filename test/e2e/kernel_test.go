@@ -13,6 +13,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/overlayd/overlayd/backend/vxlan"
 	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
 )
@@ -27,7 +28,16 @@ type peerLease struct {
 	publicIP    netip.Addr
 	backendType string
 	vtepMAC     string
-	vni         int
+	vni, port   int
+}
+
+// vxlanDevice is the device that carries traffic of the peer's VNI and port.
+func (l peerLease) vxlanDevice() string {
+	port := l.port
+	if port == 0 {
+		port = vxlan.DefaultPort
+	}
+	return vxlan.DeviceName(l.vni, port)
 }
 
 // leases reads the lease of every node that has published one from the
@@ -45,11 +55,11 @@ func (c *cluster) leases() map[string]peerLease {
 		}
 		l := peerLease{node: a.Node, subnet: a.Subnet, publicIP: a.PublicIP, backendType: a.BackendType}
 		var data struct {
-			VNI     int
-			VtepMAC string
+			VNI, Port int
+			VtepMAC   string
 		}
 		if json.Unmarshal([]byte(a.BackendData), &data) == nil {
-			l.vtepMAC, l.vni = data.VtepMAC, data.VNI
+			l.vtepMAC, l.vni, l.port = data.VtepMAC, data.VNI, data.Port
 		}
 		out[a.Node] = l
 	}
@@ -176,12 +186,13 @@ func linkGone(t *testing.T, n *lab.Node, name string) bool {
 
 // wantKernelState is the state a node must have: the device of its own
 // backend, and for each peer what reaching it by its published backend
-// needs. Peers on another L2 segment cannot be reached by host-gw.
-func wantKernelState(self peerLease, leases map[string]peerLease, onLink func(netip.Addr) bool) []string {
+// needs. Peers on another L2 segment cannot be reached by host-gw; with
+// vxlan's DirectRouting the node routes on-link peers directly.
+func wantKernelState(self peerLease, leases map[string]peerLease, onLink func(netip.Addr) bool, directRouting bool) []string {
 	links := map[string]bool{}
 	switch self.backendType {
 	case "vxlan":
-		links["overlay.1"] = true
+		links[self.vxlanDevice()] = true
 	case "udp":
 		links["overlay0"] = true
 	}
@@ -192,12 +203,17 @@ func wantKernelState(self peerLease, leases map[string]peerLease, onLink func(ne
 		}
 		switch l.backendType {
 		case "vxlan":
-			links["overlay.1"] = true
+			if directRouting && self.backendType == "vxlan" && onLink(l.publicIP) {
+				lines = append(lines, fmt.Sprintf("route %s via %s dev eth0", l.subnet, l.publicIP))
+				continue
+			}
+			dev := l.vxlanDevice()
+			links[dev] = true
 			vtep := l.subnet.Addr()
 			lines = append(lines,
-				fmt.Sprintf("route %s via %s dev overlay.1 onlink", l.subnet, vtep),
-				fmt.Sprintf("neigh %s lladdr %s dev overlay.1", vtep, l.vtepMAC),
-				fmt.Sprintf("fdb %s dst %s dev overlay.1", l.vtepMAC, l.publicIP))
+				fmt.Sprintf("route %s via %s dev %s onlink", l.subnet, vtep, dev),
+				fmt.Sprintf("neigh %s lladdr %s dev %s", vtep, l.vtepMAC, dev),
+				fmt.Sprintf("fdb %s dst %s dev %s", l.vtepMAC, l.publicIP, dev))
 		case "host-gw":
 			if onLink(l.publicIP) {
 				lines = append(lines, fmt.Sprintf("route %s via %s dev eth0", l.subnet, l.publicIP))
@@ -226,7 +242,7 @@ func (c *cluster) requireKernelStateMatchesLeases() {
 			continue
 		}
 		onLink := func(a netip.Addr) bool { return c.segmentOf(a) == n.Segment }
-		want := strings.Join(wantKernelState(self, leases, onLink), "\n")
+		want := strings.Join(wantKernelState(self, leases, onLink, c.directRouting[n.Name]), "\n")
 		harness.Eventually(c.t, 30*time.Second, "kernel state of "+n.Name+" matches the leases", func() (bool, string) {
 			got := strings.Join(kernelState(c.t, n), "\n")
 			return got == want, fmt.Sprintf("have:\n%s\nwant:\n%s", got, want)

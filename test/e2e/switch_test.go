@@ -9,6 +9,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/overlayd/overlayd/backend/vxlan"
 	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
 )
@@ -22,18 +23,29 @@ func (c *cluster) publishedBackend(n *lab.Node) string {
 	return node.Annotations[annotationPrefix+"backend-type"]
 }
 
-// TestSwitchBackendsLive: the backend is switched vxlan → host-gw → udp →
-// vxlan by rewriting net-conf.json on the nodes one at a time, as a rolling
-// ConfigMap update does, while pods on different nodes ping each other at
-// 100/s. After each step every pod pair is reachable and nothing of a
-// backend no longer in use is left on any node; over the whole sequence the
-// pings lose at most 1%.
-func TestSwitchBackendsLive(t *testing.T) {
-	c := newCluster(t, clusterOptions{Nodes: 3, NetConf: netConf("vxlan")})
-	c.requireFullMesh(c.Pods)
-	c.requireKernelStateMatchesLeases()
+// switchStep is one rolling configuration change: the net-conf.json every
+// node gets, how to tell from the API that a node has applied it, and
+// whether it turns vxlan's DirectRouting on.
+type switchStep struct {
+	name          string
+	conf          string
+	applied       func(peerLease) bool
+	directRouting bool
+}
 
-	// A pinger around the ring of nodes: every node sends and receives.
+func backendStep(backend string) switchStep {
+	return switchStep{name: backend, conf: netConf(backend),
+		applied: func(l peerLease) bool { return l.backendType == backend }}
+}
+
+// rollOut applies each step by rewriting net-conf.json on the nodes one at
+// a time, as a rolling ConfigMap update does, while pods on different nodes
+// ping each other at 100/s around the ring of nodes. After each step every
+// pod pair is reachable and the kernel holds exactly what the new
+// configuration calls for (nothing of an old one is left on any node). It
+// returns the pings sent and lost over the whole sequence.
+func rollOut(t *testing.T, c *cluster, steps ...switchStep) (sent, lost int) {
+	t.Helper()
 	var pingers []*lab.Pinger
 	for i := range c.Lab.Nodes {
 		src := c.PodsOn(c.node(i))[0]
@@ -52,13 +64,14 @@ func TestSwitchBackendsLive(t *testing.T) {
 		}
 	}
 
-	for _, backend := range []string{"host-gw", "udp", "vxlan"} {
+	for _, step := range steps {
 		start := time.Now()
 		for _, n := range c.Lab.Nodes {
-			c.writeNetConf(n, netConf(backend))
-			harness.Eventually(t, 60*time.Second, n.Name+" publishes "+backend, func() (bool, string) {
-				got := c.publishedBackend(n)
-				return got == backend, got
+			c.writeNetConf(n, step.conf)
+			c.directRouting[n.Name] = step.directRouting
+			harness.Eventually(t, 60*time.Second, n.Name+" applies "+step.name, func() (bool, string) {
+				l := c.leases()[n.Name]
+				return step.applied(l), fmt.Sprintf("%+v", l)
 			})
 		}
 		c.requireFullMesh(c.Pods)
@@ -74,27 +87,61 @@ func TestSwitchBackendsLive(t *testing.T) {
 			s := p.Stats()
 			sent, lost = sent+s.Sent, lost+s.Lost
 		}
-		t.Logf("switched to %s in %s; pings so far: %d sent, %d lost", backend, time.Since(start).Round(time.Millisecond), sent, lost)
+		t.Logf("%s applied in %s; pings so far: %d sent, %d lost", step.name, time.Since(start).Round(time.Millisecond), sent, lost)
 	}
 
-	var total, lost int
 	for _, p := range pingers {
 		s := p.Stop()
 		t.Logf("%s -> %s: %s", p.From.NS, p.To, s)
 		for _, r := range p.LossRuns() {
 			t.Logf("  %d lost from %s", r.Count, r.Start.Format("15:04:05.000"))
 		}
-		total, lost = total+s.Sent, lost+s.Lost
+		sent, lost = sent+s.Sent, lost+s.Lost
 	}
-	ratio := float64(lost) / float64(total)
-	t.Logf("whole switch sequence vxlan -> host-gw -> udp -> vxlan: %d of %d pings lost (%.3f%%)", lost, total, 100*ratio)
+	for _, n := range c.Lab.Nodes {
+		if v := metricValue(t, c, n, `overlayd_config_reloads_total{result="applied"}`); int(v) != len(steps) {
+			t.Errorf("%s: %v configuration reloads applied, want %d", n.Name, v, len(steps))
+		}
+	}
+	return sent, lost
+}
+
+// TestSwitchBackendsLive: the backend is switched vxlan → host-gw → udp →
+// vxlan on a running cluster; over the whole sequence the pings lose at
+// most 1%.
+func TestSwitchBackendsLive(t *testing.T) {
+	c := newCluster(t, clusterOptions{Nodes: 3, NetConf: netConf("vxlan")})
+	c.requireFullMesh(c.Pods)
+	c.requireKernelStateMatchesLeases()
+	sent, lost := rollOut(t, c, backendStep("host-gw"), backendStep("udp"), backendStep("vxlan"))
+	ratio := float64(lost) / float64(sent)
+	t.Logf("whole switch sequence vxlan -> host-gw -> udp -> vxlan: %d of %d pings lost (%.3f%%)", lost, sent, 100*ratio)
 	if ratio > 0.01 {
 		t.Fatalf("lost %.3f%% of pings across the backend switches; at most 1%% allowed", 100*ratio)
 	}
-	for _, n := range c.Lab.Nodes {
-		if v := metricValue(t, c, n, `overlayd_config_reloads_total{result="applied"}`); v != 3 {
-			t.Errorf("%s: %v configuration reloads applied, want 3", n.Name, v)
-		}
+}
+
+// TestSwitchVXLANOptionsLive: vxlan's options change on a running cluster
+// the same way — a new VNI, a new port, direct routing — with the old
+// devices drained and removed and at most 1% of the pings lost.
+func TestSwitchVXLANOptionsLive(t *testing.T) {
+	c := newCluster(t, clusterOptions{Nodes: 3, NetConf: netConf("vxlan")})
+	c.requireFullMesh(c.Pods)
+	conf := func(opts string) string {
+		return fmt.Sprintf(`{"Network": %q, "Backend": {"Type": "vxlan"%s}}`, clusterCIDR, opts)
+	}
+	sent, lost := rollOut(t, c,
+		switchStep{name: "VNI 2", conf: conf(`, "VNI": 2`),
+			applied: func(l peerLease) bool { return l.vni == 2 && l.port == vxlan.DefaultPort }},
+		switchStep{name: "VNI 2 on port 4789", conf: conf(`, "VNI": 2, "Port": 4789`),
+			applied: func(l peerLease) bool { return l.vni == 2 && l.port == 4789 }},
+		switchStep{name: "direct routing", conf: conf(`, "VNI": 2, "Port": 4789, "DirectRouting": true`),
+			applied: func(l peerLease) bool { return l.vni == 2 && l.port == 4789 }, directRouting: true},
+	)
+	ratio := float64(lost) / float64(sent)
+	t.Logf("VNI, port and direct routing changed: %d of %d pings lost (%.3f%%)", lost, sent, 100*ratio)
+	if ratio > 0.01 {
+		t.Fatalf("lost %.3f%% of pings across the option changes; at most 1%% allowed", 100*ratio)
 	}
 }
 
