@@ -102,9 +102,13 @@ type Daemon struct {
 	peerCache map[peerKey]peerResult // per peer, for the current backends
 	nextCache map[peerKey]peerResult // filled during a pass
 
-	pending atomic.Pointer[pendingConfig] // offered by Reload, taken by the loop
-	ownRaw  json.RawMessage               // the Backend object in force
-	drains  []*drain
+	// startNet is the configuration the daemon started with. What cannot
+	// change live is the same in every configuration accepted since, so
+	// Reload compares with it without touching the loop's state.
+	startNet *subnet.Config
+	pending  atomic.Pointer[pendingConfig] // offered by Reload, taken by the loop
+	ownRaw   json.RawMessage               // the Backend object in force
+	drains   []*drain
 
 	mu sync.Mutex // guards node for readers outside the loop
 }
@@ -122,6 +126,7 @@ func New(cfg Config) *Daemon {
 		backends: map[string]backend.Backend{cfg.Backend.Type(): cfg.Backend},
 		skipped:  map[string]string{},
 		ownRaw:   cfg.Net.Backend,
+		startNet: cfg.Net,
 	}
 }
 

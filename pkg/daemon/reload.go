@@ -30,7 +30,7 @@ func (d *Daemon) Reload(data []byte) error {
 		configReloads.WithLabelValues("invalid").Inc()
 		return err
 	}
-	if err := liveChangeable(d.cfg.Net, cfg); err != nil {
+	if err := liveChangeable(d.startNet, cfg); err != nil {
 		configReloads.WithLabelValues("refused").Inc()
 		return err
 	}
