@@ -4,54 +4,27 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
-	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/overlayd/overlayd/test/netnstest"
 )
 
-var nsCounter atomic.Int32
-
-// testNS creates a named network namespace for one test and removes it at
-// the end. The test's own thread never stays in it.
+// testNS creates a network namespace for one test, removed when it ends.
 func testNS(t *testing.T) (netns.NsHandle, string) {
-	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	name := fmt.Sprintf("ovlK-%d-%d", os.Getpid(), nsCounter.Add(1))
-	ns, err := netns.NewNamed(name)
-	if err != nil {
-		t.Fatalf("creating netns %s: %v", name, err)
-	}
-	if err := netns.Set(orig); err != nil {
-		t.Fatalf("leaving netns %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		ns.Close()
-		netns.DeleteNamed(name)
-	})
-	return ns, name
+	name, h := netnstest.New(t, "ovlK-", "kernel")
+	return h, name
 }
 
 // ipIn runs the ip command inside the namespace and returns its output.
 func ipIn(t *testing.T, ns string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return netnstest.IP(t, ns, args...)
 }
 
 // underlayNS returns a namespace with an underlay "eth0" 198.18.0.11/24.

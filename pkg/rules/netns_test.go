@@ -5,23 +5,21 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"regexp"
 	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/overlayd/overlayd/test/netnstest"
 )
 
 // Test namespaces are named ovlC-<pid>-<n>-<role>, so parallel engineers and
 // parallel runs never collide.
 const nsPrefix = "ovlC-"
-
-var nsSeq atomic.Int32
 
 type testNS struct {
 	name   string
@@ -32,18 +30,7 @@ type testNS struct {
 // also on failure.
 func newNS(t testing.TB, role string) *testNS {
 	t.Helper()
-	name := fmt.Sprintf("%s%d-%d-%s", nsPrefix, os.Getpid(), nsSeq.Add(1), role)
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("deleting netns %s: %v: %s", name, err, out)
-		}
-	})
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatalf("opening netns %s: %v", name, err)
-	}
-	t.Cleanup(func() { h.Close() })
+	name, h := netnstest.New(t, nsPrefix, role)
 	ns := &testNS{name: name, handle: h}
 	ns.ip(t, "link", "set", "lo", "up")
 	return ns

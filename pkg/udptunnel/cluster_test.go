@@ -19,6 +19,8 @@ import (
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/overlayd/overlayd/test/netnstest"
 )
 
 // The test network: two "nodes" (network namespaces) joined by a veth pair
@@ -68,8 +70,6 @@ func newCluster(t testing.TB, tag string, kind overlayKind) *cluster {
 	for i := range c.nodes {
 		k := i + 1
 		n := &node{
-			ns:       fmt.Sprintf("%s%s-n%d", nsPrefix, tag, k),
-			pod:      fmt.Sprintf("%s%s-p%d", nsPrefix, tag, k),
 			underlay: netip.AddrFrom4([4]byte{198, 18, 0, byte(k)}),
 			subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(k), 0}), 24),
 			podAddr:  netip.AddrFrom4([4]byte{10, 244, byte(k), 2}),
@@ -77,8 +77,8 @@ func newCluster(t testing.TB, tag string, kind overlayKind) *cluster {
 			tunAddr:  netip.AddrFrom4([4]byte{10, 244, byte(k), 0}),
 		}
 		c.nodes[i] = n
-		n.handle = addNetns(t, n.ns)
-		n.pHandle = addNetns(t, n.pod)
+		n.ns, n.handle = netnstest.New(t, nsPrefix+tag+"-", fmt.Sprintf("n%d", k))
+		n.pod, n.pHandle = netnstest.New(t, nsPrefix+tag+"-", fmt.Sprintf("p%d", k))
 	}
 	a, b := c.nodes[0], c.nodes[1]
 	mtu := tunMTU
@@ -174,24 +174,6 @@ func (c *cluster) ensure(i int, tun *Tunnel, spec *Spec) {
 	if err := inNetns(c.nodes[i].handle, func() error { return tun.Ensure(spec) }); err != nil {
 		c.t.Fatalf("Ensure on %s: %v", c.nodes[i].ns, err)
 	}
-}
-
-// addNetns creates a named network namespace, removed when the test ends.
-func addNetns(t testing.TB, name string) netns.NsHandle {
-	t.Helper()
-	exec.Command("ip", "netns", "del", name).Run() // left over from a killed run
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("deleting netns %s: %v: %s", name, err, out)
-		}
-	})
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatalf("opening netns %s: %v", name, err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
 }
 
 // inNetns runs fn on an OS thread switched into ns. Sockets and devices

@@ -11,11 +11,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -121,30 +120,18 @@ func createRealisticNodes(b testing.TB, c kubernetes.Interface, n int) (jsonSize
 	js, _ := json.Marshal(sample)
 	pb, _ := sample.Marshal()
 
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
-	for range 32 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				_, err := c.CoreV1().Nodes().Create(context.Background(), realisticNode(i, network), metav1.CreateOptions{})
-				if err != nil {
-					mu.Lock()
-					firstErr = fmt.Errorf("creating node %d: %w", i, err)
-					mu.Unlock()
-					return
-				}
+	g, ctx := errgroup.WithContext(context.Background())
+	g.SetLimit(32)
+	for i := range n {
+		g.Go(func() error {
+			if _, err := c.CoreV1().Nodes().Create(ctx, realisticNode(i, network), metav1.CreateOptions{}); err != nil {
+				return fmt.Errorf("creating node %d: %w", i, err)
 			}
+			return nil
 		})
 	}
-	wg.Wait()
-	if firstErr != nil {
-		b.Fatal(firstErr)
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
 	}
 	return len(js), len(pb)
 }

@@ -8,12 +8,11 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -284,33 +283,19 @@ type peerSet struct {
 // created.
 func (s *peerSet) ensure(b *testing.B, count int) int {
 	from := s.created
-	var next atomic.Int64
-	next.Store(int64(from))
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
-	for range 32 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= count {
-					return
-				}
-				node, _ := s.node(i)
-				if _, err := s.admin.CoreV1().Nodes().Create(interrupted, node, metav1.CreateOptions{}); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = fmt.Errorf("creating %s: %w", node.Name, err)
-					}
-					mu.Unlock()
-					return
-				}
+	g, ctx := errgroup.WithContext(interrupted)
+	g.SetLimit(32)
+	for i := from; i < count; i++ {
+		g.Go(func() error {
+			node, _ := s.node(i)
+			if _, err := s.admin.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+				return fmt.Errorf("creating %s: %w", node.Name, err)
 			}
+			return nil
 		})
 	}
-	wg.Wait()
-	if firstErr != nil {
-		b.Fatal(firstErr)
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
 	}
 	s.created = max(s.created, count)
 	return max(0, count-from)
