@@ -161,6 +161,19 @@ func (k keys) decode(net *subnet.Config, a map[string]string) (attrs subnet.Leas
 	return attrs, false, nil
 }
 
+// decodeRecord decodes a peer's annotations for its record: the attributes,
+// or the problem that keeps the peer out of the snapshot.
+func (k keys) decodeRecord(net *subnet.Config, a map[string]string) (subnet.LeaseAttrs, *problem) {
+	attrs, missing, err := k.decode(net, a)
+	switch {
+	case err != nil && missing:
+		return subnet.LeaseAttrs{}, &problem{reason: reasonMissingAnnotations, detail: err.Error()}
+	case err != nil:
+		return subnet.LeaseAttrs{}, &problem{reason: reasonMalformedAnnotations, detail: err.Error()}
+	}
+	return attrs, nil
+}
+
 func (k keys) addr(a map[string]string, key string, v6 bool) (netip.Addr, bool, error) {
 	s, ok := a[key]
 	if !ok || s == "" {

@@ -137,15 +137,7 @@ func (l *leaseMode) toRecord(obj any) *record {
 	} else {
 		r.v6 = p
 	}
-	attrs, missing, err := l.m.keys.decode(l.m.net, le.Annotations)
-	switch {
-	case err != nil && missing:
-		r.attrsP = &problem{reason: reasonMissingAnnotations, detail: err.Error()}
-	case err != nil:
-		r.attrsP = &problem{reason: reasonMalformedAnnotations, detail: err.Error()}
-	default:
-		r.attrs = attrs
-	}
+	r.attrs, r.attrsP = l.m.keys.decodeRecord(l.m.net, le.Annotations)
 	return r
 }
 

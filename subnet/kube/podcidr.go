@@ -64,15 +64,7 @@ func (p *podCIDRMode) nodeRecord(meta *metav1.ObjectMeta, spec *corev1.NodeSpec)
 	if r.v4, r.v6, sp = podCIDRs(net, spec); !sp.ok() {
 		r.subnetP = &sp
 	}
-	attrs, missing, err := p.m.keys.decode(net, meta.Annotations)
-	switch {
-	case err != nil && missing:
-		r.attrsP = &problem{reason: reasonMissingAnnotations, detail: err.Error()}
-	case err != nil:
-		r.attrsP = &problem{reason: reasonMalformedAnnotations, detail: err.Error()}
-	default:
-		r.attrs = attrs
-	}
+	r.attrs, r.attrsP = p.m.keys.decodeRecord(net, meta.Annotations)
 	if meta.Name == p.m.cfg.NodeName {
 		r.ours = p.m.keys.only(meta.Annotations) // to see what this agent published
 	}
