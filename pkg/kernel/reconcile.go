@@ -351,28 +351,33 @@ func (r *Reconciler) createLink(w Link) (netlink.Link, error) {
 	return created, nil
 }
 
-// inNS runs fn on a thread switched into the reconciler's namespace.
+// inNS runs fn on a thread switched into the reconciler's namespace. The
+// thread returns to the scheduler only once back in its own namespace; one
+// that cannot go back stays locked and ends with its goroutine.
 func (r *Reconciler) inNS(fn func() error) error {
 	if !r.ns.IsOpen() {
 		return fn() // the current namespace
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(r.ns); err != nil {
-		return fmt.Errorf("entering network namespace: %w", err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			// The thread is in the wrong namespace: never let it be reused.
-			panic(fmt.Sprintf("cannot return to the original network namespace: %v", err))
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
 		}
+		defer orig.Close()
+		if err := netns.Set(r.ns); err != nil {
+			errc <- fmt.Errorf("entering network namespace: %w", err)
+			return
+		}
+		ferr := fn()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- ferr
 	}()
-	return fn()
+	return <-errc
 }
 
 // RxPackets returns how many packets the link named name has received: for

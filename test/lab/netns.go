@@ -48,28 +48,15 @@ func (l *Lab) newHost(role string) (*Host, error) {
 // initHost creates h's namespace, tracked for Close, with lo up.
 func (l *Lab) initHost(h *Host, role string) error {
 	h.NS, h.lab = l.namePrefix()+role, l
-	errc := make(chan error, 1)
-	go func() {
-		// NewNamed moves this thread into the new namespace; it returns to
-		// the scheduler only once back in its own. A thread that cannot go
-		// back stays locked and ends with this goroutine.
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("getting current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
+	err := onOwnThread(func() error {
+		// NewNamed moves the thread into the new namespace.
 		ns, err := netns.NewNamed(h.NS)
 		if err == nil {
 			ns.Close()
 		}
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("creating network namespace %s: %w", h.NS, err)
 	}
 	if err := l.track(h); err != nil {
@@ -114,6 +101,19 @@ func (h *Host) Do(fn func() error) error {
 		return fmt.Errorf("opening namespace %s: %w", h.NS, err)
 	}
 	defer target.Close()
+	return onOwnThread(func() error {
+		if err := netns.Set(target); err != nil {
+			return fmt.Errorf("entering namespace %s: %w", h.NS, err)
+		}
+		return fn()
+	})
+}
+
+// onOwnThread runs fn on a locked OS thread that fn may move into another
+// network namespace. Only a thread back in its original namespace returns
+// to the scheduler; one that cannot go back stays locked and ends with the
+// goroutine.
+func onOwnThread(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -123,14 +123,8 @@ func (h *Host) Do(fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- fmt.Errorf("entering namespace %s: %w", h.NS, err)
-			return
-		}
 		ferr := fn()
-		// Only a thread back in its own namespace may return to the
-		// scheduler; otherwise it stays locked and ends with this goroutine.
-		if err := netns.Set(orig); err == nil {
+		if netns.Set(orig) == nil {
 			runtime.UnlockOSThread()
 		}
 		errc <- ferr
