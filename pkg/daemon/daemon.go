@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -109,8 +108,6 @@ type Daemon struct {
 	pending  atomic.Pointer[pendingConfig] // offered by Reload, taken by the loop
 	ownRaw   json.RawMessage               // the Backend object in force
 	drains   []*drain
-
-	mu sync.Mutex // guards node for readers outside the loop
 }
 
 // syncKey is the queue's only item: there is one state, and it is dirty or not.
@@ -157,9 +154,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("acquiring lease: %w", err)
 	}
 	d.published = &attrs
-	d.mu.Lock()
 	d.node.Lease = lease
-	d.mu.Unlock()
 	d.log.Info("lease acquired", zap.Stringer("subnet", lease.Subnet), zap.Stringer("ipv6Subnet", lease.IPv6Subnet))
 	c.Status.Set(health.Lease, true, leaseDetail(lease))
 
@@ -547,11 +542,4 @@ func (d *Daemon) publish() error {
 		}
 	}
 	return nil
-}
-
-// Lease returns this node's lease once acquired.
-func (d *Daemon) Lease() (subnet.Lease, bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.node.Lease, d.node.Lease.Subnet.IsValid() || d.node.Lease.IPv6Subnet.IsValid()
 }
