@@ -301,7 +301,8 @@ func (r *Reconciler) linkMatches(cur netlink.Link, w Link) bool {
 }
 
 // TUNFlags are the flags of the udp backend's TUN device: no packet
-// information header, a virtio-net header for segmentation offloads.
+// information header, a virtio-net header for segmentation offloads. They
+// are the flags pkg/udptunnel attaches with; a device with others is replaced.
 const TUNFlags = netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR
 
 func (r *Reconciler) createLink(w Link) (netlink.Link, error) {

@@ -16,10 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/test/netnstest"
 )
 
@@ -314,4 +316,23 @@ func commandIn(t testing.TB, ns string, name string, args ...string) *exec.Cmd {
 		cmd.Wait()
 	})
 	return cmd
+}
+
+// CreateDevice creates the persistent TUN device name with MTU mtu in the
+// caller's network namespace, the way pkg/kernel does for the daemon (the
+// flags are pkg/kernel's TUNFlags, which this datapath attaches with). It
+// stays down and without addresses; the caller owns those.
+func CreateDevice(name string, mtu int) error {
+	link := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TUN, Flags: kernel.TUNFlags}
+	if err := netlink.LinkAdd(link); err != nil {
+		return fmt.Errorf("creating TUN device %s: %w", name, err)
+	}
+	for _, f := range link.Fds {
+		f.Close()
+	}
+	created, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("reading back TUN device %s: %w", name, err)
+	}
+	return netlink.LinkSetMTU(created, mtu)
 }

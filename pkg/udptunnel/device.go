@@ -10,53 +10,6 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 )
 
-// DeviceFlags are the TUN flags besides the mode: no packet-information
-// header, and a virtio-net header in front of every packet, which is what
-// lets the kernel hand over (and take back) 64 KiB TCP/UDP super-packets
-// instead of MTU-sized ones.
-const DeviceFlags = netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR
-
-// DeviceLink is the netlink description of the datapath's device: a
-// persistent single-queue TUN with DeviceFlags. netlink.LinkAdd of it
-// creates the device (LinkAdd ignores MTU for tuntap; set it afterwards);
-// an existing device is right when LinkByName returns a *netlink.Tuntap
-// with Mode TUNTAP_MODE_TUN, Flags&DeviceFlags == DeviceFlags and no
-// TUNTAP_MULTI_QUEUE.
-func DeviceLink(name string) *netlink.Tuntap {
-	return &netlink.Tuntap{
-		LinkAttrs: netlink.LinkAttrs{Name: name},
-		Mode:      netlink.TUNTAP_MODE_TUN,
-		Flags:     DeviceFlags,
-	}
-}
-
-// CreateDevice creates the persistent TUN device name with MTU mtu in the
-// caller's network namespace. It stays down and without addresses; the
-// caller owns those.
-func CreateDevice(name string, mtu int) error {
-	if err := validDeviceName(name); err != nil {
-		return err
-	}
-	if mtu < 576 || mtu > 65535 {
-		return fmt.Errorf("creating TUN device %s: MTU %d out of range 576-65535", name, mtu)
-	}
-	link := DeviceLink(name)
-	if err := netlink.LinkAdd(link); err != nil {
-		return fmt.Errorf("creating TUN device %s: %w", name, err)
-	}
-	for _, f := range link.Fds {
-		f.Close()
-	}
-	created, err := netlink.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("reading back TUN device %s: %w", name, err)
-	}
-	if err := netlink.LinkSetMTU(created, mtu); err != nil {
-		return fmt.Errorf("setting MTU %d on TUN device %s: %w", mtu, name, err)
-	}
-	return nil
-}
-
 func validDeviceName(name string) error {
 	if name == "" || len(name) >= unix.IFNAMSIZ {
 		return fmt.Errorf("device name %q: want 1-%d characters", name, unix.IFNAMSIZ-1)

@@ -13,6 +13,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/overlayd/overlayd/pkg/kernel"
 )
 
 func TestTrafficFlowsBothWays(t *testing.T) {
@@ -388,8 +390,8 @@ func TestRestartKeepsDeviceAndResumes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("device gone after Close: %v", err)
 	}
-	if tun, ok := link.(*netlink.Tuntap); !ok || tun.NonPersist || tun.Flags&DeviceFlags != DeviceFlags {
-		t.Fatalf("device after Close is %#v, want a persistent TUN with flags %v", link, DeviceFlags)
+	if tun, ok := link.(*netlink.Tuntap); !ok || tun.NonPersist || tun.Flags&kernel.TUNFlags != kernel.TUNFlags {
+		t.Fatalf("device after Close is %#v, want a persistent TUN with flags %v", link, kernel.TUNFlags)
 	}
 	if link.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
 		t.Errorf("device has carrier with no process attached")
