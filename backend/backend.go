@@ -9,11 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"reflect"
 	"sort"
 	"strings"
 	"sync"
 
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/ip"
 	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/subnet"
@@ -125,60 +125,23 @@ func New(typ string, config json.RawMessage) (Backend, error) {
 	f, ok := registry[typ]
 	registryMu.RUnlock()
 	if !ok {
-		return nil, &subnet.ConfigError{Key: "Backend.Type", Msg: fmt.Sprintf("unknown backend type %q (known: %s)", typ, strings.Join(Types(), ", "))}
+		return nil, &netconf.Error{Key: "Backend.Type", Msg: fmt.Sprintf("unknown backend type %q (known: %s)", typ, strings.Join(Types(), ", "))}
 	}
 	return f(config)
 }
 
-// ParseConfig parses and validates a whole net-conf.json, the backend's own
-// keys included, and returns the configured backend.
-func ParseConfig(data []byte) (*subnet.Config, Backend, error) {
-	cfg, err := subnet.ParseConfig(data)
+// Load parses and validates a whole net-conf.json (netconf.Load), the
+// backend's own options included, and returns the configured backend.
+func Load(data []byte) (*netconf.Config, Backend, error) {
+	cfg, err := netconf.Load(data)
 	if err != nil {
 		return nil, nil, err
-	}
-	if cfg.EnableIPv6 {
-		// Refused rather than run half-working: leases and subnet.env would
-		// carry IPv6, but no backend programs IPv6 routes between nodes yet.
-		return nil, nil, &subnet.ConfigError{Key: "EnableIPv6", Msg: "true is not supported yet: overlayd's backends route IPv4 pod traffic only; set it to false"}
 	}
 	b, err := New(cfg.BackendType, cfg.Backend)
 	if err != nil {
 		return nil, nil, err
 	}
 	return cfg, b, nil
-}
-
-// DecodeOptions decodes a backend's configuration object into opts (which
-// holds the defaults), refusing keys not in known. Every error names the key.
-func DecodeOptions(config json.RawMessage, opts any, known ...string) error {
-	if len(config) == 0 || string(config) == "null" {
-		return nil
-	}
-	if err := subnet.CheckKeys("Backend", config, append([]string{"Type"}, known...)...); err != nil {
-		return err
-	}
-	if err := json.Unmarshal(config, opts); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) {
-			return &subnet.ConfigError{Key: "Backend." + typeErr.Field, Msg: fmt.Sprintf("want %s, got a JSON %s", describeKind(typeErr.Type.Kind()), typeErr.Value)}
-		}
-		return &subnet.ConfigError{Key: "Backend", Msg: err.Error()}
-	}
-	return nil
-}
-
-func describeKind(k reflect.Kind) string {
-	switch k {
-	case reflect.Bool:
-		return "true or false"
-	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint, reflect.Uint32, reflect.Uint64:
-		return "a whole number"
-	case reflect.String:
-		return "a string"
-	default:
-		return "a " + k.String()
-	}
 }
 
 // VTEPAddr is the address a node uses on its tunnel device: the network

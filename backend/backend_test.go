@@ -11,6 +11,7 @@ import (
 	"github.com/overlayd/overlayd/backend/hostgw"
 	"github.com/overlayd/overlayd/backend/udp"
 	"github.com/overlayd/overlayd/backend/vxlan"
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/ip"
 	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/subnet"
@@ -38,7 +39,7 @@ func peer(name, subnetStr, publicIP, typ, data string) subnet.Lease {
 
 func mustNew(t *testing.T, conf string) backend.Backend {
 	t.Helper()
-	_, b, err := backend.ParseConfig([]byte(conf))
+	_, b, err := backend.Load([]byte(conf))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,8 +68,8 @@ func TestBackendConfigErrors(t *testing.T) {
 		{`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48"}`, "EnableIPv6", "not supported yet"},
 	}
 	for _, tt := range tests {
-		_, _, err := backend.ParseConfig([]byte(tt.conf))
-		var ce *subnet.ConfigError
+		_, _, err := backend.Load([]byte(tt.conf))
+		var ce *netconf.Error
 		if !errors.As(err, &ce) || ce.Key != tt.key || !strings.Contains(err.Error(), tt.has) {
 			t.Errorf("%s: err = %v, want key %s containing %q", tt.conf, err, tt.key, tt.has)
 		}

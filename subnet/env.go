@@ -6,13 +6,16 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/google/renameio/v2"
+
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/ip"
 )
 
 // EnvContent renders subnet.env exactly as flanneld writes it, which is what
 // the CNI flannel plugin parses: the network, the node's subnet written with
 // its first host address (the bridge's), the MTU and whether to masquerade.
-func EnvContent(cfg *Config, lease Lease, mtu int, ipMasq bool) []byte {
+func EnvContent(cfg *netconf.Config, lease Lease, mtu int, ipMasq bool) []byte {
 	var b bytes.Buffer
 	if cfg.EnableIPv4 {
 		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", cfg.Network)
@@ -27,10 +30,11 @@ func EnvContent(cfg *Config, lease Lease, mtu int, ipMasq bool) []byte {
 	return b.Bytes()
 }
 
-// WriteFileAtomic replaces path with content so that a reader sees either the
-// old or the new file, never a partial one: write a temporary file in the same
-// directory, sync it, rename it over path. An identical file is left alone.
-func WriteFileAtomic(path string, content []byte, perm os.FileMode) error {
+// WriteEnv writes subnet.env so that a reader (the CNI plugin, run at any
+// moment) sees the old or the new file, never a partial one. An identical
+// file is left alone, so its watchers see no change.
+func WriteEnv(path string, cfg *netconf.Config, lease Lease, mtu int, ipMasq bool) error {
+	content := EnvContent(cfg, lease, mtu, ipMasq)
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, content) {
 		return nil
 	}
@@ -38,28 +42,8 @@ func WriteFileAtomic(path string, content []byte, perm os.FileMode) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
+	if err := renameio.WriteFile(path, content, 0o644, renameio.WithTempDir(dir)); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op once renamed
-	if _, err := tmp.Write(content); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("syncing %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replacing %s: %w", path, err)
 	}
 	return nil
 }

@@ -5,10 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/overlayd/overlayd/netconf"
 )
 
 func TestEnvContentMatchesFlanneld(t *testing.T) {
-	cfg, err := ParseConfig([]byte(`{"Network": "10.244.0.0/16"}`))
+	cfg, err := netconf.Parse([]byte(`{"Network": "10.244.0.0/16"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -20,7 +22,7 @@ func TestEnvContentMatchesFlanneld(t *testing.T) {
 }
 
 func TestEnvContentDualStack(t *testing.T) {
-	cfg, err := ParseConfig([]byte(`{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56"}`))
+	cfg, err := netconf.Parse([]byte(`{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,10 +38,15 @@ func TestEnvContentDualStack(t *testing.T) {
 	}
 }
 
-func TestWriteFileAtomic(t *testing.T) {
+func TestWriteEnv(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "run", "flannel", "subnet.env")
-	if err := WriteFileAtomic(path, []byte("A=1\n"), 0o644); err != nil {
+	cfg, err := netconf.Parse([]byte(`{"Network": "10.244.0.0/16"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease := Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24")}
+	if err := WriteEnv(path, cfg, lease, 1450, true); err != nil {
 		t.Fatal(err)
 	}
 	before, err := os.Stat(path)
@@ -51,7 +58,7 @@ func TestWriteFileAtomic(t *testing.T) {
 	}
 
 	// Identical content leaves the file itself alone.
-	if err := WriteFileAtomic(path, []byte("A=1\n"), 0o644); err != nil {
+	if err := WriteEnv(path, cfg, lease, 1450, true); err != nil {
 		t.Fatal(err)
 	}
 	same, _ := os.Stat(path)
@@ -61,14 +68,14 @@ func TestWriteFileAtomic(t *testing.T) {
 
 	// New content replaces it by rename: the old inode stays intact for a
 	// reader that had it open, and no temporary file is left behind.
-	if err := WriteFileAtomic(path, []byte("A=2\n"), 0o644); err != nil {
+	if err := WriteEnv(path, cfg, lease, 1400, true); err != nil {
 		t.Fatal(err)
 	}
 	after, _ := os.Stat(path)
 	if os.SameFile(before, after) {
 		t.Fatal("file rewritten in place, not replaced")
 	}
-	if got, _ := os.ReadFile(path); string(got) != "A=2\n" {
+	if got, _ := os.ReadFile(path); string(got) != string(EnvContent(cfg, lease, 1400, true)) {
 		t.Fatalf("content %q", got)
 	}
 	entries, _ := os.ReadDir(filepath.Dir(path))

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 
 	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/subnet"
 )
@@ -21,7 +22,7 @@ type hostGW struct{}
 
 // New parses the Backend object of net-conf.json; host-gw has no options.
 func New(config json.RawMessage) (backend.Backend, error) {
-	if err := backend.DecodeOptions(config, &struct{}{}); err != nil {
+	if err := netconf.DecodeBackend(config, &struct{}{}); err != nil {
 		return nil, err
 	}
 	return hostGW{}, nil

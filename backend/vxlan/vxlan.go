@@ -17,6 +17,7 @@ import (
 	"net/netip"
 
 	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/subnet"
 )
@@ -58,16 +59,16 @@ type vxlanBackend struct{ opts Options }
 // New parses the Backend object of net-conf.json.
 func New(config json.RawMessage) (backend.Backend, error) {
 	opts := Options{VNI: 1, Port: DefaultPort}
-	if err := backend.DecodeOptions(config, &opts, "VNI", "Port", "GBP", "Learning", "MTU", "DirectRouting"); err != nil {
+	if err := netconf.DecodeBackend(config, &opts, "VNI", "Port", "GBP", "Learning", "MTU", "DirectRouting"); err != nil {
 		return nil, err
 	}
 	switch {
 	case opts.VNI < 1 || opts.VNI > 1<<24-1:
-		return nil, &subnet.ConfigError{Key: "Backend.VNI", Msg: fmt.Sprintf("%d is not a VXLAN network identifier (1 to 16777215)", opts.VNI)}
+		return nil, &netconf.Error{Key: "Backend.VNI", Msg: fmt.Sprintf("%d is not a VXLAN network identifier (1 to 16777215)", opts.VNI)}
 	case opts.Port < 1 || opts.Port > 65535:
-		return nil, &subnet.ConfigError{Key: "Backend.Port", Msg: fmt.Sprintf("%d is not a UDP port", opts.Port)}
+		return nil, &netconf.Error{Key: "Backend.Port", Msg: fmt.Sprintf("%d is not a UDP port", opts.Port)}
 	case opts.MTU != 0 && (opts.MTU < 576 || opts.MTU > 65535):
-		return nil, &subnet.ConfigError{Key: "Backend.MTU", Msg: fmt.Sprintf("%d is not a usable MTU (576 to 65535, or 0 for underlay MTU - %d)", opts.MTU, overhead)}
+		return nil, &netconf.Error{Key: "Backend.MTU", Msg: fmt.Sprintf("%d is not a usable MTU (576 to 65535, or 0 for underlay MTU - %d)", opts.MTU, overhead)}
 	}
 	return &vxlanBackend{opts: opts}, nil
 }

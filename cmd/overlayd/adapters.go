@@ -7,7 +7,10 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/google/renameio/v2"
+
 	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/rules"
 	"github.com/overlayd/overlayd/pkg/udptunnel"
 	"github.com/overlayd/overlayd/subnet"
@@ -29,7 +32,7 @@ func newRules(o *options, log *zap.Logger) (*trafficRules, error) {
 	return &trafficRules{m: m, ipMasq: o.ipMasq, forwardRules: o.iptablesForwardRules}, nil
 }
 
-func (r *trafficRules) Ensure(net *subnet.Config, lease subnet.Lease) error {
+func (r *trafficRules) Ensure(net *netconf.Config, lease subnet.Lease) error {
 	cfg := rules.Config{IPMasq: r.ipMasq, ForwardRules: r.forwardRules}
 	if net.EnableIPv4 {
 		cfg.Network, cfg.Subnet = net.Network, lease.Subnet
@@ -97,7 +100,7 @@ func (u *udpDatapath) Ensure(want *backend.UDPTunnel) error {
 	if err != nil || bytes.Equal(data, u.saved) {
 		return err
 	}
-	if err := subnet.WriteFileAtomic(u.cache, data, 0o600); err != nil {
+	if err := renameio.WriteFile(u.cache, data, 0o600); err != nil {
 		u.log.Warn("cannot save the udp peer table for a warm start", zap.Error(err))
 		return nil
 	}

@@ -72,7 +72,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("reading --net-config-path: %w", err)
 	}
-	netConf, be, err := backend.ParseConfig(data)
+	netConf, be, err := backend.Load(data)
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.netConfigPath, err)
 	}

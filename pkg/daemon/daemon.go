@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/filewatch"
 	"github.com/overlayd/overlayd/pkg/health"
 	"github.com/overlayd/overlayd/pkg/ip"
@@ -42,7 +43,7 @@ type Datapath interface {
 
 // Rules keeps the traffic (iptables) rules for the node's lease in place.
 type Rules interface {
-	Ensure(net *subnet.Config, lease subnet.Lease) error
+	Ensure(net *netconf.Config, lease subnet.Lease) error
 }
 
 // Events records what an operator should see on the Node (Kubernetes
@@ -63,7 +64,7 @@ const (
 // Config is everything the loop needs; the caller wires real parts in.
 type Config struct {
 	NodeName string
-	Net      *subnet.Config
+	Net      *netconf.Config
 	Backend  backend.Backend
 	Leases   subnet.Manager
 	Underlay *ip.External
@@ -104,7 +105,7 @@ type Daemon struct {
 	// startNet is the configuration the daemon started with. What cannot
 	// change live is the same in every configuration accepted since, so
 	// Reload compares with it without touching the loop's state.
-	startNet *subnet.Config
+	startNet *netconf.Config
 	pending  atomic.Pointer[pendingConfig] // offered by Reload, taken by the loop
 	ownRaw   json.RawMessage               // the Backend object in force
 	drains   []*drain
@@ -225,7 +226,7 @@ func (d *Daemon) beatUntil(ctx context.Context, started <-chan struct{}) {
 func (d *Daemon) writeSubnetFile() error {
 	c := d.cfg
 	mtu := c.Backend.MTU(d.node)
-	if err := subnet.WriteFileAtomic(c.SubnetFile, subnet.EnvContent(c.Net, d.node.Lease, mtu, c.IPMasq), 0o644); err != nil {
+	if err := subnet.WriteEnv(c.SubnetFile, c.Net, d.node.Lease, mtu, c.IPMasq); err != nil {
 		return fmt.Errorf("writing subnet file: %w", err)
 	}
 	d.log.Info("wrote subnet file", zap.String("path", c.SubnetFile), zap.Int("mtu", mtu))

@@ -38,7 +38,7 @@ func (s *staticLeases) Changed() <-chan struct{}                         { retur
 
 func newTestDaemon(t *testing.T, netConf string, peers ...subnet.Lease) *Daemon {
 	t.Helper()
-	cfg, be, err := backend.ParseConfig([]byte(netConf))
+	cfg, be, err := backend.Load([]byte(netConf))
 	if err != nil {
 		t.Fatal(err)
 	}

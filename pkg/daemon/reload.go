@@ -3,13 +3,12 @@ package daemon
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/overlayd/overlayd/backend"
-	"github.com/overlayd/overlayd/subnet"
+	"github.com/overlayd/overlayd/netconf"
 )
 
 // Drain timing of a backend the node no longer uses: its receiving side
@@ -25,12 +24,12 @@ const (
 // is returned and nothing changes when it is invalid or cannot be applied
 // live) and applied by the loop.
 func (d *Daemon) Reload(data []byte) error {
-	cfg, b, err := backend.ParseConfig(data)
+	cfg, b, err := backend.Load(data)
 	if err != nil {
 		configReloads.WithLabelValues("invalid").Inc()
 		return err
 	}
-	if err := liveChangeable(d.startNet, cfg); err != nil {
+	if err := netconf.CheckLiveChange(d.startNet, cfg); err != nil {
 		configReloads.WithLabelValues("refused").Inc()
 		return err
 	}
@@ -40,36 +39,9 @@ func (d *Daemon) Reload(data []byte) error {
 }
 
 type pendingConfig struct {
-	net     *subnet.Config
+	net     *netconf.Config
 	backend backend.Backend
 	raw     json.RawMessage
-}
-
-// liveChangeable refuses changes that would move pods' addresses or the
-// lease: they need a new network, not a reload.
-func liveChangeable(old, new *subnet.Config) error {
-	fixed := []struct {
-		key      string
-		old, new any
-	}{
-		{"Network", old.Network, new.Network},
-		{"SubnetLen", old.SubnetLen, new.SubnetLen},
-		{"SubnetMin", old.SubnetMin, new.SubnetMin},
-		{"SubnetMax", old.SubnetMax, new.SubnetMax},
-		{"EnableIPv4", old.EnableIPv4, new.EnableIPv4},
-		{"EnableIPv6", old.EnableIPv6, new.EnableIPv6},
-		{"IPv6Network", old.IPv6Network, new.IPv6Network},
-		{"IPv6SubnetLen", old.IPv6SubnetLen, new.IPv6SubnetLen},
-		{"IPv6SubnetMin", old.IPv6SubnetMin, new.IPv6SubnetMin},
-		{"IPv6SubnetMax", old.IPv6SubnetMax, new.IPv6SubnetMax},
-		{"LeaseMode", old.LeaseMode, new.LeaseMode},
-	}
-	for _, f := range fixed {
-		if f.old != f.new {
-			return &subnet.ConfigError{Key: f.key, Msg: fmt.Sprintf("changed from %v to %v, which cannot be applied to a running cluster (pods keep their addresses); the running configuration stays in force", f.old, f.new)}
-		}
-	}
-	return nil
 }
 
 // applyPending switches to a configuration offered by Reload. The old

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/subnet"
 )
 
@@ -82,7 +83,7 @@ func (k keys) only(a map[string]string) map[string]string {
 
 // encode renders attrs as the annotations peers read. Backend data is JSON;
 // a backend without data publishes "null", as flanneld's host-gw does.
-func (k keys) encode(net *subnet.Config, attrs subnet.LeaseAttrs) map[string]string {
+func (k keys) encode(net *netconf.Config, attrs subnet.LeaseAttrs) map[string]string {
 	a := map[string]string{
 		k.managed:     "true",
 		k.backendType: attrs.BackendType,
@@ -107,7 +108,7 @@ func rawOrNull(r json.RawMessage) string {
 
 // checkAttrs refuses attributes that would publish annotations no peer can
 // read: a missing backend type or public address, backend data that is not JSON.
-func checkAttrs(net *subnet.Config, attrs subnet.LeaseAttrs) error {
+func checkAttrs(net *netconf.Config, attrs subnet.LeaseAttrs) error {
 	if attrs.BackendType == "" {
 		return fmt.Errorf("lease attributes: BackendType is empty")
 	}
@@ -132,7 +133,7 @@ func checkAttrs(net *subnet.Config, attrs subnet.LeaseAttrs) error {
 
 // decode reads a peer's attributes from its annotations. The error says which
 // annotation is missing or malformed; missing tells the two apart.
-func (k keys) decode(net *subnet.Config, a map[string]string) (attrs subnet.LeaseAttrs, missing bool, err error) {
+func (k keys) decode(net *netconf.Config, a map[string]string) (attrs subnet.LeaseAttrs, missing bool, err error) {
 	if v, ok := a[k.managed]; !ok {
 		return attrs, true, fmt.Errorf("annotation %s is missing (no agent has published a lease for this node)", k.managed)
 	} else if v != "true" {
@@ -163,7 +164,7 @@ func (k keys) decode(net *subnet.Config, a map[string]string) (attrs subnet.Leas
 
 // decodeRecord decodes a peer's annotations for its record: the attributes,
 // or the problem that keeps the peer out of the snapshot.
-func (k keys) decodeRecord(net *subnet.Config, a map[string]string) (subnet.LeaseAttrs, *problem) {
+func (k keys) decodeRecord(net *netconf.Config, a map[string]string) (subnet.LeaseAttrs, *problem) {
 	attrs, missing, err := k.decode(net, a)
 	switch {
 	case err != nil && missing:

@@ -10,6 +10,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/subnet"
 	"github.com/overlayd/overlayd/test/controlplane"
 )
@@ -17,7 +18,7 @@ import (
 // overlaydAnnotations are valid annotations as an overlayd agent writes them.
 func overlaydAnnotations(publicIP, mac string) map[string]string {
 	k, _ := newKeys(DefaultAnnotationPrefix)
-	net := &subnet.Config{EnableIPv4: true}
+	net := &netconf.Config{EnableIPv4: true}
 	return k.encode(net, vxlanAttrs(publicIP, mac))
 }
 

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/subnet"
 	"github.com/overlayd/overlayd/test/controlplane"
 )
@@ -44,9 +45,9 @@ func clientFor(t testing.TB, cp *controlplane.ControlPlane, identity string) kub
 	return c
 }
 
-func mustNet(t testing.TB, conf string) *subnet.Config {
+func mustNet(t testing.TB, conf string) *netconf.Config {
 	t.Helper()
-	c, err := subnet.ParseConfig([]byte(conf))
+	c, err := netconf.Parse([]byte(conf))
 	if err != nil {
 		t.Fatal(err)
 	}

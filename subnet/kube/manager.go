@@ -35,6 +35,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	eventrecord "k8s.io/client-go/tools/record"
 
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/subnet"
 )
 
@@ -51,9 +52,9 @@ const (
 type Config struct {
 	Client           kubernetes.Interface // built by the caller with protobuf content type (see NewClientConfig)
 	NodeName         string
-	Net              *subnet.Config // parsed net-conf.json
-	AnnotationPrefix string         // --kube-annotation-prefix; default DefaultAnnotationPrefix
-	LeaseNamespace   string         // lease mode: where the Lease objects live; default kube-system
+	Net              *netconf.Config // parsed net-conf.json
+	AnnotationPrefix string          // --kube-annotation-prefix; default DefaultAnnotationPrefix
+	LeaseNamespace   string          // lease mode: where the Lease objects live; default kube-system
 	// LeaseDuration is the validity of a Lease object without renewal in
 	// lease mode; default DefaultLeaseDuration.
 	LeaseDuration time.Duration
@@ -80,7 +81,7 @@ type modeImpl interface {
 
 type manager struct {
 	cfg  Config
-	net  *subnet.Config
+	net  *netconf.Config
 	keys keys
 	log  *zap.Logger
 	mode modeImpl
@@ -163,9 +164,9 @@ func newManager(cfg Config) (*manager, error) {
 		reported: map[string]problem{},
 	}
 	switch cfg.Net.LeaseMode {
-	case subnet.LeaseModePodCIDR, "":
+	case netconf.LeaseModePodCIDR, "":
 		m.mode = &podCIDRMode{m: m}
-	case subnet.LeaseModeLease:
+	case netconf.LeaseModeLease:
 		m.mode = &leaseMode{m: m, own: map[string]*ownLease{}}
 	default:
 		return nil, fmt.Errorf("kube lease store: unknown LeaseMode %q", cfg.Net.LeaseMode)

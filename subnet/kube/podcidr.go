@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/informers/internalinterfaces"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/subnet"
 )
 
@@ -72,7 +73,7 @@ func (p *podCIDRMode) nodeRecord(meta *metav1.ObjectMeta, spec *corev1.NodeSpec)
 }
 
 // podCIDRs returns the node's pod subnets of the enabled families.
-func podCIDRs(net *subnet.Config, spec *corev1.NodeSpec) (v4, v6 netip.Prefix, p problem) {
+func podCIDRs(net *netconf.Config, spec *corev1.NodeSpec) (v4, v6 netip.Prefix, p problem) {
 	cidrs := spec.PodCIDRs
 	if len(cidrs) == 0 && spec.PodCIDR != "" {
 		cidrs = []string{spec.PodCIDR}

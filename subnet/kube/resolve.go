@@ -11,6 +11,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/ip"
 	"github.com/overlayd/overlayd/subnet"
 )
@@ -147,7 +148,7 @@ type skip struct {
 // (creation time, then name) keeps it and later overlapping claims are
 // refused, so a rogue or stale object can never take a subnet away from its
 // holder, and removing the rogue changes nothing for the holder.
-func resolve(net *subnet.Config, self string, records []*record) resolution {
+func resolve(net *netconf.Config, self string, records []*record) resolution {
 	res := resolution{skipped: map[string]skip{}}
 	skipRecord := func(r *record, p problem) {
 		if r.node == self {
@@ -272,7 +273,7 @@ func resolve(net *subnet.Config, self string, records []*record) resolution {
 // claim order): the first of each address family; the lease's attributes
 // are the first record's. subnetP says a family's subnet is missing, attrsP
 // that the published attributes are unusable.
-func merge(net *subnet.Config, rs []*record) (used []bool, subnetP, attrsP problem) {
+func merge(net *netconf.Config, rs []*record) (used []bool, subnetP, attrsP problem) {
 	var lease subnet.Lease
 	used = make([]bool, len(rs))
 	for i, r := range rs {
@@ -301,7 +302,7 @@ func merge(net *subnet.Config, rs []*record) (used []bool, subnetP, attrsP probl
 }
 
 // outsideNetwork refuses a record claiming space outside the configured networks.
-func outsideNetwork(net *subnet.Config, r *record) problem {
+func outsideNetwork(net *netconf.Config, r *record) problem {
 	check := func(p, network netip.Prefix, enabled bool, key string) problem {
 		if !p.IsValid() {
 			return problem{}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/subnet"
 )
 
@@ -58,7 +59,7 @@ func rec(node string, created int, v4 string) *record {
 }
 
 func TestResolveKeepsTheEarliestClaim(t *testing.T) {
-	net := &subnet.Config{EnableIPv4: true, Network: netip.MustParsePrefix("10.244.0.0/16")}
+	net := &netconf.Config{EnableIPv4: true, Network: netip.MustParsePrefix("10.244.0.0/16")}
 	holder := rec("node-b", 100, "10.244.2.0/24")
 	sameSecondLaterName := rec("node-c", 100, "10.244.2.0/24")
 	earlierName := rec("a-later", 101, "10.244.2.0/25") // inside node-b's subnet
@@ -110,7 +111,7 @@ func TestResolveKeepsTheEarliestClaim(t *testing.T) {
 }
 
 func TestResolveMergesLeasesPerNode(t *testing.T) {
-	net := &subnet.Config{EnableIPv4: true, Network: netip.MustParsePrefix("10.244.0.0/16"),
+	net := &netconf.Config{EnableIPv4: true, Network: netip.MustParsePrefix("10.244.0.0/16"),
 		EnableIPv6: true, IPv6Network: netip.MustParsePrefix("fd00::/56")}
 	v4 := rec("n1", 1, "10.244.1.0/24")
 	v4.key, v4.name = "ns/subnet-10-244-1-0-24", "subnet-10-244-1-0-24"

@@ -29,8 +29,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/ip"
-	"github.com/overlayd/overlayd/subnet"
 	"github.com/overlayd/overlayd/test/controlplane"
 	"github.com/overlayd/overlayd/test/lab"
 )
@@ -105,7 +105,7 @@ type Options struct {
 // Cluster is a control plane, a lab of nodes, an agent per node and pods.
 // A field is nil until the step that makes it has run.
 type Cluster struct {
-	Net    *subnet.Config // Options.NetConf, parsed
+	Net    *netconf.Config // Options.NetConf, parsed
 	CP     *controlplane.ControlPlane
 	Admin  kubernetes.Interface
 	Lab    *lab.Lab
@@ -123,7 +123,7 @@ func Prepare(opts Options) (*Cluster, error) {
 	if opts.Prefix == "" {
 		return nil, errors.New("cluster: Options.Prefix is required")
 	}
-	netConf, err := subnet.ParseConfig([]byte(opts.NetConf))
+	netConf, err := netconf.Parse([]byte(opts.NetConf))
 	if err != nil {
 		return nil, fmt.Errorf("cluster: Options.NetConf: %w", err)
 	}

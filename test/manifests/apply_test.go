@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/subnet"
 	"github.com/overlayd/overlayd/subnet/kube"
 	"github.com/overlayd/overlayd/test/controlplane"
@@ -108,11 +109,11 @@ func TestShippedRBACRunsTheAgent(t *testing.T) {
 	}
 
 	t.Run("podCIDR mode", func(t *testing.T) {
-		cfg, _, err := backend.ParseConfig([]byte(netConf))
+		cfg, _, err := backend.Load([]byte(netConf))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cfg.LeaseMode != subnet.LeaseModePodCIDR {
+		if cfg.LeaseMode != netconf.LeaseModePodCIDR {
 			t.Fatalf("the shipped net-conf.json is in lease mode %q; this subtest is about podCIDR mode", cfg.LeaseMode)
 		}
 		createNode(t, admin, "manifests-podcidr", "10.244.7.0/24")
@@ -136,7 +137,7 @@ func TestShippedRBACRunsTheAgent(t *testing.T) {
 		}
 		conf["LeaseMode"] = "lease"
 		data, _ := json.Marshal(conf)
-		cfg, _, err := backend.ParseConfig(data)
+		cfg, _, err := backend.Load(data)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -170,7 +171,7 @@ func createNode(t *testing.T, c kubernetes.Interface, name, podCIDR string) {
 }
 
 // acquire runs the lease store as the agent would and returns its lease.
-func acquire(t *testing.T, client kubernetes.Interface, node string, cfg *subnet.Config, namespace string) subnet.Lease {
+func acquire(t *testing.T, client kubernetes.Interface, node string, cfg *netconf.Config, namespace string) subnet.Lease {
 	t.Helper()
 	m, err := kube.New(kube.Config{
 		Client:                    client,

@@ -11,8 +11,8 @@ import (
 	_ "github.com/overlayd/overlayd/backend/hostgw"
 	_ "github.com/overlayd/overlayd/backend/udp"
 	_ "github.com/overlayd/overlayd/backend/vxlan"
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/ip"
-	"github.com/overlayd/overlayd/subnet"
 )
 
 // conflist parses a CNI network configuration list with libcni, the parser
@@ -91,11 +91,11 @@ func TestCNIConfig(t *testing.T) {
 // parser, backend options included.
 func TestNetConf(t *testing.T) {
 	data := configMap(t, overlaydObjects(t), "kube-overlayd-cfg").Data["net-conf.json"]
-	cfg, b, err := backend.ParseConfig([]byte(data))
+	cfg, b, err := backend.Load([]byte(data))
 	if err != nil {
 		t.Fatalf("net-conf.json: %v", err)
 	}
-	if cfg.LeaseMode != subnet.LeaseModePodCIDR || !cfg.EnableIPv4 || cfg.EnableIPv6 {
+	if cfg.LeaseMode != netconf.LeaseModePodCIDR || !cfg.EnableIPv4 || cfg.EnableIPv6 {
 		t.Errorf("net-conf.json: lease mode %s, IPv4 %t, IPv6 %t; the documentation describes podCIDR mode, IPv4 only", cfg.LeaseMode, cfg.EnableIPv4, cfg.EnableIPv6)
 	}
 	if b.Type() != "vxlan" {
@@ -127,11 +127,11 @@ func TestCalicoCNIConfig(t *testing.T) {
 	wantField(t, "portmap", portmap, true, "capabilities", "portMappings")
 
 	netConf := configMap(t, canal, "kube-overlayd-cfg").Data["net-conf.json"]
-	cfg, b, err := backend.ParseConfig([]byte(netConf))
+	cfg, b, err := backend.Load([]byte(netConf))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.LeaseMode != subnet.LeaseModePodCIDR {
+	if cfg.LeaseMode != netconf.LeaseModePodCIDR {
 		t.Errorf("lease mode %s: usePodCidr gives pods addresses from spec.podCIDR, which is the overlayd lease only in podCIDR mode", cfg.LeaseMode)
 	}
 	podMTU := b.MTU(backend.Node{Underlay: &ip.External{Iface: ip.Interface{MTU: 1500}}})
@@ -154,7 +154,7 @@ func TestEveryNetConfParses(t *testing.T) {
 				name := s.name + ": ConfigMap " + cm.Name + " " + key
 				switch {
 				case key == "net-conf.json":
-					if _, _, err := backend.ParseConfig([]byte(data)); err != nil {
+					if _, _, err := backend.Load([]byte(data)); err != nil {
 						t.Errorf("%s: %v", name, err)
 					}
 				case key == "cni-conf.json" || key == "cni_network_config":

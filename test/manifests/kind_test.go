@@ -39,7 +39,7 @@ func TestKindConfig(t *testing.T) {
 	// The network overlayd gets on kind is the one kube-controller-manager
 	// assigns podCIDRs from. kubeadm (which kind runs) gives IPv4 nodes /24s.
 	rendered := decode(t, "hack/kind", render(t, "hack/kind"))
-	cfg, _, err := backend.ParseConfig([]byte(configMap(t, rendered, "kube-overlayd-cfg").Data["net-conf.json"]))
+	cfg, _, err := backend.Load([]byte(configMap(t, rendered, "kube-overlayd-cfg").Data["net-conf.json"]))
 	if err != nil {
 		t.Fatal(err)
 	}

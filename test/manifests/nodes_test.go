@@ -44,7 +44,7 @@ func TestDaemonSetOnNodes(t *testing.T) {
 	c := container(t, spec, "overlayd", false)
 	cm := configMap(t, objs, "kube-overlayd-cfg")
 	netConf := cm.Data["net-conf.json"]
-	cfg, _, err := backend.ParseConfig([]byte(netConf))
+	cfg, _, err := backend.Load([]byte(netConf))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,8 +23,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/daemon"
-	"github.com/overlayd/overlayd/subnet"
 	"github.com/overlayd/overlayd/subnet/kube"
 )
 
@@ -59,7 +59,7 @@ func probe() (r Result, err error) {
 	if err != nil {
 		return r, fmt.Errorf("OVERLAYD_PROBE_PEERS: %w", err)
 	}
-	net, err := subnet.ParseConfig([]byte(os.Getenv("OVERLAYD_PROBE_NETCONF")))
+	net, err := netconf.Parse([]byte(os.Getenv("OVERLAYD_PROBE_NETCONF")))
 	if err != nil {
 		return r, err
 	}

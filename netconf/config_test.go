@@ -1,4 +1,4 @@
-package subnet
+package netconf
 
 import (
 	"errors"
@@ -52,7 +52,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := ParseConfig([]byte(tt.json))
+			cfg, err := Parse([]byte(tt.json))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -73,7 +73,7 @@ func TestParseConfigDefaults(t *testing.T) {
 }
 
 func TestParseConfigIPv6Only(t *testing.T) {
-	cfg, err := ParseConfig([]byte(`{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/48", "IPv6SubnetLen": 80}`))
+	cfg, err := Parse([]byte(`{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/48", "IPv6SubnetLen": 80}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,13 +136,13 @@ func TestParseConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := ParseConfig([]byte(tt.json))
+			cfg, err := Parse([]byte(tt.json))
 			if err == nil {
 				t.Fatalf("accepted: %+v", cfg)
 			}
-			var ce *ConfigError
+			var ce *Error
 			if !errors.As(err, &ce) {
-				t.Fatalf("error %v is not a *ConfigError", err)
+				t.Fatalf("error %v is not a *Error", err)
 			}
 			if ce.Key != tt.key {
 				t.Errorf("error names key %q, want %q (%v)", ce.Key, tt.key, err)
@@ -162,7 +162,7 @@ func TestCheckKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := CheckKeys("Backend", []byte(`{"Type": "vxlan", "VNl": 4}`), "Type", "VNI")
-	var ce *ConfigError
+	var ce *Error
 	if !errors.As(err, &ce) || ce.Key != "Backend.VNl" {
 		t.Fatalf("err = %v, want one naming Backend.VNl", err)
 	}
@@ -170,7 +170,7 @@ func TestCheckKeys(t *testing.T) {
 
 // FuzzParseConfig checks that no input crashes the parser and that whatever
 // it accepts is internally consistent.
-func FuzzParseConfig(f *testing.F) {
+func FuzzParse(f *testing.F) {
 	seeds := []string{
 		`{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}`,
 		`{"Network": "10.10.0.0/24", "SubnetLen": 28, "SubnetMin": "10.10.0.16", "SubnetMax": "10.10.0.224"}`,
@@ -184,11 +184,11 @@ func FuzzParseConfig(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := ParseConfig(data)
+		cfg, err := Parse(data)
 		if err != nil {
-			var ce *ConfigError
+			var ce *Error
 			if !errors.As(err, &ce) {
-				t.Fatalf("error %v is not a *ConfigError", err)
+				t.Fatalf("error %v is not a *Error", err)
 			}
 			return
 		}
