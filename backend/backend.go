@@ -6,7 +6,6 @@ package backend
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/ip"
-	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/subnet"
 )
 
@@ -42,50 +40,6 @@ type Backend interface {
 	// this backend's type. A *SkipError means the peer cannot be reached
 	// this way; the daemon logs and counts it and carries on.
 	Peer(n Node, peer subnet.Lease, st *State) error
-}
-
-// State is the desired state of the whole node.
-type State struct {
-	kernel.State
-	UDP *UDPTunnel // the userspace datapath, when a udp backend needs it
-}
-
-// UDPTunnel is the desired userspace udp datapath.
-type UDPTunnel struct {
-	Device string
-	Port   int
-	Peers  map[netip.Prefix]netip.AddrPort // peer pod subnet -> peer public IP and port
-	// Sources are the public IPs of every peer: any of them may send to
-	// this node over udp, whatever this node uses to reach it.
-	Sources []netip.Addr
-}
-
-// SkipError says a peer is skipped, and why (Reason is a metric label).
-type SkipError struct {
-	Reason string
-	Err    error
-}
-
-func (e *SkipError) Error() string { return e.Reason + ": " + e.Err.Error() }
-func (e *SkipError) Unwrap() error { return e.Err }
-
-// Skip returns a *SkipError.
-func Skip(reason, format string, args ...any) error {
-	return &SkipError{Reason: reason, Err: fmt.Errorf(format, args...)}
-}
-
-// Reasons a peer is skipped.
-const (
-	SkipBadBackendData = "bad_backend_data"
-	SkipNotOnLink      = "not_on_link"
-	SkipUnknownBackend = "unknown_backend"
-)
-
-// IsSkip reports whether err says the peer is to be skipped.
-func IsSkip(err error) (*SkipError, bool) {
-	var s *SkipError
-	ok := errors.As(err, &s)
-	return s, ok
 }
 
 // Factory builds a backend from its net-conf.json Backend object, checking
@@ -161,48 +115,4 @@ func OnLink(n Node, peerIP netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// Clone returns a copy of s that shares nothing mutable with it.
-func (s State) Clone() State {
-	c := State{State: kernel.State{
-		Links:  append([]kernel.Link(nil), s.Links...),
-		Routes: append([]kernel.Route(nil), s.Routes...),
-		Neighs: append([]kernel.Neigh(nil), s.Neighs...),
-		FDB:    append([]kernel.FDBEntry(nil), s.FDB...),
-	}}
-	if s.UDP != nil {
-		u := *s.UDP
-		u.Sources = append([]netip.Addr(nil), s.UDP.Sources...)
-		u.Peers = make(map[netip.Prefix]netip.AddrPort, len(s.UDP.Peers))
-		for k, v := range s.UDP.Peers {
-			u.Peers[k] = v
-		}
-		c.UDP = &u
-	}
-	return c
-}
-
-// Merge adds o to s: links shared by both must agree, udp peers are joined.
-func (s *State) Merge(o State) error {
-	for _, l := range o.Links {
-		if err := s.AddLink(l); err != nil {
-			return err
-		}
-	}
-	s.Routes = append(s.Routes, o.Routes...)
-	s.Neighs = append(s.Neighs, o.Neighs...)
-	s.FDB = append(s.FDB, o.FDB...)
-	if o.UDP != nil {
-		if s.UDP == nil {
-			s.UDP = &UDPTunnel{Device: o.UDP.Device, Port: o.UDP.Port, Peers: map[netip.Prefix]netip.AddrPort{}}
-		}
-		if s.UDP.Device != o.UDP.Device || s.UDP.Port != o.UDP.Port {
-			return fmt.Errorf("udp datapath wanted on both %s:%d and %s:%d", s.UDP.Device, s.UDP.Port, o.UDP.Device, o.UDP.Port)
-		}
-		for k, v := range o.UDP.Peers {
-			s.UDP.Peers[k] = v
-		}
-	}
-	return nil
 }

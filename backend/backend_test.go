@@ -201,12 +201,49 @@ func TestUDP(t *testing.T) {
 	if len(st.Links) != 1 || st.Links[0].Kind != kernel.KindTUN || st.Links[0].Name != "overlay0" {
 		t.Fatalf("links %+v", st.Links)
 	}
-	if st.UDP == nil || st.UDP.Port != 8285 ||
-		st.UDP.Peers[netip.MustParsePrefix("10.244.2.0/24")] != netip.MustParseAddrPort("198.18.0.12:8285") ||
-		st.UDP.Peers[netip.MustParsePrefix("10.244.3.0/24")] != netip.MustParseAddrPort("198.19.7.13:9000") {
-		t.Fatalf("udp %+v", st.UDP)
+	spec, ok := st.Datapath(udp.Type).(*udp.Spec)
+	if !ok || spec.Port != 8285 || spec.Device != "overlay0" || len(spec.Peers) != 2 ||
+		spec.Peers[netip.MustParsePrefix("10.244.2.0/24")] != netip.MustParseAddrPort("198.18.0.12:8285") ||
+		spec.Peers[netip.MustParsePrefix("10.244.3.0/24")] != netip.MustParseAddrPort("198.19.7.13:9000") {
+		t.Fatalf("udp datapath %+v", st.Datapaths)
 	}
 	if st.Routes[0] != (kernel.Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Dev: "overlay0"}) {
 		t.Fatalf("route %+v", st.Routes[0])
+	}
+}
+
+// Two parts of the desired state may want the same datapath: their peers
+// are joined, a copy shares nothing with the original, and two ports for
+// one device are refused.
+func TestStateMergesDatapaths(t *testing.T) {
+	b := mustNew(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`)
+	var one, two backend.State
+	if err := b.Peer(node, peer("node-b", "10.244.2.0/24", "198.18.0.12", udp.Type, ``), &one); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Peer(node, peer("node-c", "10.244.3.0/24", "198.18.0.13", udp.Type, ``), &two); err != nil {
+		t.Fatal(err)
+	}
+	merged := one.Clone()
+	if err := merged.Merge(two); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(merged.Datapath(udp.Type).(*udp.Spec).Peers); n != 2 {
+		t.Fatalf("merged udp peers: %d, want 2", n)
+	}
+	if n := len(one.Datapath(udp.Type).(*udp.Spec).Peers); n != 1 {
+		t.Fatalf("merging into a clone changed the original: %d peers", n)
+	}
+	if len(merged.Links) != 1 || len(merged.Routes) != 2 {
+		t.Fatalf("merged kernel state %+v", merged.State)
+	}
+
+	other := mustNew(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000}}`)
+	var three backend.State
+	if err := other.Local(node, &three); err != nil {
+		t.Fatal(err)
+	}
+	if err := merged.Merge(three); err == nil || !strings.Contains(err.Error(), "udp datapath wanted on both") {
+		t.Fatalf("two ports for one device: %v", err)
 	}
 }

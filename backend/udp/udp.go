@@ -13,14 +13,12 @@ import (
 	"github.com/overlayd/overlayd/backend"
 	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/kernel"
+	"github.com/overlayd/overlayd/pkg/udptunnel"
 	"github.com/overlayd/overlayd/subnet"
 )
 
 // Type is the backend's name, as in flannel.
 const Type = "udp"
-
-// DefaultPort is flannel's udp port.
-const DefaultPort = 8285
 
 // DeviceName is the TUN device.
 const DeviceName = "overlay0"
@@ -28,7 +26,10 @@ const DeviceName = "overlay0"
 // overhead is what the tunnel adds: outer IPv4 20, UDP 8.
 const overhead = 28
 
-func init() { backend.Register(Type, New) }
+func init() {
+	backend.Register(Type, New)
+	backend.RegisterDatapath(Type, openDatapath)
+}
 
 // Options are the backend's net-conf.json keys.
 type Options struct {
@@ -46,7 +47,7 @@ type udpBackend struct{ opts Options }
 
 // New parses the Backend object of net-conf.json.
 func New(config json.RawMessage) (backend.Backend, error) {
-	opts := Options{Port: DefaultPort}
+	opts := Options{Port: udptunnel.DefaultPort}
 	if err := netconf.DecodeBackend(config, &opts, "Port", "MTU"); err != nil {
 		return nil, err
 	}
@@ -83,16 +84,13 @@ func (b *udpBackend) Local(n backend.Node, st *backend.State) error {
 	}); err != nil {
 		return err
 	}
-	if st.UDP == nil {
-		st.UDP = &backend.UDPTunnel{Device: DeviceName, Port: b.opts.Port, Peers: map[netip.Prefix]netip.AddrPort{}}
-	}
-	return nil
+	return st.AddDatapath(Type, newSpec(b.opts.Port))
 }
 
 // Peer routes the peer's subnet into the TUN and tells the datapath where
 // to send it.
 func (b *udpBackend) Peer(n backend.Node, peer subnet.Lease, st *backend.State) error {
-	port := DefaultPort
+	port := udptunnel.DefaultPort
 	if len(peer.Attrs.BackendData) > 0 && string(peer.Attrs.BackendData) != "null" {
 		var d Data
 		if err := json.Unmarshal(peer.Attrs.BackendData, &d); err != nil {
@@ -109,6 +107,6 @@ func (b *udpBackend) Peer(n backend.Node, peer subnet.Lease, st *backend.State) 
 		return err
 	}
 	st.Routes = append(st.Routes, kernel.Route{Dst: peer.Subnet, Dev: DeviceName})
-	st.UDP.Peers[peer.Subnet] = netip.AddrPortFrom(peer.Attrs.PublicIP, uint16(port))
+	st.Datapath(Type).(*Spec).Peers[peer.Subnet] = netip.AddrPortFrom(peer.Attrs.PublicIP, uint16(port))
 	return nil
 }

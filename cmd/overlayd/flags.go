@@ -144,6 +144,10 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 	if envErr != nil {
 		return nil, envErr
 	}
+	// In a DaemonSet the Leases live in the agent's own namespace.
+	if ns := getenv("POD_NAMESPACE"); ns != "" {
+		o.leaseNamespace = ns
+	}
 	if o.version {
 		return o, nil
 	}

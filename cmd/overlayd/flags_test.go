@@ -161,3 +161,19 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("missing net-conf: exit %d\n%s", cmd.ProcessState.ExitCode(), out)
 	}
 }
+
+// In a DaemonSet the Leases live in the agent's namespace: POD_NAMESPACE
+// (from the downward API) wins over --lease-namespace.
+func TestPodNamespaceIsTheLeaseNamespace(t *testing.T) {
+	o, err := parseOptions([]string{"--lease-namespace", "leases"}, env(nil), &bytes.Buffer{})
+	if err != nil || o.leaseNamespace != "leases" {
+		t.Fatalf("flag: %v %+v", err, o)
+	}
+	o, err = parseOptions([]string{"--lease-namespace", "leases"}, env(map[string]string{"POD_NAMESPACE": "kube-flannel"}), &bytes.Buffer{})
+	if err != nil || o.leaseNamespace != "kube-flannel" {
+		t.Fatalf("POD_NAMESPACE: %v, lease namespace %q", err, o.leaseNamespace)
+	}
+	if _, err := parseOptions(nil, env(map[string]string{"POD_NAMESPACE": "Not_A_Namespace"}), &bytes.Buffer{}); err == nil {
+		t.Fatal("invalid POD_NAMESPACE accepted")
+	}
+}

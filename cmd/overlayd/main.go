@@ -24,13 +24,14 @@ import (
 	_ "github.com/overlayd/overlayd/backend/hostgw"
 	_ "github.com/overlayd/overlayd/backend/udp"
 	_ "github.com/overlayd/overlayd/backend/vxlan"
-	"github.com/overlayd/overlayd/pkg/daemon"
 	"github.com/overlayd/overlayd/pkg/health"
 	"github.com/overlayd/overlayd/pkg/ip"
 	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/pkg/logging"
 	"github.com/overlayd/overlayd/pkg/metrics"
+	"github.com/overlayd/overlayd/pkg/rules"
 	"github.com/overlayd/overlayd/pkg/version"
+	"github.com/overlayd/overlayd/reconcile"
 	"github.com/overlayd/overlayd/subnet/kube"
 )
 
@@ -47,7 +48,7 @@ func main() {
 		fmt.Println(version.Version)
 		return
 	}
-	daemon.TuneGC()
+	reconcile.TuneGC()
 	log, err := logging.New(opts.logLevel, opts.logFormat)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "overlayd: %v\n", err)
@@ -64,9 +65,12 @@ func main() {
 
 func run(ctx context.Context, o *options, log *zap.Logger) error {
 	log.Info("starting overlayd", zap.String("version", version.Version))
-	datapath := newDatapath(filepath.Join(filepath.Dir(o.subnetFile), "overlayd-udp.json"), log.Named("udp"))
-	defer datapath.Close()
-	datapath.WarmStart()
+	// Userspace datapaths resume first: they forward nothing until opened.
+	datapaths, err := backend.OpenDatapaths(backend.DatapathEnv{StateDir: filepath.Dir(o.subnetFile), Log: log.Named("datapath")})
+	if err != nil {
+		return err
+	}
+	defer datapaths.Close()
 
 	data, err := os.ReadFile(o.netConfigPath)
 	if err != nil {
@@ -96,16 +100,12 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	leaseNS := o.leaseNamespace
-	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
-		leaseNS = ns
-	}
 	leases, err := kube.New(kube.Config{
 		Client:                    client,
 		NodeName:                  nodeName,
 		Net:                       netConf,
 		AnnotationPrefix:          o.kubeAnnotationPrefix,
-		LeaseNamespace:            leaseNS,
+		LeaseNamespace:            o.leaseNamespace,
 		SetNodeNetworkUnavailable: o.setNodeNetUnavail,
 		Log:                       log.Named("leases"),
 	})
@@ -118,7 +118,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		return err
 	}
 	defer reconciler.Close()
-	rules, err := newRules(o, log.Named("iptables"))
+	trafficRules, err := rules.New(log.Named("iptables"))
 	if err != nil {
 		return err
 	}
@@ -138,26 +138,27 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		log.Info("serving /metrics", zap.String("addr", o.metricsAddr))
 	}
 
-	d := daemon.New(daemon.Config{
+	loop := reconcile.New(reconcile.Config{
 		NodeName:      nodeName,
 		Net:           netConf,
 		Backend:       be,
 		Leases:        leases,
 		Underlay:      underlay,
 		Kernel:        reconciler,
-		Datapath:      datapath,
-		Rules:         rules,
+		Datapaths:     datapaths,
+		Rules:         trafficRules,
 		NetConfigPath: o.netConfigPath,
 		NetConfig:     data,
 		SubnetFile:    o.subnetFile,
 		IPMasq:        o.ipMasq,
+		ForwardRules:  o.iptablesForwardRules,
 		ResyncPeriod:  o.resyncPeriod,
 		RulesResync:   time.Duration(o.iptablesResync) * time.Second,
 		Status:        status,
 		Events:        kube.NewNodeEvents(ctx, client, nodeName),
 		Log:           log.Named("daemon"),
 	})
-	return d.Run(ctx)
+	return loop.Run(ctx)
 }
 
 // nodeName is NODE_NAME, else the node of the pod POD_NAMESPACE/POD_NAME,

@@ -7,11 +7,7 @@ import (
 )
 
 var (
-	peersSkipped = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metrics.Namespace,
-		Name:      "peers_skipped_total",
-		Help:      "Peers left out of the snapshot, counted once each time a peer's problem changes, by reason.",
-	}, []string{"reason"})
+	peersSkipped = metrics.PeersSkipped
 	leasesGauge = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: metrics.Namespace,
 		Name:      "leases",
@@ -20,7 +16,7 @@ var (
 )
 
 func init() {
-	metrics.MustRegister(peersSkipped, leasesGauge)
+	metrics.MustRegister(leasesGauge)
 	// Show every reason from the start, at zero.
 	for _, r := range []string{reasonMissingSubnet, reasonMalformedSubnet, reasonOutsideNetwork, reasonOverlap,
 		reasonDuplicate, reasonMissingAnnotations, reasonMalformedAnnotations} {

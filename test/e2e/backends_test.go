@@ -138,7 +138,7 @@ func TestHostGWSkipsPeersNotOnLink(t *testing.T) {
 		if hasRoute(t, n, farLease.subnet.String()) {
 			t.Errorf("%s has a route to %s, which is not on its link", n.Name, far.Name)
 		}
-		if v := metricValue(t, c, n, `overlayd_backend_peers_skipped_total{reason="not_on_link"}`); v < 1 {
+		if v := metricValue(t, c, n, `overlayd_peers_skipped_total{reason="not_on_link"}`); v < 1 {
 			t.Errorf("%s: not_on_link skip not counted (%v)", n.Name, v)
 		}
 		if log := c.Agents[n.Name].Log(); !containsAll(log, "skipping peer", far.Name, "not_on_link") {

@@ -82,7 +82,7 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, family := range []string{
-		"overlayd_leases", "overlayd_peers_skipped_total", "overlayd_backend_peers_skipped_total",
+		"overlayd_leases", "overlayd_peers_skipped_total",
 		"overlayd_reconcile_runs_total", "overlayd_reconcile_errors_total", "overlayd_reconcile_duration_seconds",
 		"overlayd_kernel_entries", "overlayd_repairs_total", "overlayd_config_reloads_total",
 		"overlayd_udp_packets_total", "overlayd_udp_bytes_total", "overlayd_udp_drops_total",

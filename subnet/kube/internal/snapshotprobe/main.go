@@ -24,7 +24,7 @@ import (
 	"time"
 
 	"github.com/overlayd/overlayd/netconf"
-	"github.com/overlayd/overlayd/pkg/daemon"
+	"github.com/overlayd/overlayd/reconcile"
 	"github.com/overlayd/overlayd/subnet/kube"
 )
 
@@ -41,7 +41,7 @@ type Result struct {
 }
 
 func main() {
-	daemon.TuneGC() // as the daemon runs
+	reconcile.TuneGC() // as the daemon runs
 	r, err := probe()
 	if err != nil {
 		r.Error = err.Error()

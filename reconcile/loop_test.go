@@ -1,4 +1,4 @@
-package daemon
+package reconcile
 
 import (
 	"context"
@@ -36,7 +36,7 @@ func (s *staticLeases) Run(ctx context.Context) error                    { <-ctx
 func (s *staticLeases) Peers() ([]subnet.Lease, bool)                    { return s.peers, true }
 func (s *staticLeases) Changed() <-chan struct{}                         { return nil }
 
-func newTestDaemon(t *testing.T, netConf string, peers ...subnet.Lease) *Daemon {
+func newTestLoop(t *testing.T, netConf string, peers ...subnet.Lease) *Loop {
 	t.Helper()
 	cfg, be, err := backend.Load([]byte(netConf))
 	if err != nil {
@@ -79,7 +79,7 @@ func routeTo(st backend.State, dst string) (kernel.Route, bool) {
 
 // Each peer is reached by the means it publishes, whatever our own backend.
 func TestDesiredMixesBackendsByPeer(t *testing.T) {
-	d := newTestDaemon(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`)
+	d := newTestLoop(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`)
 	st, err := d.desired([]subnet.Lease{
 		lease("b", "10.244.2.0/24", "198.18.0.12", "vxlan", vxData("b")),
 		lease("c", "10.244.3.0/24", "198.18.0.13", "host-gw", ``),
@@ -97,22 +97,22 @@ func TestDesiredMixesBackendsByPeer(t *testing.T) {
 	if r, _ := routeTo(st, "10.244.4.0/24"); r.Dev != "overlay0" {
 		t.Errorf("udp peer route %+v", r)
 	}
-	if st.UDP == nil || st.UDP.Peers[netip.MustParsePrefix("10.244.4.0/24")] != netip.MustParseAddrPort("198.18.0.14:8285") {
-		t.Errorf("udp datapath %+v", st.UDP)
+	if st.Datapath("udp") == nil {
+		t.Errorf("datapaths %+v, want the udp peer's", st.Datapaths)
 	}
 	if len(st.Links) != 2 {
 		t.Errorf("links %+v, want the vxlan device and the TUN", st.Links)
 	}
-	// Every peer may send over udp to this node, whatever reaches it.
-	if fmt.Sprint(st.UDP.Sources) != "[198.18.0.12 198.18.0.13 198.18.0.14]" {
-		t.Errorf("udp sources %v, want every peer's public IP", st.UDP.Sources)
+	// Every peer may send to this node's datapath, whatever reaches it.
+	if fmt.Sprint(st.Senders) != "[198.18.0.12 198.18.0.13 198.18.0.14]" {
+		t.Errorf("senders %v, want every peer's public IP", st.Senders)
 	}
 }
 
 // A bad peer is skipped without leaving anything behind and without
 // affecting the good ones; one that recovers is reached again.
 func TestDesiredSkipsBadPeers(t *testing.T) {
-	d := newTestDaemon(t, `{"Network":"10.244.0.0/16"}`)
+	d := newTestLoop(t, `{"Network":"10.244.0.0/16"}`)
 	good := lease("b", "10.244.2.0/24", "198.18.0.12", "vxlan", vxData("b"))
 	bad := lease("c", "10.244.3.0/24", "198.18.0.13", "vxlan", `{"VNI":1}`)
 	unknown := lease("e", "10.244.5.0/24", "198.18.0.15", "wireguard", `{}`)
@@ -124,8 +124,8 @@ func TestDesiredSkipsBadPeers(t *testing.T) {
 	if len(st.Routes) != 1 || len(st.Neighs) != 1 || len(st.FDB) != 1 {
 		t.Fatalf("state %+v, want only the good peer", st.State)
 	}
-	if !strings.Contains(d.skipped["c"], "bad_backend_data") || !strings.Contains(d.skipped["e"], "unknown_backend") || !strings.Contains(d.skipped["f"], "not_on_link") {
-		t.Fatalf("skips %v", d.skipped)
+	if !strings.Contains(d.peers.skipped["c"], "bad_backend_data") || !strings.Contains(d.peers.skipped["e"], "unknown_backend") || !strings.Contains(d.peers.skipped["f"], "not_on_link") {
+		t.Fatalf("skips %v", d.peers.skipped)
 	}
 
 	fixed := lease("c", "10.244.3.0/24", "198.18.0.13", "vxlan", vxData("c"))
@@ -133,15 +133,15 @@ func TestDesiredSkipsBadPeers(t *testing.T) {
 	if len(st.Routes) != 2 {
 		t.Fatalf("recovered peer not reached: %+v", st.Routes)
 	}
-	if len(d.skipped) != 0 {
-		t.Fatalf("skips not forgotten: %v", d.skipped)
+	if len(d.peers.skipped) != 0 {
+		t.Fatalf("skips not forgotten: %v", d.peers.skipped)
 	}
 }
 
 // A new backend keeps the old one's receiving side while it drains; a
 // change that cannot be applied live is refused.
 func TestReloadDrainsOldBackend(t *testing.T) {
-	d := newTestDaemon(t, `{"Network":"10.244.0.0/16"}`)
+	d := newTestLoop(t, `{"Network":"10.244.0.0/16"}`)
 	if err := d.Reload([]byte(`{"Network":"10.245.0.0/16","Backend":{"Type":"host-gw"}}`)); err == nil || !strings.Contains(err.Error(), "Network: changed") {
 		t.Fatalf("changed Network: err = %v", err)
 	}
@@ -179,7 +179,7 @@ func TestReloadDrainsOldBackend(t *testing.T) {
 // BenchmarkDesired measures computing the whole desired state for 5000
 // vxlan peers: the CPU part of every reconcile pass.
 func BenchmarkDesired(b *testing.B) {
-	d := newTestDaemon(&testing.T{}, `{"Network":"10.0.0.0/8"}`)
+	d := newTestLoop(&testing.T{}, `{"Network":"10.0.0.0/8"}`)
 	d.log = zap.NewNop()
 	var peers []subnet.Lease
 	for i := range 5000 {

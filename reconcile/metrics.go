@@ -1,9 +1,8 @@
-package daemon
+package reconcile
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/overlayd/overlayd/backend"
 	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/pkg/metrics"
 )
@@ -30,21 +29,14 @@ var (
 		Namespace: metrics.Namespace, Name: "repairs_total",
 		Help: "Kernel entries restored or corrected although the desired state had not changed (deleted or altered by someone else).",
 	}, []string{"kind"})
-	peersSkipped = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metrics.Namespace, Name: "backend_peers_skipped_total",
-		Help: "Peers the backend could not reach and skipped, by reason (each change of a peer's reason counts once).",
-	}, []string{"reason"})
 )
 
 func init() {
-	metrics.MustRegister(reconcileRuns, reconcileErrors, reconcileDuration, kernelEntries, repairs, peersSkipped)
+	metrics.MustRegister(reconcileRuns, reconcileErrors, reconcileDuration, kernelEntries, repairs)
 	// Exported at zero from the start, so that dashboards and alerts see
 	// them before the first occurrence.
 	for _, kind := range []string{kernel.EntryLink, kernel.EntryAddr, kernel.EntryRoute, kernel.EntryNeigh, kernel.EntryFDB} {
 		repairs.WithLabelValues(kind)
-	}
-	for _, reason := range []string{backend.SkipBadBackendData, backend.SkipNotOnLink, backend.SkipUnknownBackend} {
-		peersSkipped.WithLabelValues(reason)
 	}
 }
 

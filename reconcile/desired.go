@@ -1,0 +1,89 @@
+package reconcile
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"go.uber.org/zap"
+
+	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/pkg/kernel"
+	"github.com/overlayd/overlayd/pkg/metrics"
+	"github.com/overlayd/overlayd/pkg/rules"
+	"github.com/overlayd/overlayd/subnet"
+)
+
+// desired is the whole desired state: what our own backend needs to receive,
+// the receiving side of draining backends, and for each peer what reaching
+// it with its published backend needs.
+func (l *Loop) desired(peers []subnet.Lease) (backend.State, error) {
+	var st backend.State
+	st.Routes = make([]kernel.Route, 0, len(peers))
+	if err := l.cfg.Backend.Local(l.node, &st); err != nil {
+		return st, fmt.Errorf("backend %s: %w", l.cfg.Backend.Type(), err)
+	}
+	l.addDrains(&st)
+	pass := l.peers.begin(len(peers))
+	defer pass.end()
+	for _, p := range peers {
+		err := pass.add(l.node, p, &st)
+		if s, ok := backend.IsSkip(err); ok {
+			l.noteSkip(p, s)
+			continue
+		}
+		if err != nil {
+			return st, fmt.Errorf("peer %s: %w", p.Node, err)
+		}
+		l.noteReachable(p)
+	}
+	l.peers.forgetSkipsExcept(peers)
+	if len(st.Datapaths) > 0 {
+		st.Senders = senders(peers)
+	}
+	return st, nil
+}
+
+// senders are the peers' public IPv4 addresses, sorted, without duplicates.
+func senders(peers []subnet.Lease) []netip.Addr {
+	out := make([]netip.Addr, 0, len(peers))
+	for _, p := range peers {
+		if p.Attrs.PublicIP.IsValid() {
+			out = append(out, p.Attrs.PublicIP)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+// noteSkip logs a skipped peer once per distinct reason and counts it.
+func (l *Loop) noteSkip(p subnet.Lease, s *backend.SkipError) {
+	if !l.peers.skip(p.Node, s.Error()) {
+		return
+	}
+	metrics.PeersSkipped.WithLabelValues(s.Reason).Inc()
+	l.log.Warn("skipping peer", zap.String("peer", p.Node), zap.Stringer("subnet", p.Subnet),
+		zap.String("backend", p.Attrs.BackendType), zap.String("reason", s.Reason), zap.Error(s.Err))
+	l.warn(EventPeerSkipped, "peer %s (%s, backend %s) cannot be reached: %v", p.Node, p.Subnet, p.Attrs.BackendType, s)
+}
+
+// noteReachable logs a peer that was skipped and is reached again.
+func (l *Loop) noteReachable(p subnet.Lease) {
+	if l.peers.unskip(p.Node) {
+		l.log.Info("peer reachable again", zap.String("peer", p.Node))
+	}
+}
+
+// rulesConfig is the traffic rules this node needs: they follow the flags,
+// the network and this node's lease.
+func (l *Loop) rulesConfig() rules.Config {
+	net, lease := l.cfg.Net, l.node.Lease
+	cfg := rules.Config{IPMasq: l.cfg.IPMasq, ForwardRules: l.cfg.ForwardRules}
+	if net.EnableIPv4 {
+		cfg.Network, cfg.Subnet = net.Network, lease.Subnet
+	}
+	if net.EnableIPv6 {
+		cfg.IPv6Network, cfg.IPv6Subnet = net.IPv6Network, lease.IPv6Subnet
+	}
+	return cfg
+}

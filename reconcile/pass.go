@@ -1,0 +1,144 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/pkg/health"
+	"github.com/overlayd/overlayd/pkg/kernel"
+)
+
+// processOne runs one pass; false when the queue is shut down.
+func (l *Loop) processOne(ctx context.Context) bool {
+	key, shutdown := l.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer l.queue.Done(key)
+	l.cfg.Status.Beat()
+	start := time.Now()
+	err := l.pass(ctx)
+	reconcileDuration.Observe(time.Since(start).Seconds())
+	reconcileRuns.Inc()
+	if err != nil {
+		reconcileErrors.Inc()
+		retries := l.queue.NumRequeues(key)
+		level := l.log.Info
+		if retries >= 3 {
+			level = l.log.Warn
+		}
+		level("reconcile failed; retrying", zap.Error(err), zap.Int("retries", retries))
+		if retries == 3 {
+			l.warn(EventDatapathFailed, "programming the datapath keeps failing (retrying with backoff): %v", err)
+		}
+		l.queue.AddRateLimited(key)
+		return true
+	}
+	l.queue.Forget(key)
+	return true
+}
+
+// pass computes the whole desired state and makes the node match it.
+func (l *Loop) pass(ctx context.Context) error {
+	peers, synced := l.cfg.Leases.Peers()
+	if !synced {
+		// A partial snapshot would look like departed peers: wait for the
+		// full one (its arrival marks the state dirty again).
+		return nil
+	}
+	l.applyPending()
+	want, err := l.desired(peers)
+	if err != nil {
+		l.cfg.Status.Set(health.Datapath, false, err.Error())
+		return err
+	}
+
+	errs := l.apply(want)
+	if len(errs) == 0 {
+		l.lastState = &want
+		l.cfg.Status.Set(health.Datapath, true, fmt.Sprintf("%d peers", len(peers)))
+		// Publish only what this node is now able to receive.
+		if err := l.publish(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		l.checkDrains()
+	} else {
+		l.cfg.Status.Set(health.Datapath, false, errors.Join(errs...).Error())
+	}
+
+	if l.cfg.Rules != nil {
+		if _, err := l.cfg.Rules.Ensure(l.rulesConfig()); err != nil {
+			errs = append(errs, fmt.Errorf("iptables: %w", err))
+			l.cfg.Status.Set(health.Rules, false, err.Error())
+		} else {
+			l.cfg.Status.Set(health.Rules, true, "")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// apply makes the kernel and the datapaths match want. A datapath attaches
+// to its devices before routes point into them, and lets go of them only
+// after the routes have moved elsewhere.
+func (l *Loop) apply(want backend.State) []error {
+	var errs []error
+	var linkChanges kernel.Changes
+	if len(want.Datapaths) > 0 {
+		var err error
+		if linkChanges, err = l.cfg.Kernel.ApplyLinks(want.Links); err != nil {
+			errs = append(errs, fmt.Errorf("kernel: %w", err))
+		} else {
+			errs = append(errs, l.ensureDatapaths(want, true)...)
+		}
+	}
+	changes, counts, applyErr := l.cfg.Kernel.Apply(want.State)
+	changes.Add(linkChanges)
+	for kind, n := range counts {
+		kernelEntries.WithLabelValues(kind).Set(float64(n))
+	}
+	if changes.Total() > 0 && l.lastState != nil && reflect.DeepEqual(*l.lastState, want) {
+		// Nothing we wanted changed, yet the kernel had to: repairs.
+		for kind, n := range changes.Created {
+			repairs.WithLabelValues(kind).Add(float64(n))
+		}
+		for kind, n := range changes.Updated {
+			repairs.WithLabelValues(kind).Add(float64(n))
+		}
+		l.log.Info("repaired kernel state", zap.Any("created", changes.Created), zap.Any("updated", changes.Updated))
+	}
+	if applyErr != nil {
+		errs = append(errs, fmt.Errorf("kernel: %w", applyErr))
+	}
+	return append(errs, l.ensureDatapaths(want, false)...)
+}
+
+// ensureDatapaths brings the wanted datapaths up to date (wanted), or stops
+// those no longer wanted (!wanted), in name order.
+func (l *Loop) ensureDatapaths(want backend.State, wanted bool) []error {
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(l.cfg.Datapaths)) {
+		spec := want.Datapaths[name]
+		if (spec != nil) != wanted {
+			continue
+		}
+		if err := l.cfg.Datapaths[name].Ensure(spec, want.Senders); err != nil {
+			errs = append(errs, fmt.Errorf("%s datapath: %w", name, err))
+		}
+	}
+	if wanted {
+		for name := range want.Datapaths {
+			if l.cfg.Datapaths[name] == nil {
+				errs = append(errs, fmt.Errorf("%s datapath wanted, but none is registered", name))
+			}
+		}
+	}
+	return errs
+}
