@@ -151,7 +151,7 @@ func (r *Reconciler) createLink(w Link) (netlink.Link, error) {
 	if w.Kind == KindTUN {
 		// A TUN is created by an ioctl on /dev/net/tun, which acts in the
 		// calling thread's namespace, not the netlink handle's.
-		add = func() error { return r.inNS(func() error { return r.h.LinkAdd(l) }) }
+		add = func() error { return InNamespace(r.ns, func() error { return r.h.LinkAdd(l) }) }
 	}
 	if err := add(); err != nil {
 		return nil, fmt.Errorf("creating %s link %s: %w", w.Kind, w.Name, err)
