@@ -7,13 +7,13 @@ import (
 	"net/netip"
 	"os/exec"
 	"regexp"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
 
+	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/test/netnstest"
 )
 
@@ -38,34 +38,10 @@ func newNS(t testing.TB, role string) *testNS {
 
 // do runs f on an OS thread switched into the namespace. Processes that f
 // starts (iptables, iptables-restore) are forked from that thread and
-// inherit its namespace, and sockets f opens belong to it. f runs on a
-// goroutine of its own: if the thread cannot be switched back, the goroutine
-// ends with the thread still locked and the Go runtime discards the thread
-// instead of reusing it elsewhere.
+// inherit its namespace, and sockets f opens belong to it.
 func (n *testNS) do(t testing.TB, f func() error) error {
 	t.Helper()
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			done <- fmt.Errorf("getting current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(n.handle); err != nil {
-			done <- fmt.Errorf("entering netns %s: %w", n.name, err)
-			return
-		}
-		res := f()
-		if err := netns.Set(orig); err != nil {
-			done <- fmt.Errorf("leaving netns %s: %w", n.name, err)
-			return // thread stays locked and dies with the goroutine
-		}
-		runtime.UnlockOSThread()
-		done <- res
-	}()
-	return <-done
+	return kernel.InNamespace(n.handle, f)
 }
 
 // exec runs a command inside the namespace via `ip netns exec` — a path

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/overlayd/overlayd/pkg/kernel"
 )
 
 // iperfSeconds is the length of one iperf3 run.
@@ -176,7 +178,7 @@ func BenchmarkRestart(b *testing.B) {
 		firstArrival.Store(0)
 		since.Store(int64(start))
 		current = New(zap.NewNop())
-		if err := inNetns(src.handle, func() error { return current.Ensure(c.spec(0)) }); err != nil {
+		if err := kernel.InNamespace(src.handle, func() error { return current.Ensure(c.spec(0)) }); err != nil {
 			b.Fatal(err)
 		}
 		inEnsure += time.Since(epoch) - start
@@ -211,7 +213,7 @@ func BenchmarkEnsureUnchanged(b *testing.B) {
 	}
 	tun := c.startTunnel(0, spec)
 	b.ResetTimer()
-	err := inNetns(c.nodes[0].handle, func() error {
+	err := kernel.InNamespace(c.nodes[0].handle, func() error {
 		for b.Loop() {
 			if err := tun.Ensure(spec); err != nil {
 				return err

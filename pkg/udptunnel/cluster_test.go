@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -130,7 +129,7 @@ func newCluster(t testing.TB, tag string, kind overlayKind) *cluster {
 func (c *cluster) addTUN(n *node, routes ...netip.Prefix) {
 	t := c.t
 	t.Helper()
-	if err := inNetns(n.handle, func() error { return CreateDevice(device, tunMTU) }); err != nil {
+	if err := kernel.InNamespace(n.handle, func() error { return CreateDevice(device, tunMTU) }); err != nil {
 		t.Fatalf("CreateDevice in %s: %v", n.ns, err)
 	}
 	run(t, "ip", "-n", n.ns, "addr", "add", n.tunAddr.String()+"/32", "dev", device)
@@ -173,38 +172,9 @@ func (c *cluster) startTunnel(i int, spec *Spec) *Tunnel {
 // ensure calls tun.Ensure inside node i's namespace and fails the test on error.
 func (c *cluster) ensure(i int, tun *Tunnel, spec *Spec) {
 	c.t.Helper()
-	if err := inNetns(c.nodes[i].handle, func() error { return tun.Ensure(spec) }); err != nil {
+	if err := kernel.InNamespace(c.nodes[i].handle, func() error { return tun.Ensure(spec) }); err != nil {
 		c.t.Fatalf("Ensure on %s: %v", c.nodes[i].ns, err)
 	}
-}
-
-// inNetns runs fn on an OS thread switched into ns. Sockets and devices
-// opened by fn stay in ns whichever thread uses them later.
-func inNetns(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		err = fn()
-		// A thread that cannot be switched back stays locked and dies with
-		// this goroutine.
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
 }
 
 func run(t testing.TB, name string, args ...string) string {
@@ -245,7 +215,7 @@ func (c *cluster) waitPing(from, to int) {
 func (c *cluster) tcpTransfer(from, to int, size int64) error {
 	src, dst := c.nodes[from], c.nodes[to]
 	var ln net.Listener
-	if err := inNetns(dst.pHandle, func() (err error) {
+	if err := kernel.InNamespace(dst.pHandle, func() (err error) {
 		ln, err = net.Listen("tcp", netip.AddrPortFrom(dst.podAddr, 0).String())
 		return err
 	}); err != nil {
@@ -265,7 +235,7 @@ func (c *cluster) tcpTransfer(from, to int, size int64) error {
 		got <- h.Sum(nil)
 	}()
 	var conn net.Conn
-	if err := inNetns(src.pHandle, func() (err error) {
+	if err := kernel.InNamespace(src.pHandle, func() (err error) {
 		d := net.Dialer{Timeout: 5 * time.Second}
 		conn, err = d.Dial("tcp", ln.Addr().String())
 		return err
@@ -294,7 +264,7 @@ func (c *cluster) tcpTransfer(from, to int, size int64) error {
 // udpSocket opens a UDP socket bound to addr inside ns.
 func udpSocket(ns netns.NsHandle, addr netip.AddrPort) (*net.UDPConn, error) {
 	var conn *net.UDPConn
-	err := inNetns(ns, func() (err error) {
+	err := kernel.InNamespace(ns, func() (err error) {
 		conn, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
 		return err
 	})

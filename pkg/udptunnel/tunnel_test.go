@@ -212,7 +212,7 @@ func TestWireFormatIsFlannels(t *testing.T) {
 		pkt := ipv4UDP(netip.AddrPortFrom(a.podAddr, 1234), netip.AddrPortFrom(b.podAddr, 5678), 0x4242, []byte("byte for byte"))
 		// A raw socket with our own header: the kernel routes it to the
 		// device unchanged.
-		err := inNetns(a.handle, func() error {
+		err := kernel.InNamespace(a.handle, func() error {
 			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
 			if err != nil {
 				return err
@@ -274,7 +274,7 @@ func TestReattachesWhenDeviceIsRecreated(t *testing.T) {
 
 	run(t, "ip", "-n", a.ns, "link", "del", device)
 	waitFor(t, "datapath to notice the device is gone", 5*time.Second, func() bool { return !ts[0].Stats().Attached })
-	err := inNetns(a.handle, func() error { return ts[0].Ensure(c.spec(0)) })
+	err := kernel.InNamespace(a.handle, func() error { return ts[0].Ensure(c.spec(0)) })
 	if err == nil || !strings.Contains(err.Error(), device) {
 		t.Fatalf("Ensure without the device: got %v, want an error naming %s", err, device)
 	}
@@ -422,7 +422,7 @@ func TestSecondAttachIsRefused(t *testing.T) {
 	defer second.Close()
 	spec := c.spec(0)
 	spec.Port = 8286 // the port is free; only the device is taken
-	err := inNetns(c.nodes[0].handle, func() error { return second.Ensure(spec) })
+	err := kernel.InNamespace(c.nodes[0].handle, func() error { return second.Ensure(spec) })
 	if err == nil || !strings.Contains(err.Error(), "another process") {
 		t.Fatalf("second Ensure: %v, want a busy-device error", err)
 	}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +20,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/overlayd/overlayd/pkg/kernel"
 )
 
 // Host is one network namespace of the lab: a node, a pod, the gateway, the
@@ -48,8 +49,9 @@ func (l *Lab) newHost(role string) (*Host, error) {
 // initHost creates h's namespace, tracked for Close, with lo up.
 func (l *Lab) initHost(h *Host, role string) error {
 	h.NS, h.lab = l.namePrefix()+role, l
-	err := onOwnThread(func() error {
-		// NewNamed moves the thread into the new namespace.
+	err := kernel.InNamespace(netns.None(), func() error {
+		// NewNamed moves the thread into the new namespace; InNamespace
+		// moves it back before the thread serves anyone else.
 		ns, err := netns.NewNamed(h.NS)
 		if err == nil {
 			ns.Close()
@@ -101,35 +103,7 @@ func (h *Host) Do(fn func() error) error {
 		return fmt.Errorf("opening namespace %s: %w", h.NS, err)
 	}
 	defer target.Close()
-	return onOwnThread(func() error {
-		if err := netns.Set(target); err != nil {
-			return fmt.Errorf("entering namespace %s: %w", h.NS, err)
-		}
-		return fn()
-	})
-}
-
-// onOwnThread runs fn on a locked OS thread that fn may move into another
-// network namespace. Only a thread back in its original namespace returns
-// to the scheduler; one that cannot go back stays locked and ends with the
-// goroutine.
-func onOwnThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("getting current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		ferr := fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
+	return kernel.InNamespace(target, fn)
 }
 
 // Dial connects from inside the namespace.

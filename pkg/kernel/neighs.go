@@ -1,0 +1,198 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// mac48 is a MAC address as a comparable value.
+type mac48 [6]byte
+
+func toMAC48(hw net.HardwareAddr) (mac48, bool) {
+	var m mac48
+	if len(hw) != len(m) {
+		return m, false
+	}
+	copy(m[:], hw)
+	return m, true
+}
+
+// neighKey identifies a neighbour entry; fdbKey an FDB entry.
+type (
+	neighKey struct {
+		index int
+		ip    netip.Addr
+	}
+	fdbKey struct {
+		index int
+		mac   mac48
+	}
+)
+
+func family(a netip.Addr) int {
+	if a.Is6() {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// ensureNeighs sets the wanted FDB entries, then the wanted neighbour
+// entries: the next hops routes need. For each of the two it returns the
+// removal of the permanent entries on our links that are not wanted.
+func (r *Reconciler) ensureNeighs(want State, links map[string]netlink.Link, index devIndex, ch *Changes, fail func(error)) (fdb, neighs ensured, err error) {
+	haveFDB, haveNeighs, err := r.listNeighs(links)
+	if err != nil {
+		return ensured{}, ensured{}, err
+	}
+	keepFDB := r.setFDB(want.FDB, haveFDB, index, ch, fail)
+	keepNeighs := r.setNeighs(want.Neighs, haveNeighs, index, ch, fail)
+	fdb = ensured{wanted: len(keepFDB), prune: func() { r.pruneFDB(haveFDB, keepFDB, ch, fail) }}
+	neighs = ensured{wanted: len(keepNeighs), prune: func() { r.pruneNeighs(haveNeighs, keepNeighs, ch, fail) }}
+	return fdb, neighs, nil
+}
+
+// listNeighs returns the permanent FDB entries (MAC -> destination) and
+// neighbour entries (address -> MAC) on our links.
+func (r *Reconciler) listNeighs(links map[string]netlink.Link) (fdb map[fdbKey]netip.Addr, neighs map[neighKey]mac48, err error) {
+	fdb, neighs = map[fdbKey]netip.Addr{}, map[neighKey]mac48{}
+	ours := map[int]bool{}
+	for _, l := range links {
+		ours[l.Attrs().Index] = true
+	}
+	if len(ours) == 0 {
+		return fdb, neighs, nil
+	}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6, unix.AF_BRIDGE} {
+		list, err := r.h.NeighList(0, fam)
+		if err != nil {
+			return nil, nil, fmt.Errorf("listing neighbours: %w", err)
+		}
+		for _, n := range list {
+			if !ours[n.LinkIndex] || n.State&netlink.NUD_PERMANENT == 0 {
+				continue
+			}
+			mac, ok := toMAC48(n.HardwareAddr)
+			if !ok {
+				continue
+			}
+			a, _ := netip.AddrFromSlice(n.IP)
+			if fam == unix.AF_BRIDGE {
+				fdb[fdbKey{n.LinkIndex, mac}] = a.Unmap()
+			} else {
+				neighs[neighKey{n.LinkIndex, a.Unmap()}] = mac
+			}
+		}
+	}
+	return fdb, neighs, nil
+}
+
+// setFDB sets every wanted FDB entry that is missing or points elsewhere and
+// returns the keys of all wanted ones.
+func (r *Reconciler) setFDB(want []FDBEntry, have map[fdbKey]netip.Addr, index devIndex, ch *Changes, fail func(error)) map[fdbKey]bool {
+	keep := make(map[fdbKey]bool, len(want))
+	for _, f := range want {
+		idx, err := index(f.Dev)
+		if err != nil {
+			fail(fmt.Errorf("FDB entry %s: %w", f, err))
+			continue
+		}
+		mac, ok := toMAC48(f.MAC)
+		if !ok {
+			fail(fmt.Errorf("FDB entry %s: not a 48-bit MAC address", f))
+			continue
+		}
+		key := fdbKey{idx, mac}
+		keep[key] = true
+		dst, exists := have[key]
+		if exists && dst == f.Dst {
+			continue
+		}
+		n := &netlink.Neigh{
+			LinkIndex:    idx,
+			Family:       unix.AF_BRIDGE,
+			State:        netlink.NUD_PERMANENT,
+			Flags:        netlink.NTF_SELF,
+			IP:           f.Dst.AsSlice(),
+			HardwareAddr: f.MAC,
+		}
+		if err := r.h.NeighSet(n); err != nil {
+			fail(fmt.Errorf("setting FDB entry %s: %w", f, err))
+			continue
+		}
+		countSet(ch, EntryFDB, exists)
+	}
+	return keep
+}
+
+// setNeighs sets every wanted neighbour entry that is missing or has
+// another MAC and returns the keys of all wanted ones.
+func (r *Reconciler) setNeighs(want []Neigh, have map[neighKey]mac48, index devIndex, ch *Changes, fail func(error)) map[neighKey]bool {
+	keep := make(map[neighKey]bool, len(want))
+	for _, w := range want {
+		idx, err := index(w.Dev)
+		if err != nil {
+			fail(fmt.Errorf("neighbour %s: %w", w, err))
+			continue
+		}
+		mac, ok := toMAC48(w.MAC)
+		if !ok {
+			fail(fmt.Errorf("neighbour %s: not a 48-bit MAC address", w))
+			continue
+		}
+		key := neighKey{idx, w.IP}
+		keep[key] = true
+		cur, exists := have[key]
+		if exists && cur == mac {
+			continue
+		}
+		n := &netlink.Neigh{
+			LinkIndex:    idx,
+			Family:       family(w.IP),
+			State:        netlink.NUD_PERMANENT,
+			IP:           w.IP.AsSlice(),
+			HardwareAddr: w.MAC,
+		}
+		if err := r.h.NeighSet(n); err != nil {
+			fail(fmt.Errorf("setting neighbour %s: %w", w, err))
+			continue
+		}
+		countSet(ch, EntryNeigh, exists)
+	}
+	return keep
+}
+
+// pruneNeighs deletes the neighbour entries of have that are not kept.
+func (r *Reconciler) pruneNeighs(have map[neighKey]mac48, keep map[neighKey]bool, ch *Changes, fail func(error)) {
+	for key := range have {
+		if keep[key] {
+			continue
+		}
+		n := &netlink.Neigh{LinkIndex: key.index, Family: family(key.ip), IP: key.ip.AsSlice(), State: netlink.NUD_PERMANENT}
+		if err := r.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+			fail(fmt.Errorf("deleting neighbour %s: %w", key.ip, err))
+			continue
+		}
+		ch.Deleted[EntryNeigh]++
+	}
+}
+
+// pruneFDB deletes the FDB entries of have that are not kept.
+func (r *Reconciler) pruneFDB(have map[fdbKey]netip.Addr, keep map[fdbKey]bool, ch *Changes, fail func(error)) {
+	for key, dst := range have {
+		if keep[key] {
+			continue
+		}
+		n := &netlink.Neigh{LinkIndex: key.index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
+			State: netlink.NUD_PERMANENT, HardwareAddr: key.mac[:], IP: dst.AsSlice()}
+		if err := r.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+			fail(fmt.Errorf("deleting FDB entry %s: %w", net.HardwareAddr(key.mac[:]), err))
+			continue
+		}
+		ch.Deleted[EntryFDB]++
+	}
+}

@@ -1,0 +1,109 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/overlayd/overlayd/pkg/ip"
+)
+
+// routeKey identifies a main-table route by destination.
+type routeKey netip.Prefix
+
+// ensureRoutes replaces every wanted route that is missing or differs, in
+// place: traffic to a destination never finds it unrouted. It returns the
+// removal of overlayd's routes that are not wanted.
+func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fail func(error)) (ensured, error) {
+	have, err := r.listRoutes()
+	if err != nil {
+		return ensured{}, err
+	}
+	keep := map[routeKey]bool{}
+	for _, w := range want {
+		key := routeKey(w.Dst.Masked())
+		keep[key] = true
+		idx, err := index(w.Dev)
+		if err != nil {
+			fail(fmt.Errorf("route %s: %w", w, err))
+			continue
+		}
+		rt := netlinkRoute(w, idx)
+		cur, exists := have[key]
+		if exists && routeMatches(cur, rt) {
+			continue
+		}
+		if err := r.h.RouteReplace(&rt); err != nil {
+			fail(fmt.Errorf("setting route %s: %w", w, err))
+			continue
+		}
+		if exists {
+			r.log.Info("updated route", zap.Stringer("route", w))
+		} else {
+			r.log.Debug("added route", zap.Stringer("route", w))
+		}
+		countSet(ch, EntryRoute, exists)
+	}
+	return ensured{wanted: len(keep), prune: func() { r.pruneRoutes(have, keep, ch, fail) }}, nil
+}
+
+// listRoutes returns overlayd's routes (by protocol) in the main table.
+func (r *Reconciler) listRoutes() (map[routeKey]netlink.Route, error) {
+	out := map[routeKey]netlink.Route{}
+	err := r.routes.RouteListFilteredIter(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL,
+		func(rt netlink.Route) bool {
+			if p, ok := ip.PrefixFromIPNet(rt.Dst); ok {
+				out[routeKey(p.Masked())] = rt
+			}
+			return true
+		})
+	if err != nil {
+		return nil, fmt.Errorf("listing routes: %w", err)
+	}
+	return out, nil
+}
+
+// netlinkRoute is the main-table route for w through the device ifindex.
+func netlinkRoute(w Route, ifindex int) netlink.Route {
+	rt := netlink.Route{
+		LinkIndex: ifindex,
+		Dst:       ip.IPNet(w.Dst.Masked()),
+		Protocol:  RouteProtocol,
+		Table:     unix.RT_TABLE_MAIN,
+		Scope:     netlink.SCOPE_UNIVERSE,
+	}
+	if w.Gw.IsValid() {
+		rt.Gw = w.Gw.AsSlice()
+	} else {
+		rt.Scope = netlink.SCOPE_LINK
+	}
+	if w.OnLink {
+		rt.Flags = int(netlink.FLAG_ONLINK)
+	}
+	return rt
+}
+
+func routeMatches(cur, want netlink.Route) bool {
+	return cur.LinkIndex == want.LinkIndex && cur.Gw.Equal(want.Gw) && cur.Scope == want.Scope &&
+		cur.Flags&int(netlink.FLAG_ONLINK) == want.Flags&int(netlink.FLAG_ONLINK) &&
+		len(cur.MultiPath) == 0
+}
+
+// pruneRoutes deletes the routes of have that are not kept.
+func (r *Reconciler) pruneRoutes(have map[routeKey]netlink.Route, keep map[routeKey]bool, ch *Changes, fail func(error)) {
+	for key, rt := range have {
+		if keep[key] {
+			continue
+		}
+		if err := r.h.RouteDel(&rt); err != nil && !errors.Is(err, unix.ESRCH) {
+			fail(fmt.Errorf("deleting route %s: %w", rt.Dst, err))
+			continue
+		}
+		r.log.Info("removed route", zap.Stringer("dst", rt.Dst), zap.Stringer("gw", rt.Gw))
+		ch.Deleted[EntryRoute]++
+	}
+}
