@@ -3,6 +3,7 @@ package manifests
 import (
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -151,5 +152,52 @@ func TestDocLinks(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestArchitecturePackageMap: the package table of
+// Documentation/architecture.md names exactly the packages `go list ./...`
+// lists, so a newcomer's map of the code is the code.
+func TestArchitecturePackageMap(t *testing.T) {
+	data, err := os.ReadFile(repoPath("Documentation/architecture.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, ok := strings.Cut(string(data), "\n## Packages\n")
+	if !ok {
+		t.Fatal("architecture.md has no \"## Packages\" section")
+	}
+	table, _, _ = strings.Cut(table, "\n## ")
+	documented := map[string]bool{}
+	for _, line := range strings.Split(table, "\n") {
+		first, _, ok := strings.Cut(strings.TrimPrefix(line, "|"), "|")
+		if !ok || !strings.HasPrefix(line, "|") {
+			continue
+		}
+		for _, m := range regexp.MustCompile("`([^`]+)`").FindAllStringSubmatch(first, -1) {
+			documented[m[1]] = true
+		}
+	}
+	cmd := exec.Command("go", "list", "./...")
+	cmd.Dir = repoRoot
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list ./...: %v", err)
+	}
+	listed := map[string]bool{}
+	for _, pkg := range strings.Fields(string(out)) {
+		rel := strings.TrimPrefix(strings.TrimPrefix(pkg, "github.com/overlayd/overlayd"), "/")
+		if rel == "" || strings.Contains(rel, "/internal/") {
+			continue // the module root has no package; internal ones belong to their parent's row
+		}
+		listed[rel] = true
+		if !documented[rel] {
+			t.Errorf("package %s is not in the package map of architecture.md", rel)
+		}
+	}
+	for p := range documented {
+		if !listed[p] {
+			t.Errorf("architecture.md maps %s, which `go list ./...` does not list", p)
+		}
 	}
 }
