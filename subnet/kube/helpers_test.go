@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/overlayd/overlayd/netconf"
+	"github.com/overlayd/overlayd/pkg/metrics"
 	"github.com/overlayd/overlayd/subnet"
 	"github.com/overlayd/overlayd/test/controlplane"
 )
@@ -193,7 +194,7 @@ func createNodes(t testing.TB, c kubernetes.Interface, names []string) map[strin
 func skippedCount(t testing.TB, reason string) float64 {
 	t.Helper()
 	var m dto.Metric
-	if err := peersSkipped.WithLabelValues(reason).Write(&m); err != nil {
+	if err := metrics.PeersSkipped.WithLabelValues(reason).Write(&m); err != nil {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()

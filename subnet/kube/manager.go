@@ -36,6 +36,7 @@ import (
 	eventrecord "k8s.io/client-go/tools/record"
 
 	"github.com/overlayd/overlayd/netconf"
+	"github.com/overlayd/overlayd/pkg/metrics"
 	"github.com/overlayd/overlayd/subnet"
 )
 
@@ -351,7 +352,7 @@ func (m *manager) report(res resolution) {
 			continue
 		}
 		m.reported[key] = s.problem
-		peersSkipped.WithLabelValues(s.problem.reason).Inc()
+		metrics.PeersSkipped.WithLabelValues(s.problem.reason).Inc()
 		fields := []zap.Field{zap.String("peer", s.record.node), zap.String("object", key),
 			zap.String("reason", s.problem.reason), zap.String("detail", s.problem.detail)}
 		switch s.problem.reason {

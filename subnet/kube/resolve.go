@@ -13,19 +13,20 @@ import (
 
 	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/ip"
+	"github.com/overlayd/overlayd/pkg/metrics"
 	"github.com/overlayd/overlayd/subnet"
 )
 
 // Reasons a peer is skipped: the values of overlayd_peers_skipped_total's
-// reason label.
-const (
-	reasonMissingSubnet        = "missing-subnet"
-	reasonMalformedSubnet      = "malformed-subnet"
-	reasonOutsideNetwork       = "outside-network"
-	reasonOverlap              = "overlap"
-	reasonDuplicate            = "duplicate"
-	reasonMissingAnnotations   = "missing-annotations"
-	reasonMalformedAnnotations = "malformed-annotations"
+// reason label, shared with the daemon's loop (pkg/metrics).
+var (
+	reasonMissingSubnet        = metrics.NewSkipReason("missing_subnet")
+	reasonMalformedSubnet      = metrics.NewSkipReason("malformed_subnet")
+	reasonOutsideNetwork       = metrics.NewSkipReason("outside_network")
+	reasonOverlap              = metrics.NewSkipReason("overlap")
+	reasonDuplicate            = metrics.NewSkipReason("duplicate")
+	reasonMissingAnnotations   = metrics.NewSkipReason("missing_annotations")
+	reasonMalformedAnnotations = metrics.NewSkipReason("malformed_annotations")
 )
 
 // problem is why a record is not (part of) a peer. The zero value is no problem.

@@ -130,6 +130,6 @@ func TestResolveMergesLeasesPerNode(t *testing.T) {
 		t.Errorf("n1's extra lease: %+v, want duplicate", s.problem)
 	}
 	if s := res.skipped["ns/subnet-10-244-2-0-24"]; s.problem.reason != reasonMissingSubnet {
-		t.Errorf("n2 without IPv6: %+v, want missing-subnet", s.problem)
+		t.Errorf("n2 without IPv6: %+v, want missing_subnet", s.problem)
 	}
 }
