@@ -23,6 +23,9 @@ func TestNewKeysNormalisesLikeFlanneld(t *testing.T) {
 		{prefix: "-bad.com", err: "lowercase DNS name"},
 	} {
 		k, err := newKeys(tc.prefix)
+		if check := CheckAnnotationPrefix(tc.prefix); (check == nil) != (err == nil) {
+			t.Errorf("CheckAnnotationPrefix(%q) = %v, but newKeys says %v", tc.prefix, check, err)
+		}
 		switch {
 		case tc.err != "":
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
