@@ -17,7 +17,7 @@ func TestNodeEvents(t *testing.T) {
 	agent := clientFor(t, c.cp, "kube-system/overlayd")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ev := NewNodeEvents(ctx, agent, "node-a")
+	ev := NewEvents(ctx, agent, "node-a")
 	ev.Warning("DatapathFailed", "programming %s failed", "overlay.1")
 	ev.Normal("NetConfApplied", "backend %s", "host-gw")
 

@@ -69,11 +69,15 @@ func startAgent(t testing.TB, cfg Config) *agent {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	cfg.Log = zap.New(zapcore.NewTee(core, zaptest.NewLogger(t, zaptest.Level(zapcore.InfoLevel)).Core())).Named(cfg.NodeName)
+	ctx, cancel := context.WithCancel(context.Background())
+	if cfg.Events == nil { // as the daemon wires it
+		cfg.Events = NewEvents(ctx, cfg.Client, cfg.NodeName)
+	}
 	m, err := newManager(cfg)
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	a := &agent{manager: m, logs: logs, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(a.done)

@@ -333,13 +333,24 @@ type interval struct {
 
 // overlapping returns the holder of a range overlapping p, or nil.
 func (s intervals) overlapping(p netip.Prefix) *record {
+	if i := s.find(p); i >= 0 {
+		return s[i].holder
+	}
+	return nil
+}
+
+// overlaps reports whether a range overlaps p, whatever its holder.
+func (s intervals) overlaps(p netip.Prefix) bool { return s.find(p) >= 0 }
+
+// find returns the index of a range overlapping p, or -1.
+func (s intervals) find(p netip.Prefix) int {
 	first, last := ip.Network(p), ip.Broadcast(p)
 	// The first range that does not end before p starts.
 	i, _ := slices.BinarySearchFunc(s, first, func(iv interval, a netip.Addr) int { return iv.last.Compare(a) })
 	if i < len(s) && s[i].first.Compare(last) <= 0 {
-		return s[i].holder
+		return i
 	}
-	return nil
+	return -1
 }
 
 // insert adds p, which must not overlap any range in the set.
