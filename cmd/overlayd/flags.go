@@ -16,6 +16,7 @@ import (
 
 	"github.com/overlayd/overlayd/pkg/ip"
 	"github.com/overlayd/overlayd/pkg/logging"
+	"github.com/overlayd/overlayd/subnet/kube"
 )
 
 // options are overlayd's command-line settings. Names and meanings follow
@@ -76,8 +77,8 @@ func newFlagSet(o *options, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.ipMasq, "ip-masq", false, "masquerade traffic from pods to destinations outside the cluster network")
 	fs.BoolVar(&o.iptablesForwardRules, "iptables-forward-rules", true, "accept traffic to and from the pod network in FORWARD")
 	fs.IntVar(&o.iptablesResync, "iptables-resync", 5, "seconds between checks that the iptables rules are in place")
-	fs.StringVar(&o.kubeAnnotationPrefix, "kube-annotation-prefix", "overlayd.io", "prefix of the Node annotations overlayd publishes; flannel.alpha.coreos.com interoperates with flanneld")
-	fs.StringVar(&o.leaseNamespace, "lease-namespace", "kube-system", "namespace of the Lease objects in LeaseMode \"lease\" (POD_NAMESPACE wins when set)")
+	fs.StringVar(&o.kubeAnnotationPrefix, "kube-annotation-prefix", kube.DefaultAnnotationPrefix, "prefix of the Node annotations overlayd publishes; flannel.alpha.coreos.com interoperates with flanneld")
+	fs.StringVar(&o.leaseNamespace, "lease-namespace", kube.DefaultLeaseNamespace, "namespace of the Lease objects in LeaseMode \"lease\" (POD_NAMESPACE wins when set)")
 	fs.BoolVar(&o.setNodeNetUnavail, "set-node-network-unavailable", true, "set the Node condition NetworkUnavailable to False once the network is ready")
 	fs.StringVar(&o.healthzIP, "healthz-ip", "0.0.0.0", "address of the /healthz, /readyz and /metrics server")
 	fs.IntVar(&o.healthzPort, "healthz-port", 0, "port of the /healthz, /readyz and /metrics server; 0 disables it")
@@ -170,8 +171,8 @@ func (o *options) validate() error {
 	if _, err := netip.ParseAddr(o.healthzIP); err != nil {
 		return fmt.Errorf("--healthz-ip %q is not an IP address", o.healthzIP)
 	}
-	if errs := validation.IsDNS1123Subdomain(o.kubeAnnotationPrefix); len(errs) > 0 {
-		return fmt.Errorf("--kube-annotation-prefix %q is not a valid annotation prefix: %s", o.kubeAnnotationPrefix, errs[0])
+	if err := kube.CheckAnnotationPrefix(o.kubeAnnotationPrefix); err != nil {
+		return fmt.Errorf("--kube-annotation-prefix: %w", err)
 	}
 	if errs := validation.IsDNS1123Label(o.leaseNamespace); len(errs) > 0 {
 		return fmt.Errorf("--lease-namespace %q is not a valid namespace: %s", o.leaseNamespace, errs[0])

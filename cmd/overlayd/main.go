@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/overlayd/overlayd/backend"
 	_ "github.com/overlayd/overlayd/backend/hostgw"
@@ -96,10 +94,11 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("building Kubernetes client: %w", err)
 	}
-	nodeName, err := nodeName(ctx, client)
+	nodeName, err := kube.NodeName(ctx, client, os.Getenv)
 	if err != nil {
 		return err
 	}
+	events := kube.NewEvents(ctx, client, nodeName)
 	leases, err := kube.New(kube.Config{
 		Client:                    client,
 		NodeName:                  nodeName,
@@ -107,6 +106,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		AnnotationPrefix:          o.kubeAnnotationPrefix,
 		LeaseNamespace:            o.leaseNamespace,
 		SetNodeNetworkUnavailable: o.setNodeNetUnavail,
+		Events:                    events,
 		Log:                       log.Named("leases"),
 	})
 	if err != nil {
@@ -155,28 +155,8 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		ResyncPeriod:  o.resyncPeriod,
 		RulesResync:   time.Duration(o.iptablesResync) * time.Second,
 		Status:        status,
-		Events:        kube.NewNodeEvents(ctx, client, nodeName),
-		Log:           log.Named("daemon"),
+		Events:        events,
+		Log:           log.Named("loop"),
 	})
 	return loop.Run(ctx)
-}
-
-// nodeName is NODE_NAME, else the node of the pod POD_NAMESPACE/POD_NAME,
-// as flanneld finds it.
-func nodeName(ctx context.Context, client kubernetes.Interface) (string, error) {
-	if n := os.Getenv("NODE_NAME"); n != "" {
-		return n, nil
-	}
-	pod, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
-	if pod == "" || ns == "" {
-		return "", errors.New("cannot tell which node this is: set NODE_NAME (from the downward API spec.nodeName), or POD_NAME and POD_NAMESPACE")
-	}
-	p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
-	if err != nil {
-		return "", fmt.Errorf("looking up the node of pod %s/%s: %w", ns, pod, err)
-	}
-	if p.Spec.NodeName == "" {
-		return "", fmt.Errorf("pod %s/%s has no node yet", ns, pod)
-	}
-	return p.Spec.NodeName, nil
 }

@@ -33,23 +33,40 @@ type keys struct {
 // in "-": the shape that keeps every derived key a valid annotation key.
 var prefixPattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/([a-z0-9][-a-z0-9_.]*-)?$`)
 
-// newKeys normalises prefix the way flanneld does ("example.com" becomes
-// "example.com/", "example.com/net" becomes "example.com/net-") so that the
-// same flag value yields the same annotation names in both daemons.
-func newKeys(prefix string) (keys, error) {
+// CheckAnnotationPrefix reports whether prefix (--kube-annotation-prefix)
+// yields valid annotation names: a lowercase DNS name, optionally followed
+// by /name, as flanneld accepts.
+func CheckAnnotationPrefix(prefix string) error {
+	_, err := normalisePrefix(prefix)
+	return err
+}
+
+// normalisePrefix normalises prefix the way flanneld does ("example.com"
+// becomes "example.com/", "example.com/net" becomes "example.com/net-") so
+// that the same flag value yields the same annotation names in both daemons.
+func normalisePrefix(prefix string) (string, error) {
 	p := prefix
 	switch strings.Count(p, "/") {
 	case 0:
 		p += "/"
 	case 1:
 	default:
-		return keys{}, fmt.Errorf("annotation prefix %q: at most one \"/\" is allowed", prefix)
+		return "", fmt.Errorf("annotation prefix %q: at most one \"/\" is allowed", prefix)
 	}
 	if !strings.HasSuffix(p, "/") && !strings.HasSuffix(p, "-") {
 		p += "-"
 	}
 	if !prefixPattern.MatchString(p) || len(p) > 253+1+30 {
-		return keys{}, fmt.Errorf("annotation prefix %q: want a lowercase DNS name, optionally followed by /name (e.g. %q)", prefix, DefaultAnnotationPrefix)
+		return "", fmt.Errorf("annotation prefix %q: want a lowercase DNS name, optionally followed by /name (e.g. %q)", prefix, DefaultAnnotationPrefix)
+	}
+	return p, nil
+}
+
+// newKeys derives the annotation and label names from a prefix.
+func newKeys(prefix string) (keys, error) {
+	p, err := normalisePrefix(prefix)
+	if err != nil {
+		return keys{}, err
 	}
 	return keys{
 		prefix:        p,

@@ -2,7 +2,6 @@ package kube
 
 import (
 	"context"
-	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -12,37 +11,52 @@ import (
 	eventrecord "k8s.io/client-go/tools/record"
 )
 
-// NodeEvents records Kubernetes Events on this node's Node object, where an
-// operator looks (`kubectl describe node`, `kubectl get events`). Repeated
+// Events records Kubernetes Events on Node objects, where an operator looks
+// (`kubectl describe node`, `kubectl get events`), as this node's agent: on
+// its own Node, and a Warning on another node (one claiming this node's
+// subnet). One recorder serves the daemon and the lease store. Repeated
 // events are aggregated by client-go's recorder, so callers may record on
 // every occurrence. It needs create/patch on events in "default" (see
-// Documentation/rbac.yml).
-type NodeEvents struct {
+// Documentation/rbac.yml). A nil *Events records nothing.
+type Events struct {
 	recorder eventrecord.EventRecorder
-	ref      *corev1.ObjectReference
+	node     string
 }
 
-// NewNodeEvents starts an event recorder for node; it stops with ctx.
-func NewNodeEvents(ctx context.Context, client kubernetes.Interface, node string) *NodeEvents {
+// NewEvents starts the event recorder of the agent on node; it stops with ctx.
+func NewEvents(ctx context.Context, client kubernetes.Interface, node string) *Events {
 	broadcaster := eventrecord.NewBroadcaster(eventrecord.WithContext(ctx))
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	go func() {
-		<-ctx.Done()
-		broadcaster.Shutdown()
-	}()
-	return &NodeEvents{
+	return &Events{
 		recorder: broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "overlayd", Host: node}),
-		// The node's name as its UID, as the kubelet records Node events.
-		ref: &corev1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: node, UID: types.UID(node)},
+		node:     node,
 	}
 }
 
-// Normal records an informational event.
-func (e *NodeEvents) Normal(reason, format string, args ...any) {
-	e.recorder.Event(e.ref, corev1.EventTypeNormal, reason, fmt.Sprintf(format, args...))
+// Normal records an informational event on the own Node.
+func (e *Events) Normal(reason, format string, args ...any) {
+	if e != nil {
+		e.record(e.node, corev1.EventTypeNormal, reason, format, args...)
+	}
 }
 
-// Warning records an event that needs an operator's attention.
-func (e *NodeEvents) Warning(reason, format string, args ...any) {
-	e.recorder.Event(e.ref, corev1.EventTypeWarning, reason, fmt.Sprintf(format, args...))
+// Warning records an event on the own Node that needs an operator's attention.
+func (e *Events) Warning(reason, format string, args ...any) {
+	if e != nil {
+		e.record(e.node, corev1.EventTypeWarning, reason, format, args...)
+	}
+}
+
+// WarningOn records a Warning on another node's Node.
+func (e *Events) WarningOn(node, reason, format string, args ...any) {
+	if e != nil {
+		e.record(node, corev1.EventTypeWarning, reason, format, args...)
+	}
+}
+
+func (e *Events) record(node, eventType, reason, format string, args ...any) {
+	// The node's name as its UID, as the kubelet records Node events:
+	// kubectl describe node shows them, and records need not keep UIDs.
+	ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: node, UID: types.UID(node)}
+	e.recorder.Eventf(ref, eventType, reason, format, args...)
 }

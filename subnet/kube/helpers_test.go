@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/overlayd/overlayd/netconf"
+	"github.com/overlayd/overlayd/pkg/metrics"
 	"github.com/overlayd/overlayd/subnet"
 	"github.com/overlayd/overlayd/test/controlplane"
 )
@@ -68,11 +69,15 @@ func startAgent(t testing.TB, cfg Config) *agent {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	cfg.Log = zap.New(zapcore.NewTee(core, zaptest.NewLogger(t, zaptest.Level(zapcore.InfoLevel)).Core())).Named(cfg.NodeName)
+	ctx, cancel := context.WithCancel(context.Background())
+	if cfg.Events == nil { // as the daemon wires it
+		cfg.Events = NewEvents(ctx, cfg.Client, cfg.NodeName)
+	}
 	m, err := newManager(cfg)
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	a := &agent{manager: m, logs: logs, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
@@ -193,7 +198,7 @@ func createNodes(t testing.TB, c kubernetes.Interface, names []string) map[strin
 func skippedCount(t testing.TB, reason string) float64 {
 	t.Helper()
 	var m dto.Metric
-	if err := peersSkipped.WithLabelValues(reason).Write(&m); err != nil {
+	if err := metrics.PeersSkipped.WithLabelValues(reason).Write(&m); err != nil {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()

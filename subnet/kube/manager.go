@@ -10,30 +10,24 @@
 //
 // Either way one informer (no periodic relist, protobuf, a streamed initial
 // list, a transform that keeps only what the lease needs; Nodes are even
-// decoded without their status, see slimnode.go) feeds a set of records. A
-// single loop resolves them into the peer snapshot: malformed peers and
-// conflicting claims are refused with one log line each, and the earlier
-// claim on a subnet always keeps it. Start Run before Acquire: Acquire reads
-// the synced cache.
+// decoded without their status, see slimnode.go) holds the records, its
+// store being the only one (store.go). A single loop resolves them into the
+// peer snapshot: malformed peers and conflicting claims are refused with one
+// log line each, and the earlier claim on a subnet always keeps it. Start
+// Run before Acquire: Acquire reads the synced cache.
 package kube
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
-	eventrecord "k8s.io/client-go/tools/record"
 
 	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/subnet"
@@ -61,14 +55,17 @@ type Config struct {
 	// SetNodeNetworkUnavailable sets the Node's NetworkUnavailable condition
 	// to False once Acquire succeeds, as flanneld does.
 	SetNodeNetworkUnavailable bool
-	Log                       *zap.Logger
+	// Events records Events on Nodes (a node claiming this node's subnet,
+	// this node refusing its own); nil records none.
+	Events *Events
+	Log    *zap.Logger
 }
 
 // modeImpl is what differs between the two lease modes.
 type modeImpl interface {
 	newInformer() cache.SharedIndexInformer
-	// toRecord reduces a (transformed) object to a record; nil when the
-	// object claims nothing.
+	// toRecord returns the record an object in the informer's store holds,
+	// without parsing; nil when the object claims nothing.
 	toRecord(obj any) *record
 	permissions() []permission
 	acquire(ctx context.Context, attrs subnet.LeaseAttrs) (subnet.Lease, error)
@@ -89,12 +86,11 @@ type manager struct {
 	informer cache.SharedIndexInformer
 	reg      cache.ResourceEventHandlerRegistration
 
-	mu      sync.Mutex
-	records map[string]*record
-	res     resolution
-	synced  bool
-	wake    chan struct{} // closed and replaced after every resolve
-	runErr  error
+	mu     sync.Mutex
+	res    resolution
+	synced bool
+	wake   chan struct{} // closed and replaced after every resolve
+	runErr error
 
 	dirty    chan struct{}
 	changed  chan struct{}
@@ -104,7 +100,6 @@ type manager struct {
 
 	// Run goroutine only.
 	reported map[string]problem
-	recorder eventrecord.EventRecorder
 
 	// ownMu serialises writes to the own Node or Leases.
 	ownMu    sync.Mutex
@@ -155,7 +150,6 @@ func newManager(cfg Config) (*manager, error) {
 		net:      cfg.Net,
 		keys:     k,
 		log:      cfg.Log.With(zap.String("leaseMode", string(cfg.Net.LeaseMode))),
-		records:  map[string]*record{},
 		wake:     make(chan struct{}),
 		dirty:    make(chan struct{}, 1),
 		changed:  make(chan struct{}, 1),
@@ -178,58 +172,11 @@ func newManager(cfg Config) (*manager, error) {
 	}); err != nil {
 		return nil, err
 	}
-	m.reg, err = m.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { m.upsert(obj) },
-		UpdateFunc: func(_, obj any) { m.upsert(obj) },
-		DeleteFunc: m.remove,
-	})
+	m.reg, err = m.informer.AddEventHandler(m.handlers())
 	if err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-// upsert stores the object's record and marks the state dirty if it changed.
-func (m *manager) upsert(obj any) {
-	key, err := cache.MetaNamespaceKeyFunc(obj)
-	if err != nil {
-		return
-	}
-	r := m.mode.toRecord(obj)
-	m.mu.Lock()
-	old, had := m.records[key]
-	switch {
-	case r == nil && !had, r != nil && had && old.equal(r):
-		m.mu.Unlock()
-		return
-	case r == nil:
-		delete(m.records, key)
-	default:
-		m.records[key] = r
-	}
-	m.mu.Unlock()
-	m.markDirty()
-}
-
-func (m *manager) remove(obj any) {
-	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
-	if err != nil {
-		return
-	}
-	m.mu.Lock()
-	_, had := m.records[key]
-	delete(m.records, key)
-	m.mu.Unlock()
-	if had {
-		m.markDirty()
-	}
-}
-
-func (m *manager) markDirty() {
-	select {
-	case m.dirty <- struct{}{}:
-	default:
-	}
 }
 
 // Peers implements subnet.Manager.
@@ -264,11 +211,6 @@ func (m *manager) run(ctx context.Context) error {
 	if err := checkPermissions(ctx, m.log, m.cfg.Client, string(m.net.LeaseMode), m.mode.permissions()); err != nil {
 		return err
 	}
-
-	broadcaster := eventrecord.NewBroadcaster(eventrecord.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: m.cfg.Client.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
-	m.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "overlayd", Host: m.cfg.NodeName})
 
 	informerCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -314,75 +256,6 @@ func (m *manager) maintain(ctx context.Context) (time.Duration, error) {
 	return m.mode.maintain(ctx)
 }
 
-// resolveNow recomputes the snapshot from the records, reports newly
-// skipped peers and notifies Changed if the peers differ.
-func (m *manager) resolveNow() {
-	m.mu.Lock()
-	recs := make([]*record, 0, len(m.records))
-	for _, r := range m.records {
-		recs = append(recs, r)
-	}
-	m.mu.Unlock()
-
-	res := resolve(m.net, m.cfg.NodeName, recs)
-	m.report(res)
-
-	m.mu.Lock()
-	changed := !m.synced || !slices.EqualFunc(m.res.peers, res.peers, samePeer)
-	m.res, m.synced = res, true
-	close(m.wake)
-	m.wake = make(chan struct{})
-	m.mu.Unlock()
-
-	leasesGauge.Set(float64(len(res.peers)))
-	if changed {
-		select {
-		case m.changed <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// report logs and counts each skipped peer once per distinct problem, and
-// records an Event on a node claiming this node's subnet.
-func (m *manager) report(res resolution) {
-	for key, s := range res.skipped {
-		if m.reported[key] == s.problem {
-			continue
-		}
-		m.reported[key] = s.problem
-		peersSkipped.WithLabelValues(s.problem.reason).Inc()
-		fields := []zap.Field{zap.String("peer", s.record.node), zap.String("object", key),
-			zap.String("reason", s.problem.reason), zap.String("detail", s.problem.detail)}
-		switch s.problem.reason {
-		case reasonMissingSubnet, reasonMissingAnnotations:
-			m.log.Info("skipping peer until it is complete", fields...)
-		default:
-			m.log.Warn("skipping peer", fields...)
-		}
-		if s.problem.reason == reasonOverlap && s.problem.holder == m.cfg.NodeName {
-			m.event(s.record, "SubnetConflict", "%s: refused; node %s keeps it", s.problem.detail, m.cfg.NodeName)
-		}
-	}
-	for key := range m.reported {
-		if _, still := res.skipped[key]; !still {
-			delete(m.reported, key)
-			m.log.Debug("peer no longer skipped", zap.String("object", key))
-		}
-	}
-}
-
-// event records a Warning Event on the node a record speaks for.
-func (m *manager) event(r *record, reason, format string, args ...any) {
-	if m.recorder == nil {
-		return
-	}
-	// The node's name as its UID, as the kubelet records Node events:
-	// kubectl describe node shows them, and records need not keep UIDs.
-	ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: r.node, UID: types.UID(r.node)}
-	m.recorder.Eventf(ref, corev1.EventTypeWarning, reason, format, args...)
-}
-
 // waitSynced blocks until the first snapshot, Run failing, or ctx ending.
 func (m *manager) waitSynced(ctx context.Context) error {
 	select {
@@ -409,13 +282,6 @@ func (m *manager) state() (resolution, <-chan struct{}) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.res, m.wake
-}
-
-// record returns the current record of an object, nil if none.
-func (m *manager) record(key string) *record {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.records[key]
 }
 
 // Acquire implements subnet.Manager.
@@ -470,25 +336,4 @@ func (m *manager) Publish(ctx context.Context, attrs subnet.LeaseAttrs) error {
 	}
 	m.attrs = attrs
 	return nil
-}
-
-// waitLogger logs what a wait is for, once per distinct reason and again
-// every minute while it lasts, so a stuck agent says why.
-type waitLogger struct {
-	log      *zap.Logger
-	last     string
-	loggedAt time.Time
-	since    time.Time
-}
-
-func (w *waitLogger) say(msg string, fields ...zap.Field) {
-	now := time.Now()
-	if msg == w.last && now.Sub(w.loggedAt) < time.Minute {
-		return
-	}
-	if msg != w.last {
-		w.since = now
-	}
-	w.last, w.loggedAt = msg, now
-	w.log.Info(msg, append(fields, zap.Duration("waited", now.Sub(w.since).Round(time.Second)))...)
 }

@@ -160,7 +160,7 @@ func (p *podCIDRMode) acquire(ctx context.Context, attrs subnet.LeaseAttrs) (sub
 func (p *podCIDRMode) refuse(own *record, prob problem) error {
 	err := fmt.Errorf("node %s may not use its podCIDR: %s: %s", own.node, prob.reason, prob.detail)
 	p.m.log.Error("refusing to run", zap.Error(err))
-	p.m.event(own, "SubnetConflict", "overlayd refuses to run: %s", prob.detail)
+	p.m.cfg.Events.Warning("SubnetConflict", "overlayd refuses to run: %s", prob.detail)
 	return err
 }
 

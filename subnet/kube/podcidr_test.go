@@ -174,7 +174,7 @@ func TestPodCIDRPeers(t *testing.T) {
 	}
 	assertPeers("the good peers", a, want)
 	if got := skippedCount(t, reasonMalformedAnnotations) - before[reasonMalformedAnnotations]; got != 2 {
-		t.Errorf("malformed-annotations skips counted %v, want 2 (bad-ip, bad-json)", got)
+		t.Errorf("malformed_annotations skips counted %v, want 2 (bad-ip, bad-json)", got)
 	}
 	for _, r := range []string{reasonMissingAnnotations, reasonOutsideNetwork, reasonMissingSubnet} {
 		if got := skippedCount(t, r) - before[r]; got != 1 {
@@ -215,7 +215,7 @@ func TestPodCIDRPeers(t *testing.T) {
 		return n == 2, "lines: " + strconv.Itoa(n)
 	})
 	if got := skippedCount(t, reasonMalformedAnnotations) - count; got != 1 {
-		t.Errorf("malformed-annotations counted %v more, want 1", got)
+		t.Errorf("malformed_annotations counted %v more, want 1", got)
 	}
 	// Fixed, it becomes a peer.
 	patchAnnotations(t, c, "bad-ip", map[string]string{"flannel.alpha.coreos.com/public-ip": "198.18.0.15"})

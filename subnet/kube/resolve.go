@@ -13,19 +13,20 @@ import (
 
 	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/pkg/ip"
+	"github.com/overlayd/overlayd/pkg/metrics"
 	"github.com/overlayd/overlayd/subnet"
 )
 
 // Reasons a peer is skipped: the values of overlayd_peers_skipped_total's
-// reason label.
-const (
-	reasonMissingSubnet        = "missing-subnet"
-	reasonMalformedSubnet      = "malformed-subnet"
-	reasonOutsideNetwork       = "outside-network"
-	reasonOverlap              = "overlap"
-	reasonDuplicate            = "duplicate"
-	reasonMissingAnnotations   = "missing-annotations"
-	reasonMalformedAnnotations = "malformed-annotations"
+// reason label, shared with the daemon's loop (pkg/metrics).
+var (
+	reasonMissingSubnet        = metrics.NewSkipReason("missing_subnet")
+	reasonMalformedSubnet      = metrics.NewSkipReason("malformed_subnet")
+	reasonOutsideNetwork       = metrics.NewSkipReason("outside_network")
+	reasonOverlap              = metrics.NewSkipReason("overlap")
+	reasonDuplicate            = metrics.NewSkipReason("duplicate")
+	reasonMissingAnnotations   = metrics.NewSkipReason("missing_annotations")
+	reasonMalformedAnnotations = metrics.NewSkipReason("malformed_annotations")
 )
 
 // problem is why a record is not (part of) a peer. The zero value is no problem.
@@ -332,13 +333,24 @@ type interval struct {
 
 // overlapping returns the holder of a range overlapping p, or nil.
 func (s intervals) overlapping(p netip.Prefix) *record {
+	if i := s.find(p); i >= 0 {
+		return s[i].holder
+	}
+	return nil
+}
+
+// overlaps reports whether a range overlaps p, whatever its holder.
+func (s intervals) overlaps(p netip.Prefix) bool { return s.find(p) >= 0 }
+
+// find returns the index of a range overlapping p, or -1.
+func (s intervals) find(p netip.Prefix) int {
 	first, last := ip.Network(p), ip.Broadcast(p)
 	// The first range that does not end before p starts.
 	i, _ := slices.BinarySearchFunc(s, first, func(iv interval, a netip.Addr) int { return iv.last.Compare(a) })
 	if i < len(s) && s[i].first.Compare(last) <= 0 {
-		return s[i].holder
+		return i
 	}
-	return nil
+	return -1
 }
 
 // insert adds p, which must not overlap any range in the set.

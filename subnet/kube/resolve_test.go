@@ -23,6 +23,9 @@ func TestNewKeysNormalisesLikeFlanneld(t *testing.T) {
 		{prefix: "-bad.com", err: "lowercase DNS name"},
 	} {
 		k, err := newKeys(tc.prefix)
+		if check := CheckAnnotationPrefix(tc.prefix); (check == nil) != (err == nil) {
+			t.Errorf("CheckAnnotationPrefix(%q) = %v, but newKeys says %v", tc.prefix, check, err)
+		}
 		switch {
 		case tc.err != "":
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
@@ -130,6 +133,6 @@ func TestResolveMergesLeasesPerNode(t *testing.T) {
 		t.Errorf("n1's extra lease: %+v, want duplicate", s.problem)
 	}
 	if s := res.skipped["ns/subnet-10-244-2-0-24"]; s.problem.reason != reasonMissingSubnet {
-		t.Errorf("n2 without IPv6: %+v, want missing-subnet", s.problem)
+		t.Errorf("n2 without IPv6: %+v, want missing_subnet", s.problem)
 	}
 }
