@@ -92,6 +92,13 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 			t.Errorf("/metrics lacks %s", family)
 		}
 	}
+	// One skipped-peer counter for the lease store's reasons and the
+	// loop's, every reason exported from the start.
+	for _, reason := range []string{"missing_subnet", "overlap", "missing_annotations", "not_on_link", "bad_backend_data", "unknown_backend"} {
+		if !strings.Contains(metrics, `overlayd_peers_skipped_total{reason="`+reason+`"} `) {
+			t.Errorf("/metrics lacks overlayd_peers_skipped_total{reason=%q}", reason)
+		}
+	}
 	if v := metricValue(t, c, blocked, `overlayd_kernel_entries{kind="route"}`); v != 1 {
 		t.Errorf("overlayd_kernel_entries{kind=route} = %v, want 1 (the one peer)", v)
 	}
