@@ -47,8 +47,9 @@ type Backend interface {
 type Factory func(config json.RawMessage) (Backend, error)
 
 var (
-	registryMu sync.RWMutex
-	registry   = map[string]Factory{}
+	registryMu  sync.RWMutex
+	registry    = map[string]Factory{}
+	publishedAs = map[string]string{} // a type peers publish -> the backend that reaches them
 )
 
 // Register makes a backend type available; backends call it from init.
@@ -59,6 +60,28 @@ func Register(typ string, f Factory) {
 		panic("backend: " + typ + " registered twice")
 	}
 	registry[typ] = f
+}
+
+// RegisterPublished says that peers publishing the backend type published
+// (which is no configurable type) are reached with backend typ: flanneld's
+// udp nodes, for one, publish an empty type.
+func RegisterPublished(published, typ string) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if _, dup := publishedAs[published]; dup {
+		panic(fmt.Sprintf("backend: published type %q registered twice", published))
+	}
+	publishedAs[published] = typ
+}
+
+// ForPublished returns the backend type that reaches a peer publishing typ.
+func ForPublished(typ string) string {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	if t, ok := publishedAs[typ]; ok {
+		return t
+	}
+	return typ
 }
 
 // Types lists the registered backend types, sorted.

@@ -199,3 +199,27 @@ func BenchmarkDesired(b *testing.B) {
 		}
 	}
 }
+
+// flanneld's udp nodes publish an empty backend type and null data: they
+// are udp peers on the cluster's udp port (ours, when we run udp).
+func TestDesiredReachesFlanneldUDPPeers(t *testing.T) {
+	for _, tc := range []struct{ conf, port string }{
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":8300}}`, "8300"},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`, "8285"},
+	} {
+		d := newTestLoop(t, tc.conf)
+		st, err := d.desired([]subnet.Lease{lease("f", "10.244.6.0/24", "198.18.0.16", "", `null`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, ok := routeTo(st, "10.244.6.0/24"); !ok || r.Dev != "overlay0" {
+			t.Errorf("%s: route to the flanneld udp peer %+v", tc.conf, r)
+		}
+		if len(d.peers.skipped) != 0 {
+			t.Errorf("%s: skipped %v", tc.conf, d.peers.skipped)
+		}
+		if got := fmt.Sprint(st.Datapath("udp")); !strings.Contains(got, "198.18.0.16:"+tc.port) {
+			t.Errorf("%s: udp datapath %s, want the peer on port %s", tc.conf, got, tc.port)
+		}
+	}
+}

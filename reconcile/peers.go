@@ -84,7 +84,8 @@ func (p *cachePass) add(n backend.Node, peer subnet.Lease, st *backend.State) er
 
 // backendFor returns the backend that reaches peers publishing typ: our own
 // when it is our type, else that type with default options.
-func (c *peerCache) backendFor(typ string) (backend.Backend, error) {
+func (c *peerCache) backendFor(published string) (backend.Backend, error) {
+	typ := backend.ForPublished(published)
 	if b, ok := c.backends[typ]; ok {
 		return b, nil
 	}

@@ -28,6 +28,8 @@ const overhead = 28
 
 func init() {
 	backend.Register(Type, New)
+	// flanneld's udp nodes publish no backend type and null data.
+	backend.RegisterPublished("", Type)
 	backend.RegisterDatapath(Type, openDatapath)
 }
 
@@ -90,7 +92,9 @@ func (b *udpBackend) Local(n backend.Node, st *backend.State) error {
 // Peer routes the peer's subnet into the TUN and tells the datapath where
 // to send it.
 func (b *udpBackend) Peer(n backend.Node, peer subnet.Lease, st *backend.State) error {
-	port := udptunnel.DefaultPort
+	// A flanneld peer publishes no data: its port is the cluster-wide
+	// setting, ours.
+	port := b.opts.Port
 	if len(peer.Attrs.BackendData) > 0 && string(peer.Attrs.BackendData) != "null" {
 		var d Data
 		if err := json.Unmarshal(peer.Attrs.BackendData, &d); err != nil {

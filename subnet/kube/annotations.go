@@ -156,8 +156,9 @@ func (k keys) decode(net *netconf.Config, a map[string]string) (attrs subnet.Lea
 	} else if v != "true" {
 		return attrs, false, fmt.Errorf("annotation %s is %q, want \"true\"", k.managed, v)
 	}
-	attrs.BackendType = a[k.backendType]
-	if attrs.BackendType == "" {
+	// Present but empty is a type too: flanneld's udp nodes publish it.
+	var ok bool
+	if attrs.BackendType, ok = a[k.backendType]; !ok {
 		return attrs, true, fmt.Errorf("annotation %s is missing", k.backendType)
 	}
 	if net.EnableIPv4 {

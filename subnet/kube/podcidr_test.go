@@ -136,6 +136,8 @@ func TestPodCIDRPeers(t *testing.T) {
 	createNode(t, c.admin, "self", []string{"10.244.1.0/24"}, nil)
 	createNode(t, c.admin, "good-a", []string{"10.244.2.0/24"}, vx("198.18.0.12", "a2:54:1c:5e:7f:02"))
 	createNode(t, c.admin, "hostgw-c", []string{"10.244.4.0/24"}, fl("198.18.0.14", "host-gw", "null"))
+	// flanneld's udp backend publishes an empty type and null data.
+	createNode(t, c.admin, "udp-e", []string{"10.244.10.0/24"}, fl("198.18.0.20", "", "null"))
 	dual := vx("198.18.0.18", "a2:54:1c:5e:7f:08")
 	dual["flannel.alpha.coreos.com/public-ipv6"] = "2001:db8::18"
 	dual["flannel.alpha.coreos.com/backend-v6-data"] = `{"VNI":1,"VtepMAC":"a2:54:1c:5e:7f:86"}`
@@ -159,6 +161,8 @@ func TestPodCIDRPeers(t *testing.T) {
 			Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("198.18.0.12"), BackendType: "vxlan", BackendData: mac("a2:54:1c:5e:7f:02")}},
 		"hostgw-c": {Node: "hostgw-c", Subnet: netip.MustParsePrefix("10.244.4.0/24"),
 			Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("198.18.0.14"), BackendType: "host-gw"}},
+		"udp-e": {Node: "udp-e", Subnet: netip.MustParsePrefix("10.244.10.0/24"),
+			Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("198.18.0.20"), BackendType: ""}},
 		"dual-d": {Node: "dual-d", Subnet: netip.MustParsePrefix("10.244.8.0/24"),
 			Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("198.18.0.18"), BackendType: "vxlan", BackendData: mac("a2:54:1c:5e:7f:08")}},
 	}
