@@ -247,3 +247,34 @@ func TestStateMergesDatapaths(t *testing.T) {
 		t.Fatalf("two ports for one device: %v", err)
 	}
 }
+
+// MTU is the underlay's MTU, as flanneld reads vxlan's key: pods and the
+// device get it less the encapsulation. udp's (an overlayd option) reads the
+// same way.
+func TestMTUKeyIsTheUnderlayMTU(t *testing.T) {
+	for _, tc := range []struct {
+		conf string
+		want int
+	}{
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}`, 1350},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`, 1450},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"udp","MTU":1400}}`, 1372},
+		{`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`, 1472},
+	} {
+		b := mustNew(t, tc.conf)
+		if got := b.MTU(node); got != tc.want {
+			t.Errorf("%s: pod MTU %d, want %d", tc.conf, got, tc.want)
+		}
+		var st backend.State
+		if err := b.Local(node, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Links[0].MTU != tc.want {
+			t.Errorf("%s: device MTU %d, want %d", tc.conf, st.Links[0].MTU, tc.want)
+		}
+	}
+	if _, _, err := backend.Load([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":600}}`)); err == nil ||
+		!strings.Contains(err.Error(), "Backend.MTU: 600 is not a usable underlay MTU (626 to 65535") {
+		t.Errorf("MTU 600 for vxlan: %v", err)
+	}
+}

@@ -56,8 +56,8 @@ func New(config json.RawMessage) (backend.Backend, error) {
 	switch {
 	case opts.Port < 1 || opts.Port > 65535:
 		return nil, &netconf.Error{Key: "Backend.Port", Msg: fmt.Sprintf("%d is not a UDP port", opts.Port)}
-	case opts.MTU != 0 && (opts.MTU < 576 || opts.MTU > 65535):
-		return nil, &netconf.Error{Key: "Backend.MTU", Msg: fmt.Sprintf("%d is not a usable MTU (576 to 65535, or 0 for underlay MTU - %d)", opts.MTU, overhead)}
+	case opts.MTU != 0 && (opts.MTU-overhead < 576 || opts.MTU > 65535):
+		return nil, &netconf.Error{Key: "Backend.MTU", Msg: fmt.Sprintf("%d is not a usable underlay MTU (%d to 65535: pods get MTU - %d; or 0 for the underlay device's MTU)", opts.MTU, 576+overhead, overhead)}
 	}
 	return &udpBackend{opts: opts}, nil
 }
@@ -65,10 +65,11 @@ func New(config json.RawMessage) (backend.Backend, error) {
 func (b *udpBackend) Type() string { return Type }
 
 func (b *udpBackend) MTU(n backend.Node) int {
+	underlay := n.Underlay.Iface.MTU
 	if b.opts.MTU != 0 {
-		return b.opts.MTU
+		underlay = b.opts.MTU // the underlay's MTU, as in flanneld: the device's may be larger than the path's
 	}
-	return n.Underlay.Iface.MTU - overhead
+	return underlay - overhead
 }
 
 func (b *udpBackend) Data(backend.Node) (json.RawMessage, error) {

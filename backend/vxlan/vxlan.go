@@ -67,19 +67,22 @@ func New(config json.RawMessage) (backend.Backend, error) {
 		return nil, &netconf.Error{Key: "Backend.VNI", Msg: fmt.Sprintf("%d is not a VXLAN network identifier (1 to 16777215)", opts.VNI)}
 	case opts.Port < 1 || opts.Port > 65535:
 		return nil, &netconf.Error{Key: "Backend.Port", Msg: fmt.Sprintf("%d is not a UDP port", opts.Port)}
-	case opts.MTU != 0 && (opts.MTU < 576 || opts.MTU > 65535):
-		return nil, &netconf.Error{Key: "Backend.MTU", Msg: fmt.Sprintf("%d is not a usable MTU (576 to 65535, or 0 for underlay MTU - %d)", opts.MTU, overhead)}
+	case opts.MTU != 0 && (opts.MTU-overhead < 576 || opts.MTU > 65535):
+		return nil, &netconf.Error{Key: "Backend.MTU", Msg: fmt.Sprintf("%d is not a usable underlay MTU (%d to 65535: pods get MTU - %d; or 0 for the underlay device's MTU)", opts.MTU, 576+overhead, overhead)}
 	}
 	return &vxlanBackend{opts: opts}, nil
 }
 
 func (b *vxlanBackend) Type() string { return Type }
 
+// MTU is the pods' and the device's: the underlay MTU (the MTU key, as in
+// flanneld, else the underlay device's) less what VXLAN adds.
 func (b *vxlanBackend) MTU(n backend.Node) int {
+	underlay := n.Underlay.Iface.MTU
 	if b.opts.MTU != 0 {
-		return b.opts.MTU
+		underlay = b.opts.MTU // the underlay's MTU, as in flanneld: the device's may be larger than the path's
 	}
-	return n.Underlay.Iface.MTU - overhead
+	return underlay - overhead
 }
 
 // DeviceName is the device of a VNI and port: overlay.<VNI> on the default
