@@ -23,6 +23,9 @@ func (l *Loop) desired(peers []subnet.Lease) (backend.State, error) {
 	if err := l.cfg.Backend.Local(l.node, &st); err != nil {
 		return st, fmt.Errorf("backend %s: %w", l.cfg.Backend.Type(), err)
 	}
+	if l.cfg.BlackholeRoute {
+		st.Routes = append(st.Routes, blackholeRoutes(l.node.Lease)...)
+	}
 	l.addDrains(&st)
 	pass := l.peers.begin(len(peers))
 	defer pass.end()
@@ -42,6 +45,24 @@ func (l *Loop) desired(peers []subnet.Lease) (backend.State, error) {
 		st.Senders = senders(peers)
 	}
 	return st, nil
+}
+
+// blackholeMetric keeps the blackhole for the own pod subnet behind the pod
+// bridge's connected route of the same prefix (metric 0 for IPv4, 256 for
+// IPv6): it only drops what no more specific route takes.
+const blackholeMetric = 65535
+
+// blackholeRoutes drop traffic to the unused addresses of the node's own pod
+// subnets (--ip-blackhole-route) instead of sending it to the default
+// gateway.
+func blackholeRoutes(lease subnet.Lease) []kernel.Route {
+	var out []kernel.Route
+	for _, p := range []netip.Prefix{lease.Subnet, lease.IPv6Subnet} {
+		if p.IsValid() {
+			out = append(out, kernel.Route{Dst: p, Blackhole: true, Metric: blackholeMetric})
+		}
+	}
+	return out
 }
 
 // senders are the peers' public IPv4 addresses, sorted, without duplicates.
@@ -78,7 +99,7 @@ func (l *Loop) noteReachable(p subnet.Lease) {
 // the network and this node's lease.
 func (l *Loop) rulesConfig() rules.Config {
 	net, lease := l.cfg.Net, l.node.Lease
-	cfg := rules.Config{IPMasq: l.cfg.IPMasq, ForwardRules: l.cfg.ForwardRules}
+	cfg := rules.Config{IPMasq: l.cfg.IPMasq, ForwardRules: l.cfg.ForwardRules, NoRandomFully: l.cfg.MasqNoRandomFully}
 	if net.EnableIPv4 {
 		cfg.Network, cfg.Subnet = net.Network, lease.Subnet
 	}

@@ -71,11 +71,13 @@ type Config struct {
 	NetConfigPath string // watched for changes when not empty
 	NetConfig     []byte // its content at start
 
-	SubnetFile   string
-	IPMasq       bool          // --ip-masq
-	ForwardRules bool          // --iptables-forward-rules
-	ResyncPeriod time.Duration // kernel state checked at least this often
-	RulesResync  time.Duration // traffic rules checked at least this often
+	SubnetFile        string
+	IPMasq            bool          // --ip-masq
+	MasqNoRandomFully bool          // --ip-masq-fully-random-disable
+	ForwardRules      bool          // --iptables-forward-rules
+	BlackholeRoute    bool          // --ip-blackhole-route
+	ResyncPeriod      time.Duration // kernel state checked at least this often
+	RulesResync       time.Duration // traffic rules checked at least this often
 
 	Status *health.Status
 	Events Events

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,7 +46,18 @@ type options struct {
 	logLevel             string
 	logFormat            string
 	version              bool
+
+	// flanneld's flags with no overlayd flag of their own.
+	blackholeRoute     bool          // --ip-blackhole-route
+	masqRandomFullyOff bool          // --ip-masq-fully-random-disable
+	leaseRenewMargin   time.Duration // --subnet-lease-renew-margin, in minutes
+	klog               logging.Klog  // klog's -v, -vmodule, -log_backtrace_at
+	etcdGiven          string        // an --etcd-* flag given; refused
 }
+
+// etcdFlags are flanneld's etcd lease store flags. overlayd has no etcd
+// lease store: they are refused, naming the reason.
+var etcdFlags = []string{"etcd-endpoints", "etcd-prefix", "etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username", "etcd-password"}
 
 // stringList is a repeatable flag (--iface a --iface b); from the
 // environment it takes a comma-separated list.
@@ -87,7 +99,40 @@ func newFlagSet(o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: "+strings.Join(logging.Levels, ", "))
 	fs.StringVar(&o.logFormat, "log-format", "console", "log format: "+strings.Join(logging.Formats, ", "))
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+
+	fs.BoolVar(&o.blackholeRoute, "ip-blackhole-route", false, "add a blackhole route for this node's pod subnet (each family), so traffic to its unused addresses is dropped rather than sent to the default gateway (e.g. with Canal, where pods have host routes and no bridge)")
+	fs.BoolVar(&o.masqRandomFullyOff, "ip-masq-fully-random-disable", false, "masquerade without --random-fully")
+	fs.Var(minutes{&o.leaseRenewMargin}, "subnet-lease-renew-margin", "LeaseMode \"lease\": renew the Lease this many minutes before it expires (1 to 1439, default 60)")
+	fs.IntVar(&o.klog.Verbosity, "v", 0, "log verbosity, as flanneld's (klog's) -v: 1 and above log overlayd's debug lines and client-go's up to that verbosity; --log-level wins when both are given")
+	fs.StringVar(&o.klog.VModule, "vmodule", "", "klog's per-file verbosity of client-go's log lines (pattern=N,...)")
+	fs.StringVar(&o.klog.BacktraceAt, "log_backtrace_at", "", "klog's: a stack trace when client-go logs at file:line")
+	for _, name := range etcdFlags {
+		fs.Func(name, "refused: overlayd takes leases only from the Kubernetes API (flanneld's etcd lease store)", func(string) error {
+			o.etcdGiven = name
+			return nil
+		})
+	}
 	return fs
+}
+
+// minutes is a flag value in whole minutes, as flanneld's
+// --subnet-lease-renew-margin.
+type minutes struct{ d *time.Duration }
+
+func (m minutes) String() string {
+	if m.d == nil {
+		return ""
+	}
+	return fmt.Sprint(int(m.d.Minutes()))
+}
+
+func (m minutes) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return errors.New("want a whole number of minutes")
+	}
+	*m.d = time.Duration(n) * time.Minute
+	return nil
 }
 
 // envName is the environment variable for a flag: OVERLAYD_IP_MASQ for --ip-masq.
@@ -98,7 +143,7 @@ func envName(prefix, flagName string) string {
 // parseOptions reads flags, then fills every flag not given on the command
 // line from the environment, then validates. Errors are one line.
 func parseOptions(args []string, getenv func(string) string, out io.Writer) (*options, error) {
-	o := &options{}
+	o := &options{leaseRenewMargin: kube.DefaultRenewMargin}
 	// The flag package prints errors and usage itself; keep that for
 	// --help only, so a bad value is reported in one line by the caller.
 	var printed bytes.Buffer
@@ -139,12 +184,15 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 					return
 				}
 			}
+			given[f.Name] = true
 			return
 		}
 	})
 	if envErr != nil {
 		return nil, envErr
 	}
+	// flanneld's -v is its log level; an explicit --log-level wins.
+	o.klog.SetsLevel = given["v"] && !given["log-level"]
 	// In a DaemonSet the Leases live in the agent's own namespace.
 	if ns := getenv("POD_NAMESPACE"); ns != "" {
 		o.leaseNamespace = ns
@@ -158,6 +206,15 @@ func parseOptions(args []string, getenv func(string) string, out io.Writer) (*op
 func (o *options) validate() error {
 	if !o.kubeSubnetMgr {
 		return errors.New("--kube-subnet-mgr=false: overlayd takes leases only from the Kubernetes API (there is no etcd mode)")
+	}
+	if o.etcdGiven != "" {
+		return fmt.Errorf("--%s: overlayd takes leases only from the Kubernetes API; it has no etcd lease store (remove the --etcd-* flags)", o.etcdGiven)
+	}
+	if o.leaseRenewMargin < time.Minute || o.leaseRenewMargin >= 24*time.Hour {
+		return fmt.Errorf("--subnet-lease-renew-margin %d: must be between 1 and 1439 minutes", int(o.leaseRenewMargin.Minutes()))
+	}
+	if o.klog.Verbosity < 0 {
+		return fmt.Errorf("-v %d: must be 0 or more", o.klog.Verbosity)
 	}
 	if o.iptablesResync <= 0 {
 		return fmt.Errorf("--iptables-resync %d: must be a positive number of seconds", o.iptablesResync)

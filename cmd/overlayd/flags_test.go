@@ -73,6 +73,13 @@ func TestBadValuesAreOneLineErrors(t *testing.T) {
 		{nil, map[string]string{"OVERLAYD_IPTABLES_RESYNC": "soon"}, `invalid value "soon" for OVERLAYD_IPTABLES_RESYNC`},
 		{nil, map[string]string{"OVERLAYD_IP_MASQ": "maybe"}, "OVERLAYD_IP_MASQ"},
 		{[]string{"--kube-subnet-mgr=false"}, nil, "no etcd mode"},
+		{[]string{"--etcd-endpoints=http://127.0.0.1:2379"}, nil, "--etcd-endpoints: overlayd takes leases only from the Kubernetes API"},
+		{nil, map[string]string{"FLANNELD_ETCD_PREFIX": "/coreos.com/network"}, "--etcd-prefix: overlayd takes leases only from the Kubernetes API"},
+		{[]string{"--subnet-lease-renew-margin=0"}, nil, "--subnet-lease-renew-margin 0: must be between 1 and 1439 minutes"},
+		{[]string{"--subnet-lease-renew-margin=1440"}, nil, "--subnet-lease-renew-margin 1440"},
+		{[]string{"--subnet-lease-renew-margin=1h"}, nil, "want a whole number of minutes"},
+		{[]string{"-v=-1"}, nil, "-v -1: must be 0 or more"},
+		{[]string{"-v=loud"}, nil, "-v"},
 		{[]string{"--healthz-port=70000"}, nil, "--healthz-port 70000"},
 		{[]string{"--healthz-ip=localhost"}, nil, `--healthz-ip "localhost" is not an IP address`},
 		{[]string{"--public-ip=10.0.0"}, nil, `--public-ip "10.0.0" is not an IPv4 address`},
@@ -95,12 +102,50 @@ func TestBadValuesAreOneLineErrors(t *testing.T) {
 	}
 }
 
-// contractFlags are flanneld's flags users and tooling rely on.
+// contractFlags are flanneld's flags (v0.28.10's main.go, klog's three it
+// copies included) and overlayd's own that users and tooling rely on.
 var contractFlags = []string{
 	"kube-subnet-mgr", "kubeconfig-file", "kube-api-url", "net-config-path", "subnet-file",
-	"iface", "iface-regex", "iface-can-reach", "public-ip", "ip-masq", "iptables-forward-rules",
+	"iface", "iface-regex", "iface-can-reach", "public-ip", "public-ipv6", "ip-masq",
+	"ip-masq-fully-random-disable", "ip-blackhole-route", "iptables-forward-rules",
 	"iptables-resync", "kube-annotation-prefix", "healthz-ip", "healthz-port", "version",
+	"subnet-lease-renew-margin", "set-node-network-unavailable",
+	"etcd-endpoints", "etcd-prefix", "etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username", "etcd-password",
+	"v", "vmodule", "log_backtrace_at",
 	"log-level", "log-format",
+}
+
+// flanneld's flags without an overlayd flag of their own mean what they
+// mean in flanneld, from the command line and from FLANNELD_*.
+func TestFlanneldOnlyFlags(t *testing.T) {
+	o, err := parseOptions([]string{"-v", "2", "--ip-blackhole-route", "--ip-masq-fully-random-disable", "--subnet-lease-renew-margin", "90",
+		"-vmodule", "reflector=4", "-log_backtrace_at", "reflector.go:10"}, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.klog.Verbosity != 2 || !o.klog.SetsLevel || o.klog.VModule != "reflector=4" || o.klog.BacktraceAt != "reflector.go:10" {
+		t.Errorf("klog flags %+v", o.klog)
+	}
+	if !o.blackholeRoute || !o.masqRandomFullyOff || o.leaseRenewMargin != 90*time.Minute {
+		t.Errorf("blackhole %v, random-fully off %v, renew margin %s", o.blackholeRoute, o.masqRandomFullyOff, o.leaseRenewMargin)
+	}
+	o, err = parseOptions(nil, env(map[string]string{"FLANNELD_V": "3", "FLANNELD_IP_BLACKHOLE_ROUTE": "true", "FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "30"}), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.klog.Verbosity != 3 || !o.klog.SetsLevel || !o.blackholeRoute || o.leaseRenewMargin != 30*time.Minute {
+		t.Errorf("from FLANNELD_*: %+v", o)
+	}
+	// --log-level wins over -v.
+	o, err = parseOptions([]string{"-v=4", "--log-level=warn"}, env(nil), &bytes.Buffer{})
+	if err != nil || o.klog.SetsLevel {
+		t.Errorf("-v with --log-level: %v, sets level %v", err, o.klog.SetsLevel)
+	}
+	// Defaults are flanneld's.
+	o, _ = parseOptions(nil, env(nil), &bytes.Buffer{})
+	if o.blackholeRoute || o.masqRandomFullyOff || o.leaseRenewMargin != 60*time.Minute || o.klog.SetsLevel {
+		t.Errorf("defaults %+v", o)
+	}
 }
 
 func TestHelp(t *testing.T) {

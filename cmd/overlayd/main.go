@@ -47,7 +47,7 @@ func main() {
 		return
 	}
 	reconcile.TuneGC()
-	log, err := logging.New(opts.logLevel, opts.logFormat)
+	log, err := logging.New(opts.logLevel, opts.logFormat, opts.klog)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "overlayd: %v\n", err)
 		os.Exit(2)
@@ -106,6 +106,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		AnnotationPrefix:          o.kubeAnnotationPrefix,
 		LeaseNamespace:            o.leaseNamespace,
 		SetNodeNetworkUnavailable: o.setNodeNetUnavail,
+		RenewMargin:               o.leaseRenewMargin,
 		Events:                    events,
 		Log:                       log.Named("leases"),
 	})
@@ -139,24 +140,26 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	}
 
 	loop := reconcile.New(reconcile.Config{
-		NodeName:      nodeName,
-		Net:           netConf,
-		Backend:       be,
-		Leases:        leases,
-		Underlay:      underlay,
-		Kernel:        reconciler,
-		Datapaths:     datapaths,
-		Rules:         trafficRules,
-		NetConfigPath: o.netConfigPath,
-		NetConfig:     data,
-		SubnetFile:    o.subnetFile,
-		IPMasq:        o.ipMasq,
-		ForwardRules:  o.iptablesForwardRules,
-		ResyncPeriod:  o.resyncPeriod,
-		RulesResync:   time.Duration(o.iptablesResync) * time.Second,
-		Status:        status,
-		Events:        events,
-		Log:           log.Named("loop"),
+		NodeName:          nodeName,
+		Net:               netConf,
+		Backend:           be,
+		Leases:            leases,
+		Underlay:          underlay,
+		Kernel:            reconciler,
+		Datapaths:         datapaths,
+		Rules:             trafficRules,
+		NetConfigPath:     o.netConfigPath,
+		NetConfig:         data,
+		SubnetFile:        o.subnetFile,
+		IPMasq:            o.ipMasq,
+		ForwardRules:      o.iptablesForwardRules,
+		MasqNoRandomFully: o.masqRandomFullyOff,
+		BlackholeRoute:    o.blackholeRoute,
+		ResyncPeriod:      o.resyncPeriod,
+		RulesResync:       time.Duration(o.iptablesResync) * time.Second,
+		Status:            status,
+		Events:            events,
+		Log:               log.Named("loop"),
 	})
 	return loop.Run(ctx)
 }

@@ -376,3 +376,48 @@ func BenchmarkApplyUnchanged(b *testing.B) {
 		}
 	}
 }
+
+// A blackhole route for the node's own pod subnet (--ip-blackhole-route)
+// lives beside the pod bridge's connected route of the same prefix (a
+// metric of its own, so it never shadows it), is repaired like any route of
+// ours, and removed when no longer wanted.
+func TestApplyBlackholeRoute(t *testing.T) {
+	ns, name := underlayNS(t)
+	r := newTestReconciler(t, ns)
+	ipIn(t, name, "link", "add", "cni0", "type", "bridge")
+	ipIn(t, name, "addr", "add", "10.244.1.1/24", "dev", "cni0")
+	ipIn(t, name, "link", "set", "cni0", "up")
+	want := State{Routes: []Route{{Dst: netip.MustParsePrefix("10.244.1.0/24"), Blackhole: true, Metric: 4242}}}
+
+	ch := mustApply(t, r, want)
+	if ch.Created[EntryRoute] != 1 {
+		t.Fatalf("first apply: %+v", ch)
+	}
+	routes := ipIn(t, name, "route", "show", "10.244.1.0/24")
+	if !strings.Contains(routes, "blackhole 10.244.1.0/24 proto 79 metric 4242") || !strings.Contains(routes, "dev cni0 proto kernel") {
+		t.Fatalf("want the bridge's route and our blackhole:\n%s", routes)
+	}
+	if got := ipIn(t, name, "route", "get", "10.244.1.7"); !strings.Contains(got, "dev cni0") {
+		t.Fatalf("the blackhole shadows the bridge: %s", got)
+	}
+	if ch := mustApply(t, r, want); ch.Total() != 0 {
+		t.Fatalf("second apply changed %+v", ch)
+	}
+
+	ipIn(t, name, "route", "del", "blackhole", "10.244.1.0/24", "metric", "4242")
+	if ch := mustApply(t, r, want); ch.Created[EntryRoute] != 1 {
+		t.Fatalf("deleted blackhole not repaired: %+v", ch)
+	}
+	ipIn(t, name, "link", "del", "cni0")
+	// The kernel answers a lookup that ends in a blackhole with EINVAL.
+	if out, err := exec.Command("ip", "-n", name, "route", "get", "10.244.1.7").CombinedOutput(); err == nil || !strings.Contains(string(out), "Invalid argument") {
+		t.Fatalf("without the bridge, pod subnet traffic is not blackholed: %v %s", err, out)
+	}
+
+	if ch := mustApply(t, r, State{}); ch.Deleted[EntryRoute] != 1 {
+		t.Fatalf("unwanted blackhole not removed: %+v", ch)
+	}
+	if got := ipIn(t, name, "route", "show", "proto", "79"); strings.TrimSpace(got) != "" {
+		t.Fatalf("routes of ours left: %s", got)
+	}
+}

@@ -27,10 +27,13 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 	for _, w := range want {
 		key := routeKey(w.Dst.Masked())
 		keep[key] = true
-		idx, err := index(w.Dev)
-		if err != nil {
-			fail(fmt.Errorf("route %s: %w", w, err))
-			continue
+		idx := 0
+		if !w.Blackhole {
+			var err error
+			if idx, err = index(w.Dev); err != nil {
+				fail(fmt.Errorf("route %s: %w", w, err))
+				continue
+			}
 		}
 		rt := netlinkRoute(w, idx)
 		cur, exists := have[key]
@@ -67,7 +70,8 @@ func (r *Reconciler) listRoutes() (map[routeKey]netlink.Route, error) {
 	return out, nil
 }
 
-// netlinkRoute is the main-table route for w through the device ifindex.
+// netlinkRoute is the main-table route for w through the device ifindex
+// (none for a blackhole).
 func netlinkRoute(w Route, ifindex int) netlink.Route {
 	rt := netlink.Route{
 		LinkIndex: ifindex,
@@ -75,6 +79,12 @@ func netlinkRoute(w Route, ifindex int) netlink.Route {
 		Protocol:  RouteProtocol,
 		Table:     unix.RT_TABLE_MAIN,
 		Scope:     netlink.SCOPE_UNIVERSE,
+		Type:      unix.RTN_UNICAST,
+		Priority:  w.Metric,
+	}
+	if w.Blackhole {
+		rt.LinkIndex, rt.Type = 0, unix.RTN_BLACKHOLE
+		return rt
 	}
 	if w.Gw.IsValid() {
 		rt.Gw = w.Gw.AsSlice()
@@ -89,8 +99,18 @@ func netlinkRoute(w Route, ifindex int) netlink.Route {
 
 func routeMatches(cur, want netlink.Route) bool {
 	return cur.LinkIndex == want.LinkIndex && cur.Gw.Equal(want.Gw) && cur.Scope == want.Scope &&
+		cur.Type == want.Type && cur.Priority == kernelPriority(want) &&
 		cur.Flags&int(netlink.FLAG_ONLINK) == want.Flags&int(netlink.FLAG_ONLINK) &&
 		len(cur.MultiPath) == 0
+}
+
+// kernelPriority is the priority the kernel gives want: IPv6 routes without
+// one get 1024.
+func kernelPriority(want netlink.Route) int {
+	if want.Priority == 0 && want.Dst != nil && want.Dst.IP.To4() == nil {
+		return 1024
+	}
+	return want.Priority
 }
 
 // pruneRoutes deletes the routes of have that are not kept.

@@ -65,6 +65,10 @@ type Route struct {
 	Gw     netip.Addr // invalid: a device route
 	Dev    string
 	OnLink bool
+	// Blackhole drops what is routed to Dst (no device, no gateway).
+	Blackhole bool
+	// Metric is the route's priority; 0 is the kernel's default.
+	Metric int
 }
 
 // Neigh is a permanent neighbour (ARP/NDP) entry.
@@ -83,6 +87,9 @@ type FDBEntry struct {
 }
 
 func (r Route) String() string {
+	if r.Blackhole {
+		return fmt.Sprintf("blackhole %s metric %d", r.Dst, r.Metric)
+	}
 	s := r.Dst.String()
 	if r.Gw.IsValid() {
 		s += " via " + r.Gw.String()
@@ -145,7 +152,7 @@ func (s *State) Validate() error {
 			return fmt.Errorf("route %s wanted both as %q and %q", r.Dst, prev, r)
 		}
 		routes[r.Dst] = r
-		if r.Dev == "" {
+		if r.Dev == "" && !r.Blackhole {
 			return fmt.Errorf("route %s has no device", r.Dst)
 		}
 	}

@@ -19,10 +19,17 @@ var (
 )
 
 // New returns a logger writing to stderr in format ("console" or "json") at
-// level, and makes klog write through it.
-func New(level, format string) (*zap.Logger, error) {
+// level (or at kl's verbosity, when that sets the level), and makes klog
+// write through it with kl's settings.
+func New(level, format string, kl Klog) (*zap.Logger, error) {
 	lvl, err := Check(level, format)
 	if err != nil {
+		return nil, err
+	}
+	if kl.SetsLevel {
+		lvl = kl.level()
+	}
+	if err := kl.apply(); err != nil {
 		return nil, err
 	}
 	var cfg zap.Config

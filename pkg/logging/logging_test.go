@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 	"k8s.io/klog/v2"
 )
@@ -41,9 +42,42 @@ func TestCheck(t *testing.T) {
 	}
 	for _, lvl := range Levels {
 		for _, f := range Formats {
-			if _, err := New(lvl, f); err != nil {
+			if _, err := New(lvl, f, Klog{}); err != nil {
 				t.Errorf("New(%q, %q): %v", lvl, f, err)
 			}
 		}
+	}
+}
+
+// flanneld's -v: a verbosity that sets the level (unless --log-level was
+// given), lets client-go's klog lines of that verbosity through, and klog's
+// other flags go to klog; a bad value names the flag.
+func TestKlogVerbosity(t *testing.T) {
+	defer func() { _ = Klog{}.apply() }() // leave klog as other tests expect it
+	log, err := New("info", "json", Klog{Verbosity: 2, SetsLevel: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !log.Core().Enabled(zapcore.DebugLevel) || !log.Core().Enabled(zapcore.Level(-2)) || log.Core().Enabled(zapcore.Level(-3)) {
+		t.Error("-v 2 does not log at verbosities 1 and 2 only")
+	}
+	if !klog.V(2).Enabled() || klog.V(3).Enabled() {
+		t.Error("-v 2 did not reach klog")
+	}
+	log, err = New("warn", "json", Klog{Verbosity: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if log.Core().Enabled(zapcore.InfoLevel) {
+		t.Error("--log-level warn given with -v: the level is not warn")
+	}
+	if _, err := New("info", "json", Klog{VModule: "leases=x"}); err == nil || !strings.Contains(err.Error(), "-vmodule") {
+		t.Errorf("bad -vmodule: %v", err)
+	}
+	if _, err := New("info", "json", Klog{BacktraceAt: "nowhere"}); err == nil || !strings.Contains(err.Error(), "-log_backtrace_at") {
+		t.Errorf("bad -log_backtrace_at: %v", err)
+	}
+	if _, err := New("info", "json", Klog{VModule: "reflector=4", BacktraceAt: "reflector.go:100"}); err != nil {
+		t.Errorf("good klog flags: %v", err)
 	}
 }

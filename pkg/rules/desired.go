@@ -47,6 +47,10 @@ type Config struct {
 	// ForwardRules accepts forwarded traffic to and from the pod network
 	// (--iptables-forward-rules).
 	ForwardRules bool
+	// NoRandomFully masquerades without --random-fully
+	// (--ip-masq-fully-random-disable); without it, --random-fully is used
+	// where iptables has it.
+	NoRandomFully bool
 }
 
 // Validate checks the prefixes: the right family, and each lease inside its

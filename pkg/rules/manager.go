@@ -170,7 +170,7 @@ func (m *Manager) Ensure(cfg Config) (changes int, err error) {
 			}
 			continue
 		}
-		want := desired(cfg, v6, f.ipt.HasRandomFully())
+		want := desired(cfg, v6, f.ipt.HasRandomFully() && !cfg.NoRandomFully)
 		for _, d := range ownedChains {
 			n, err := m.ensureChain(f, d, want[d.name], on)
 			changes += n

@@ -281,3 +281,17 @@ func TestEnsureIPv6(t *testing.T) {
 		n.assertTable(t, false, "filter", goldenFilter("10.244.0.0/16"))
 	})
 }
+
+// --ip-masq-fully-random-disable: the same masquerade rules without
+// --random-fully, switched either way on a running node.
+func TestEnsureRandomFullyDisable(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		n := newNode(t, b, "nornd")
+		off := allOn
+		off.NoRandomFully = true
+		n.ensure(t, off)
+		n.assertTable(t, false, "nat", strings.ReplaceAll(goldenNat("10.244.0.0/16", "10.244.1.0/24", false), " --random-fully", ""))
+		n.ensure(t, allOn)
+		n.assertTable(t, false, "nat", goldenNat("10.244.0.0/16", "10.244.1.0/24", false))
+	})
+}

@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	"github.com/overlayd/overlayd/netconf"
 	"github.com/overlayd/overlayd/subnet"
 )
@@ -29,13 +31,12 @@ type keys struct {
 	leaseFamily   string // lease mode: label marking overlayd's Leases, "ipv4" or "ipv6"
 }
 
-// prefixPattern is a DNS subdomain, a slash, and an optional name part ending
-// in "-": the shape that keeps every derived key a valid annotation key.
-var prefixPattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/([a-z0-9][-a-z0-9_.]*-)?$`)
+// flanneldPrefix is flanneld's check of a normalised prefix (v0.28's
+// pkg/subnet/kube/annotations.go), unanchored at the start as there.
+var flanneldPrefix = regexp.MustCompile(`(?:[a-z0-9_-]+\.)+[a-z0-9_-]+/(?:[a-z0-9_-]+-)?$`)
 
-// CheckAnnotationPrefix reports whether prefix (--kube-annotation-prefix)
-// yields valid annotation names: a lowercase DNS name, optionally followed
-// by /name, as flanneld accepts.
+// CheckAnnotationPrefix reports whether prefix (--kube-annotation-prefix) is
+// one flanneld accepts and whose annotation names the API server accepts.
 func CheckAnnotationPrefix(prefix string) error {
 	_, err := normalisePrefix(prefix)
 	return err
@@ -43,7 +44,11 @@ func CheckAnnotationPrefix(prefix string) error {
 
 // normalisePrefix normalises prefix the way flanneld does ("example.com"
 // becomes "example.com/", "example.com/net" becomes "example.com/net-") so
-// that the same flag value yields the same annotation names in both daemons.
+// that the same flag value yields the same annotation names in both daemons,
+// and refuses what flanneld refuses. A few prefixes flanneld accepts make
+// annotation names the API server refuses (upper case, "_" or a leading
+// "-" in the domain): flanneld fails on its first write with them; overlayd
+// refuses them at start, saying why.
 func normalisePrefix(prefix string) (string, error) {
 	p := prefix
 	switch strings.Count(p, "/") {
@@ -51,13 +56,18 @@ func normalisePrefix(prefix string) (string, error) {
 		p += "/"
 	case 1:
 	default:
-		return "", fmt.Errorf("annotation prefix %q: at most one \"/\" is allowed", prefix)
+		return "", fmt.Errorf("annotation prefix %q: at most one \"/\" is allowed (as in flanneld)", prefix)
 	}
 	if !strings.HasSuffix(p, "/") && !strings.HasSuffix(p, "-") {
 		p += "-"
 	}
-	if !prefixPattern.MatchString(p) || len(p) > 253+1+30 {
-		return "", fmt.Errorf("annotation prefix %q: want a lowercase DNS name, optionally followed by /name (e.g. %q)", prefix, DefaultAnnotationPrefix)
+	if !flanneldPrefix.MatchString(p) {
+		return "", fmt.Errorf("annotation prefix %q: want a domain name, optionally followed by /name, as flanneld does (fqdn/[0-9a-z-_]*, e.g. %q)", prefix, DefaultAnnotationPrefix)
+	}
+	// The longest name made from it, as an annotation key and a label key.
+	longest := p + "kube-subnet-manager"
+	if errs := validation.IsQualifiedName(longest); len(errs) > 0 {
+		return "", fmt.Errorf("annotation prefix %q: flanneld accepts it, but the API server refuses the annotation names it makes (%s: %s); use a lowercase DNS name", prefix, longest, errs[0])
 	}
 	return p, nil
 }

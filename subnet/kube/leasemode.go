@@ -52,7 +52,16 @@ func (l *leaseMode) families() []addressFamily {
 	return fs
 }
 
-func (l *leaseMode) renewEvery() time.Duration { return l.m.cfg.LeaseDuration / 3 }
+// renewEvery is how often the own Leases are renewed: every third of their
+// duration, so a short API outage costs nothing, and at the latest
+// RenewMargin before they expire.
+func (l *leaseMode) renewEvery() time.Duration {
+	every := l.m.cfg.LeaseDuration / 3
+	if m := l.m.cfg.RenewMargin; m > 0 {
+		every = min(every, l.m.cfg.LeaseDuration-m)
+	}
+	return every
+}
 
 func (l *leaseMode) newInformer() cache.SharedIndexInformer {
 	label := l.m.keys.leaseFamily

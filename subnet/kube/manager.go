@@ -40,6 +40,8 @@ const (
 	// renewal (lease mode), like flannel's etcd lease TTL. Renewal happens
 	// every third of it, so a short API outage costs nothing.
 	DefaultLeaseDuration = 24 * time.Hour
+	// DefaultRenewMargin is flanneld's --subnet-lease-renew-margin default.
+	DefaultRenewMargin = time.Hour
 )
 
 // Config configures the lease store.
@@ -52,6 +54,10 @@ type Config struct {
 	// LeaseDuration is the validity of a Lease object without renewal in
 	// lease mode; default DefaultLeaseDuration.
 	LeaseDuration time.Duration
+	// RenewMargin (--subnet-lease-renew-margin): in lease mode the own
+	// Leases are renewed at the latest this long before they expire, and
+	// every third of LeaseDuration in any case; zero means only the latter.
+	RenewMargin time.Duration
 	// SetNodeNetworkUnavailable sets the Node's NetworkUnavailable condition
 	// to False once Acquire succeeds, as flanneld does.
 	SetNodeNetworkUnavailable bool
@@ -137,6 +143,9 @@ func newManager(cfg Config) (*manager, error) {
 	}
 	if cfg.LeaseDuration < time.Second {
 		return nil, fmt.Errorf("kube lease store: LeaseDuration %s is shorter than one second", cfg.LeaseDuration)
+	}
+	if cfg.RenewMargin < 0 || cfg.RenewMargin >= cfg.LeaseDuration {
+		return nil, fmt.Errorf("kube lease store: RenewMargin %s must be shorter than the LeaseDuration %s", cfg.RenewMargin, cfg.LeaseDuration)
 	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()

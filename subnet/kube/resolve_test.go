@@ -18,9 +18,16 @@ func TestNewKeysNormalisesLikeFlanneld(t *testing.T) {
 		{prefix: "example.com/net", backendType: "example.com/net-backend-type"},
 		{prefix: "example.com/net-", backendType: "example.com/net-backend-type"},
 		{prefix: "example.com/", backendType: "example.com/backend-type"},
+		{prefix: "example.com/net_x", backendType: "example.com/net_x-backend-type"},
 		{prefix: "a/b/c", err: `at most one "/"`},
-		{prefix: "Example.com", err: "lowercase DNS name"},
-		{prefix: "-bad.com", err: "lowercase DNS name"},
+		// flanneld refuses these too.
+		{prefix: "localhost", err: "as flanneld does"},
+		{prefix: "example.com/Net", err: "as flanneld does"},
+		{prefix: "example.com/net.x", err: "as flanneld does"},
+		// flanneld accepts these, and then fails to write its annotations.
+		{prefix: "Example.com", err: "flanneld accepts it, but the API server refuses"},
+		{prefix: "-bad.com", err: "flanneld accepts it, but the API server refuses"},
+		{prefix: "a_b.example.com", err: "flanneld accepts it, but the API server refuses"},
 	} {
 		k, err := newKeys(tc.prefix)
 		if check := CheckAnnotationPrefix(tc.prefix); (check == nil) != (err == nil) {
