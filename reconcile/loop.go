@@ -54,6 +54,7 @@ const (
 	EventConfigRefused  = "NetConfRefused"
 	EventDatapathFailed = "DatapathFailed"
 	EventPeerSkipped    = "PeerUnreachable"
+	EventPublicAddress  = "PublicAddress"
 )
 
 // Config is everything the loop needs; the caller wires real parts in.
@@ -62,7 +63,12 @@ type Config struct {
 	Net      *netconf.Config
 	Backend  backend.Backend
 	Leases   subnet.Manager
-	Underlay *ip.External
+	// Underlay is the external interface the flags choose. The own Node's
+	// node-public-ip annotations choose again with UnderlayOptions (the
+	// flags) on Host.
+	Underlay        *ip.External
+	UnderlayOptions ip.SelectOptions
+	Host            ip.Host
 
 	Kernel    Kernel
 	Datapaths backend.Datapaths // opened by the caller, to resume before the lease is known
@@ -89,9 +95,12 @@ type Loop struct {
 	cfg   Config
 	log   *zap.Logger
 	queue workqueue.TypedRateLimitingInterface[string]
+	// underlayIndex is the underlay's ifindex, for the kernel watch's filter.
+	underlayIndex atomic.Int64
 
 	// The fields below belong to the pass (one goroutine), except pending.
 	node      backend.Node
+	addrs     subnet.NodeAddresses // the own Node's address annotations in force
 	peers     peerCache
 	lastState *backend.State // last successfully applied desired state
 	published *subnet.LeaseAttrs

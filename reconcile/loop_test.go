@@ -35,6 +35,9 @@ func (s *staticLeases) Publish(context.Context, subnet.LeaseAttrs) error { retur
 func (s *staticLeases) Run(ctx context.Context) error                    { <-ctx.Done(); return nil }
 func (s *staticLeases) Peers() ([]subnet.Lease, bool)                    { return s.peers, true }
 func (s *staticLeases) Changed() <-chan struct{}                         { return nil }
+func (s *staticLeases) NodeAddresses() (subnet.NodeAddresses, bool) {
+	return subnet.NodeAddresses{}, true
+}
 
 func newTestLoop(t *testing.T, netConf string, peers ...subnet.Lease) *Loop {
 	t.Helper()

@@ -55,6 +55,9 @@ func (l *Loop) pass(ctx context.Context) error {
 		return nil
 	}
 	l.applyPending()
+	if a, _ := l.cfg.Leases.NodeAddresses(); a != l.addrs {
+		l.applyNodeAddresses(a)
+	}
 	want, err := l.desired(peers)
 	if err != nil {
 		l.cfg.Status.Set(health.Datapath, false, err.Error())

@@ -46,6 +46,10 @@ func (c *peerCache) reset(own, replaced backend.Backend) {
 	c.results = nil
 }
 
+// forget drops every result, keeping the backends: this node's underlay
+// changed.
+func (c *peerCache) forget() { c.results = nil }
+
 // cachePass is one pass's use of the cache: results of peers seen in the
 // pass are kept for the next, the others dropped.
 type cachePass struct {

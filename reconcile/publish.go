@@ -14,15 +14,24 @@ import (
 // publishTimeout bounds one write of this node's attributes.
 const publishTimeout = 30 * time.Second
 
-// attrs is what this node publishes on its lease.
+// attrs is what this node publishes on its lease. Its public addresses are,
+// first to last, as flanneld: the public-ip-overwrite annotations, the
+// node-public-ip annotations, --public-ip(v6), the interface's address.
 func (l *Loop) attrs() (subnet.LeaseAttrs, error) {
 	data, err := l.cfg.Backend.Data(l.node)
 	if err != nil {
 		return subnet.LeaseAttrs{}, fmt.Errorf("backend data: %w", err)
 	}
+	pub, pub6 := l.node.Underlay.PublicIP, l.node.Underlay.PublicIPv6
+	if l.addrs.Overwrite.IsValid() && pub.IsValid() {
+		pub = l.addrs.Overwrite
+	}
+	if l.addrs.OverwriteV6.IsValid() && pub6.IsValid() {
+		pub6 = l.addrs.OverwriteV6
+	}
 	return subnet.LeaseAttrs{
-		PublicIP:    l.cfg.Underlay.PublicIP,
-		PublicIPv6:  l.cfg.Underlay.PublicIPv6,
+		PublicIP:    pub,
+		PublicIPv6:  pub6,
 		BackendType: l.cfg.Backend.Type(),
 		BackendData: data,
 	}, nil

@@ -12,6 +12,7 @@ import (
 	"github.com/overlayd/overlayd/backend"
 	"github.com/overlayd/overlayd/pkg/filewatch"
 	"github.com/overlayd/overlayd/pkg/health"
+	"github.com/overlayd/overlayd/subnet"
 )
 
 // Run acquires the lease, publishes this node's data, and runs the loop
@@ -49,6 +50,7 @@ func (l *Loop) Run(ctx context.Context) error {
 func (l *Loop) run(ctx context.Context, g *errgroup.Group) error {
 	c := l.cfg
 	l.node = backend.Node{Name: c.NodeName, Network: c.Net.Network, IPv6Network: c.Net.IPv6Network, Underlay: c.Underlay}
+	l.underlayIndex.Store(int64(c.Underlay.Iface.Index))
 
 	// Waiting for a lease (e.g. for kube-controller-manager to assign a
 	// podCIDR) is progress, not a hang: stay alive until the loop beats.
@@ -65,9 +67,8 @@ func (l *Loop) run(ctx context.Context, g *errgroup.Group) error {
 
 	// Everything that can change the desired or the actual state only
 	// marks it dirty.
-	underlayIndex := c.Underlay.Iface.Index
 	g.Go(func() error {
-		c.Kernel.Watch(ctx, func(idx int) bool { return idx == underlayIndex }, l.markFor("kernel"))
+		c.Kernel.Watch(ctx, func(idx int) bool { return int64(idx) == l.underlayIndex.Load() }, l.markFor("kernel"))
 		return nil
 	})
 	g.Go(func() error { l.forward(ctx, c.Leases.Changed(), "leases"); return nil })
@@ -90,6 +91,13 @@ func (l *Loop) run(ctx context.Context, g *errgroup.Group) error {
 // acquire takes this node's lease with its backend data published on it,
 // and writes subnet.env.
 func (l *Loop) acquire(ctx context.Context) error {
+	// What the own Node says about its public addresses decides what is
+	// published, so it is read first (the lease store's first sync).
+	addrs, err := l.nodeAddresses(ctx)
+	if err != nil {
+		return err
+	}
+	l.applyNodeAddresses(addrs)
 	attrs, err := l.attrs()
 	if err != nil {
 		return err
@@ -105,6 +113,21 @@ func (l *Loop) acquire(ctx context.Context) error {
 	l.log.Info("lease acquired", zap.Stringer("subnet", lease.Subnet), zap.Stringer("ipv6Subnet", lease.IPv6Subnet))
 	l.cfg.Status.Set(health.Lease, true, leaseDetail(lease))
 	return l.writeSubnetFile()
+}
+
+// nodeAddresses waits for the lease store's first sync and returns the own
+// Node's address annotations.
+func (l *Loop) nodeAddresses(ctx context.Context) (subnet.NodeAddresses, error) {
+	for {
+		if a, synced := l.cfg.Leases.NodeAddresses(); synced {
+			return a, nil
+		}
+		select {
+		case <-l.cfg.Leases.Changed():
+		case <-ctx.Done():
+			return subnet.NodeAddresses{}, ctx.Err()
+		}
+	}
 }
 
 // beatUntil keeps the liveness heartbeat going until ctx ends.

@@ -23,6 +23,16 @@ type LeaseAttrs struct {
 	BackendV6Data json.RawMessage
 }
 
+// NodeAddresses are what the node's own API object says about its public
+// addresses, with flanneld's annotations: NodePublicIP (node-public-ip)
+// stands in for --public-ip, so it also picks the interface when no
+// interface flag does; Overwrite (public-ip-overwrite) is what peers are
+// told to send to, whatever the interface. Invalid: not given.
+type NodeAddresses struct {
+	NodePublicIP, NodePublicIPv6 netip.Addr
+	Overwrite, OverwriteV6       netip.Addr
+}
+
 // Manager is a lease store: it obtains this node's lease and keeps a complete,
 // current picture of every peer's lease.
 type Manager interface {
@@ -36,6 +46,10 @@ type Manager interface {
 	// Peers returns every valid peer lease and whether the initial sync is
 	// complete. Before it is, the list must not be taken as the whole truth.
 	Peers() (peers []Lease, synced bool)
-	// Changed receives a value, coalesced, whenever Peers may have changed.
+	// NodeAddresses returns what this node's own object says about its
+	// public addresses, and whether the initial sync is complete.
+	NodeAddresses() (NodeAddresses, bool)
+	// Changed receives a value, coalesced, whenever Peers or NodeAddresses
+	// may have changed.
 	Changed() <-chan struct{}
 }

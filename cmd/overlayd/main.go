@@ -79,7 +79,8 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		return fmt.Errorf("%s: %w", o.netConfigPath, err)
 	}
 
-	underlay, err := ip.SelectExternal(o.selectOptions(netConf.EnableIPv4, netConf.EnableIPv6), ip.NetlinkHost{})
+	underlayOpts := o.selectOptions(netConf.EnableIPv4, netConf.EnableIPv6)
+	underlay, err := ip.SelectExternal(underlayOpts, ip.NetlinkHost{})
 	if err != nil {
 		return fmt.Errorf("choosing the external interface: %w", err)
 	}
@@ -145,6 +146,8 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		Backend:           be,
 		Leases:            leases,
 		Underlay:          underlay,
+		UnderlayOptions:   underlayOpts,
+		Host:              ip.NetlinkHost{},
 		Kernel:            reconciler,
 		Datapaths:         datapaths,
 		Rules:             trafficRules,

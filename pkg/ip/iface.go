@@ -52,7 +52,8 @@ type External struct {
 // SelectExternal chooses the external interface and addresses the way
 // flanneld does: --iface entries in order, else --iface-regex entries in
 // order (addresses first, then names), else --iface-can-reach, else the
-// interface of the default route.
+// interface holding --public-ip (or --public-ipv6), else the interface of
+// the default route.
 func SelectExternal(opts SelectOptions, host Host) (*External, error) {
 	if !opts.IPv4 && !opts.IPv6 {
 		return nil, errors.New("neither IPv4 nor IPv6 is enabled")
@@ -167,6 +168,19 @@ func chooseInterface(opts SelectOptions, ifaces []Interface, host Host) (Interfa
 			return Interface{}, netip.Addr{}, fmt.Errorf("--iface-can-reach %s: route uses unknown interface index %d", dst, idx)
 		}
 		return iface, netip.Addr{}, nil
+
+	case opts.PublicIP != "" || opts.PublicIPv6 != "":
+		// As flanneld: with no interface flag, the interface that holds
+		// --public-ip (else --public-ipv6) carries the traffic.
+		flag, s := "--public-ip", opts.PublicIP
+		if s == "" {
+			flag, s = "--public-ipv6", opts.PublicIPv6
+		}
+		a := netip.MustParseAddr(s) // checked by Validate
+		if iface, ok := interfaceWithAddr(ifaces, a); ok {
+			return iface, a, nil
+		}
+		return Interface{}, netip.Addr{}, fmt.Errorf("%s %s: no interface has this address; without --iface, --iface-regex or --iface-can-reach the interface holding it is used, as in flanneld (add --iface when peers reach this node at an address of another machine, e.g. behind NAT)", flag, a)
 
 	default:
 		idx, err := host.DefaultRouteIndex(!opts.IPv4)

@@ -27,8 +27,11 @@ type keys struct {
 	backendV6Data string
 	publicIP      string
 	publicIPv6    string
-	subnet        string // lease mode: the subnet a Lease object stands for
-	leaseFamily   string // lease mode: label marking overlayd's Leases, "ipv4" or "ipv6"
+	// Set by an administrator on a Node, read by the agent (as flanneld):
+	nodePublicIP, nodePublicIPv6           string // stand in for --public-ip(v6)
+	publicIPOverwrite, publicIPv6Overwrite string // what peers are told
+	subnet                                 string // lease mode: the subnet a Lease object stands for
+	leaseFamily                            string // lease mode: label marking overlayd's Leases, "ipv4" or "ipv6"
 }
 
 // flanneldPrefix is flanneld's check of a normalised prefix (v0.28's
@@ -86,8 +89,13 @@ func newKeys(prefix string) (keys, error) {
 		backendV6Data: p + "backend-v6-data",
 		publicIP:      p + "public-ip",
 		publicIPv6:    p + "public-ipv6",
-		subnet:        p + "subnet",
-		leaseFamily:   p + "subnet-lease",
+
+		nodePublicIP:        p + "node-public-ip",
+		nodePublicIPv6:      p + "node-public-ipv6",
+		publicIPOverwrite:   p + "public-ip-overwrite",
+		publicIPv6Overwrite: p + "public-ipv6-overwrite",
+		subnet:              p + "subnet",
+		leaseFamily:         p + "subnet-lease",
 	}, nil
 }
 
@@ -188,6 +196,32 @@ func (k keys) decode(net *netconf.Config, a map[string]string) (attrs subnet.Lea
 		}
 	}
 	return attrs, false, nil
+}
+
+// nodeAddresses reads the public address annotations an administrator set on
+// the own Node. A malformed one is left out and described in bad.
+func (k keys) nodeAddresses(a map[string]string) (addrs subnet.NodeAddresses, bad []string) {
+	for _, f := range []struct {
+		key string
+		v6  bool
+		dst *netip.Addr
+	}{
+		{k.nodePublicIP, false, &addrs.NodePublicIP},
+		{k.nodePublicIPv6, true, &addrs.NodePublicIPv6},
+		{k.publicIPOverwrite, false, &addrs.Overwrite},
+		{k.publicIPv6Overwrite, true, &addrs.OverwriteV6},
+	} {
+		if s, ok := a[f.key]; !ok || s == "" {
+			continue
+		}
+		ip, _, err := k.addr(a, f.key, f.v6)
+		if err != nil {
+			bad = append(bad, err.Error())
+			continue
+		}
+		*f.dst = ip
+	}
+	return addrs, bad
 }
 
 // decodeRecord decodes a peer's annotations for its record: the attributes,

@@ -202,7 +202,9 @@ func (l *leaseMode) cachedLease(key string) *coordv1.Lease {
 
 func (l *leaseMode) permissions() []permission {
 	self, ns := l.m.cfg.NodeName, l.m.cfg.LeaseNamespace
-	perms := []permission{{verb: "get", resource: "nodes", name: self}}
+	// get: the own Node for the Leases' owner reference; list and watch
+	// (of the own Node only): its public address annotations.
+	perms := []permission{{verb: "get", resource: "nodes", name: self}, {verb: "list", resource: "nodes"}, {verb: "watch", resource: "nodes"}}
 	if l.m.cfg.SetNodeNetworkUnavailable {
 		perms = append(perms, permission{verb: "patch", resource: "nodes", subresource: "status", name: self})
 	}

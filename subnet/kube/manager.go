@@ -91,6 +91,7 @@ type manager struct {
 
 	informer cache.SharedIndexInformer
 	reg      cache.ResourceEventHandlerRegistration
+	self     *ownNodeWatch // lease mode only
 
 	mu     sync.Mutex
 	res    resolution
@@ -185,6 +186,11 @@ func newManager(cfg Config) (*manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Net.LeaseMode == netconf.LeaseModeLease {
+		if m.self, err = newOwnNodeWatch(m); err != nil {
+			return nil, err
+		}
+	}
 	return m, nil
 }
 
@@ -224,14 +230,21 @@ func (m *manager) run(ctx context.Context) error {
 	informerCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { m.informer.RunWithContext(informerCtx) })
+	synced := []cache.DoneChecker{m.reg.HasSyncedChecker()}
+	if m.self != nil {
+		wg.Go(func() { m.self.informer.RunWithContext(informerCtx) })
+		synced = append(synced, m.self.reg.HasSyncedChecker())
+	}
 	defer wg.Wait()
 	defer stop()
 
 	start := time.Now()
-	select {
-	case <-m.reg.HasSyncedChecker().Done():
-	case <-ctx.Done():
-		return nil
+	for _, s := range synced {
+		select {
+		case <-s.Done():
+		case <-ctx.Done():
+			return nil
+		}
 	}
 	m.resolveNow()
 	m.log.Info("lease store synced", zap.Int("peers", len(m.res.peers)), zap.Duration("took", time.Since(start)))

@@ -222,7 +222,7 @@ func TestRBAC(t *testing.T) {
 		}{
 			{podCfg(nobody), who + ` is forbidden to list nodes, watch nodes, patch nodes/status "rbac-a", ` +
 				`create events in namespace default, patch events in namespace default; overlayd needs these in podCIDR lease mode (see Documentation/rbac.md)`},
-			{leaseCfg(nobody), who + ` is forbidden to get nodes "rbac-l", patch nodes/status "rbac-l", ` +
+			{leaseCfg(nobody), who + ` is forbidden to get nodes "rbac-l", list nodes, watch nodes, patch nodes/status "rbac-l", ` +
 				`get leases.coordination.k8s.io in namespace kube-system, list leases.coordination.k8s.io in namespace kube-system, ` +
 				`watch leases.coordination.k8s.io in namespace kube-system, create leases.coordination.k8s.io in namespace kube-system, ` +
 				`update leases.coordination.k8s.io in namespace kube-system, create events in namespace default, patch events in namespace default; ` +

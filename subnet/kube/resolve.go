@@ -106,6 +106,10 @@ type resolution struct {
 	// ownProblem is why the own node's subnet claim is refused (its
 	// annotations do not matter: the agent is about to write them).
 	ownProblem problem
+	// node is what the own Node's annotations say about its public
+	// addresses; nodeBad describes those that are malformed.
+	node    subnet.NodeAddresses
+	nodeBad string
 }
 
 // peer is a node's lease as the records it is made of (one, or one per

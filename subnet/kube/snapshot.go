@@ -2,20 +2,29 @@ package kube
 
 import (
 	"slices"
+	"strings"
 
 	"go.uber.org/zap"
 
 	"github.com/overlayd/overlayd/pkg/metrics"
 )
 
-// resolveNow recomputes the snapshot from the records, reports newly
-// skipped peers and notifies Changed if the peers differ.
+// resolveNow recomputes the snapshot from the records and the own Node's
+// address annotations, reports newly skipped peers and notifies Changed if
+// the peers or the addresses differ.
 func (m *manager) resolveNow() {
 	res := resolve(m.net, m.cfg.NodeName, m.records())
+	var bad []string
+	res.node, bad = m.keys.nodeAddresses(m.ownAnnotations())
+	res.nodeBad = strings.Join(bad, "; ")
 	m.report(res)
 
 	m.mu.Lock()
-	changed := !m.synced || !slices.EqualFunc(m.res.peers, res.peers, samePeer)
+	if res.nodeBad != m.res.nodeBad && res.nodeBad != "" {
+		m.log.Warn("ignoring malformed public address annotations on this node", zap.String("detail", res.nodeBad))
+		m.cfg.Events.Warning("BadAnnotation", "ignoring malformed annotations: %s", res.nodeBad)
+	}
+	changed := !m.synced || res.node != m.res.node || !slices.EqualFunc(m.res.peers, res.peers, samePeer)
 	m.res, m.synced = res, true
 	close(m.wake)
 	m.wake = make(chan struct{})
