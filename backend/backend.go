@@ -7,6 +7,7 @@ package backend
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -24,6 +25,19 @@ type Node struct {
 	Network     netip.Prefix // cluster IPv4 network (invalid when IPv4 is off)
 	IPv6Network netip.Prefix
 	Underlay    *ip.External // the interface traffic between nodes uses
+	// LinkMACs are the MACs of this node's devices that existed when the
+	// agent started (its own from before, or another agent's it adopted),
+	// by name: a device keeps its MAC, so peers need no update.
+	LinkMACs map[string]net.HardwareAddr
+}
+
+// MAC is the MAC of the device name: the one it had when the agent
+// started, else fallback.
+func (n Node) MAC(name string, fallback net.HardwareAddr) net.HardwareAddr {
+	if m, ok := n.LinkMACs[name]; ok {
+		return m
+	}
+	return fallback
 }
 
 // Backend maps configuration and leases to desired state.

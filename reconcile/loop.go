@@ -13,6 +13,7 @@ package reconcile
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 
 	"github.com/overlayd/overlayd/backend"
 	"github.com/overlayd/overlayd/netconf"
+	"github.com/overlayd/overlayd/pkg/flanneld"
 	"github.com/overlayd/overlayd/pkg/health"
 	"github.com/overlayd/overlayd/pkg/ip"
 	"github.com/overlayd/overlayd/pkg/kernel"
@@ -34,11 +36,20 @@ type Kernel interface {
 	ApplyLinks(want []kernel.Link) (kernel.Changes, error)
 	Watch(ctx context.Context, watched func(ifindex int) bool, notify func(reason string))
 	RxPackets(link string) (uint64, error)
+
+	// Taking over from another agent (takeover.go).
+	Links() ([]kernel.LinkInfo, error)
+	OwnMACs() (map[string]net.HardwareAddr, error)
+	Adopt(from, to string) error
+	RemoveLink(name string) error
+	RemoveRoutes(match func(kernel.RouteInfo) bool) (int, error)
 }
 
 // Rules keeps the traffic (iptables) rules in place.
 type Rules interface {
 	Ensure(want rules.Config) (changes int, err error)
+	// RemoveForeign removes another agent's chains (flanneld's).
+	RemoveForeign(chains []rules.Chain) (removed int, err error)
 }
 
 // Events records what an operator should see on the Node (Kubernetes
@@ -50,11 +61,12 @@ type Events interface {
 
 // Event reasons.
 const (
-	EventConfigApplied  = "NetConfApplied"
-	EventConfigRefused  = "NetConfRefused"
-	EventDatapathFailed = "DatapathFailed"
-	EventPeerSkipped    = "PeerUnreachable"
-	EventPublicAddress  = "PublicAddress"
+	EventConfigApplied   = "NetConfApplied"
+	EventConfigRefused   = "NetConfRefused"
+	EventDatapathFailed  = "DatapathFailed"
+	EventPeerSkipped     = "PeerUnreachable"
+	EventPublicAddress   = "PublicAddress"
+	EventFlanneldRunning = "FlanneldRunning"
 )
 
 // Config is everything the loop needs; the caller wires real parts in.
@@ -85,6 +97,10 @@ type Config struct {
 	ResyncPeriod      time.Duration // kernel state checked at least this often
 	RulesResync       time.Duration // traffic rules checked at least this often
 
+	// FlanneldRunning returns the pid of a flanneld running on the node, 0
+	// for none; default flanneld.Running.
+	FlanneldRunning func() (int, error)
+
 	Status *health.Status
 	Events Events
 	Log    *zap.Logger
@@ -112,6 +128,7 @@ type Loop struct {
 	pending  atomic.Pointer[pendingConfig] // offered by Reload, taken by a pass
 	ownRaw   json.RawMessage               // the Backend object in force
 	drains   []*drain
+	takeover takeover
 }
 
 // syncKey is the queue's only item: there is one state, and it is dirty or not.
@@ -119,6 +136,9 @@ const syncKey = "sync"
 
 // New prepares a loop; Run starts it.
 func New(cfg Config) *Loop {
+	if cfg.FlanneldRunning == nil {
+		cfg.FlanneldRunning = flanneld.Running
+	}
 	limiter := workqueue.NewTypedItemExponentialFailureRateLimiter[string](50*time.Millisecond, 5*time.Second)
 	return &Loop{
 		cfg:      cfg,

@@ -54,6 +54,19 @@ func (l *Loop) pass(ctx context.Context) error {
 		// full one (its arrival marks the state dirty again).
 		return nil
 	}
+	if l.flanneldRunning(health.Datapath) {
+		// Never fight another agent over the same kernel state.
+		l.takeover.again = true
+		l.queue.AddAfter(syncKey, flanneldPoll)
+		return nil
+	}
+	if l.takeover.again {
+		// A flanneld ran while this agent did: take over what it left.
+		l.takeover = takeover{}
+		if err := l.adoptFlanneld(); err != nil {
+			return err
+		}
+	}
 	l.applyPending()
 	if a, _ := l.cfg.Leases.NodeAddresses(); a != l.addrs {
 		l.applyNodeAddresses(a)
@@ -84,6 +97,9 @@ func (l *Loop) pass(ctx context.Context) error {
 		} else {
 			l.cfg.Status.Set(health.Rules, true, "")
 		}
+	}
+	if len(errs) == 0 {
+		errs = append(errs, l.finishTakeover(want))
 	}
 	return errors.Join(errs...)
 }

@@ -56,7 +56,13 @@ func (l *Loop) run(ctx context.Context, g *errgroup.Group) error {
 	// podCIDR) is progress, not a hang: stay alive until the loop beats.
 	starting, started := context.WithCancel(ctx)
 	g.Go(func() error { l.beatUntil(starting); return nil })
-	err := l.acquire(ctx)
+	err := l.waitForFlanneld(ctx)
+	if err == nil {
+		err = l.adoptFlanneld()
+	}
+	if err == nil {
+		err = l.acquire(ctx)
+	}
 	started()
 	if err != nil {
 		if ctx.Err() != nil {

@@ -76,6 +76,19 @@ func (b *udpBackend) Data(backend.Node) (json.RawMessage, error) {
 	return json.Marshal(Data{Port: b.opts.Port})
 }
 
+// flanneldDevice is flanneld's udp TUN device.
+const flanneldDevice = "flannel0"
+
+// TakeOver implements backend.Adopter: flanneld's TUN (it has no virtio-net
+// header, so the datapath cannot use it) is removed once overlay0 carries
+// the traffic. A flanneld that stopped normally took it with it.
+func (b *udpBackend) TakeOver(l kernel.LinkInfo) (backend.TakeOver, bool) {
+	if l.Type != "tuntap" || l.Name != flanneldDevice {
+		return backend.TakeOver{}, false
+	}
+	return backend.TakeOver{Remove: true}, true
+}
+
 // Local is the TUN device with the node's VTEP address and the datapath
 // listening on the port.
 func (b *udpBackend) Local(n backend.Node, st *backend.State) error {

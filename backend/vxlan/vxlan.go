@@ -106,7 +106,26 @@ func VtepMAC(node string, vni int) net.HardwareAddr {
 }
 
 func (b *vxlanBackend) Data(n backend.Node) (json.RawMessage, error) {
-	return json.Marshal(Data{VNI: b.opts.VNI, VtepMAC: VtepMAC(n.Name, b.opts.VNI).String(), Port: b.opts.Port})
+	mac := n.MAC(DeviceName(b.opts.VNI, b.opts.Port), VtepMAC(n.Name, b.opts.VNI))
+	return json.Marshal(Data{VNI: b.opts.VNI, VtepMAC: mac.String(), Port: b.opts.Port})
+}
+
+// flanneldDevice is the name flanneld gives its vxlan device, whatever its
+// port.
+func flanneldDevice(vni int) string { return fmt.Sprintf("flannel.%d", vni) }
+
+// TakeOver implements backend.Adopter: flanneld's vxlan device becomes
+// overlayd's device of the same VNI and port, renamed in place, keeping
+// its MAC, so no peer has to change anything.
+func (b *vxlanBackend) TakeOver(l kernel.LinkInfo) (backend.TakeOver, bool) {
+	if l.Type != "vxlan" || l.Name != flanneldDevice(l.VNI) {
+		return backend.TakeOver{}, false
+	}
+	port := l.Port
+	if port == 0 {
+		port = DefaultPort
+	}
+	return backend.TakeOver{Rename: DeviceName(l.VNI, port)}, true
 }
 
 // device is the link this node needs for traffic of a VNI and port.
@@ -119,7 +138,7 @@ func (b *vxlanBackend) device(n backend.Node, vni, port int) (kernel.Link, error
 		Name: name,
 		Kind: kernel.KindVXLAN,
 		MTU:  b.MTU(n),
-		MAC:  VtepMAC(n.Name, vni),
+		MAC:  n.MAC(name, VtepMAC(n.Name, vni)),
 		VXLAN: kernel.VXLAN{
 			VNI:      vni,
 			Port:     port,
