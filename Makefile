@@ -4,8 +4,9 @@ GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/overlayd/overlayd/pkg/version.Version=$(VERSION)
 TOOLS_BIN := $(CURDIR)/hack/tools/bin
-TEST_BINS := $(TOOLS_BIN)/etcd $(TOOLS_BIN)/kube-apiserver $(TOOLS_BIN)/kube-controller-manager
+TEST_BINS := $(TOOLS_BIN)/etcd $(TOOLS_BIN)/kube-apiserver $(TOOLS_BIN)/kube-controller-manager $(TOOLS_BIN)/flanneld
 K8S_VERSION := $(shell awk '$$1=="k8s.io/kubernetes" {print $$2}' hack/tools/go.mod)
+FLANNEL_VERSION := $(shell awk '$$1=="github.com/flannel-io/flannel" {print $$2}' hack/tools/flannel/go.mod)
 # One package at a time: the end-to-end, demo and benchmark-like tests measure
 # packet loss and must not compete for the CPU with each other.
 TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
@@ -13,7 +14,7 @@ TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
 export OVERLAYD_TEST_BIN_DIR := $(TOOLS_BIN)
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: all build test deps test-bins cni-bins lint bench demo clean
+.PHONY: all build test deps test-bins cni-bins flannel-bin lint bench demo clean
 
 all: build
 
@@ -25,7 +26,8 @@ build:
 deps:
 	@hack/install-deps.sh
 
-## test-bins: etcd, kube-apiserver and kube-controller-manager pinned in hack/tools
+## test-bins: etcd, kube-apiserver and kube-controller-manager pinned in hack/tools, and
+##            flanneld pinned in hack/tools/flannel
 test-bins: $(TEST_BINS)
 
 $(TOOLS_BIN)/etcd: hack/tools/go.mod hack/tools/go.sum
@@ -33,6 +35,14 @@ $(TOOLS_BIN)/etcd: hack/tools/go.mod hack/tools/go.sum
 
 $(TOOLS_BIN)/kube-apiserver $(TOOLS_BIN)/kube-controller-manager: $(TOOLS_BIN)/%: hack/tools/go.mod hack/tools/go.sum
 	cd hack/tools && $(GO) build -trimpath -ldflags "-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION)" -o $@ k8s.io/kubernetes/cmd/$*
+
+## flannel-bin: the real flanneld (flannel-io/flannel, version in hack/tools/flannel/go.mod),
+##              for the mixed-cluster and subnet.env tests (test/e2e/flannel_test.go)
+flannel-bin: $(TOOLS_BIN)/flanneld
+
+# cgo stays on: flanneld's udp backend is partly C.
+$(TOOLS_BIN)/flanneld: hack/tools/flannel/go.mod hack/tools/flannel/go.sum hack/tools/flannel/tencentvpc-stub/go.mod $(wildcard hack/tools/flannel/tencentvpc-stub/*/*.go)
+	cd hack/tools/flannel && $(GO) build -trimpath -ldflags "-X github.com/flannel-io/flannel/pkg/version.Version=$(FLANNEL_VERSION)" -o $@ github.com/flannel-io/flannel
 
 CNI_BIN     := $(TOOLS_BIN)/cni
 CNI_PLUGINS := bridge host-local loopback flannel

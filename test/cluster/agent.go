@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,9 +15,15 @@ import (
 	"github.com/overlayd/overlayd/test/lab"
 )
 
-// AgentArgv is the command line of the node's agent: the flags every agent
-// gets (its kubeconfig, net-conf.json, subnet.env and health server), then
-// Options.Args.
+// The programs a node's agent can be (lab.Process.Name of the agent).
+const (
+	Overlayd = "overlayd"
+	Flanneld = "flanneld"
+)
+
+// AgentArgv is the command line of the node's overlayd: the flags every
+// agent gets (its kubeconfig, net-conf.json, subnet.env and health server),
+// then Options.Args and the node's Options.NodeArgs.
 func (c *Cluster) AgentArgv(n *lab.Node) []string {
 	args := []string{c.opts.Overlayd,
 		"--kubeconfig-file", n.Kubeconfig,
@@ -24,43 +31,103 @@ func (c *Cluster) AgentArgv(n *lab.Node) []string {
 		"--subnet-file", n.SubnetEnv,
 		"--healthz-ip", "127.0.0.1", "--healthz-port", strconv.Itoa(HealthzPort),
 	}
-	return append(args, c.opts.Args...)
+	return slices.Concat(args, c.opts.Args, c.opts.NodeArgs[n.Name])
 }
 
-// StartAgent starts overlayd on the node with NODE_NAME set, as the
-// DaemonSet does, or starts the node's stopped agent again with the
-// current AgentArgv.
-func (c *Cluster) StartAgent(n *lab.Node) (*lab.Process, error) {
-	if c.opts.Overlayd == "" {
-		return nil, errors.New("cluster: Options.Overlayd is required to start agents")
+// AgentProgram is what the node's agent runs, or runs when it next
+// starts: Overlayd or Flanneld.
+func (c *Cluster) AgentProgram(n *lab.Node) string {
+	if p := c.programs[n.Name]; p != "" {
+		return p
 	}
-	if p := c.Agents[n.Name]; p != nil {
-		p.Argv = c.AgentArgv(n)
-		if err := p.Start(); err != nil {
-			return nil, fmt.Errorf("starting overlayd on %s again: %w", n.Name, err)
+	return Overlayd
+}
+
+// UseAgent makes program (Overlayd or Flanneld) the node's agent from its
+// next StartAgent on. The current agent must be stopped; what it left in
+// the node's kernel stays there.
+func (c *Cluster) UseAgent(n *lab.Node, program string) error {
+	if program != Overlayd && program != Flanneld {
+		return fmt.Errorf("cluster: no agent program %q (want %s or %s)", program, Overlayd, Flanneld)
+	}
+	if p := c.Agents[n.Name]; p != nil && p.Running() && p.Name != program {
+		return fmt.Errorf("cluster: %s still runs on %s; stop it first", p.Name, n.Name)
+	}
+	c.programs[n.Name] = program
+	return nil
+}
+
+// StartAgent starts the node's agent with NODE_NAME set, as the DaemonSet
+// does: overlayd (AgentArgv) or, on a flanneld node, flanneld
+// (FlanneldArgv) once the node's Node has a podCIDR (flanneld exits at once
+// without one). A stopped agent is started again with its current command
+// line. Its log is the lab process's (<lab dir>/<node>/<program>.log).
+func (c *Cluster) StartAgent(n *lab.Node) (*lab.Process, error) {
+	program := c.AgentProgram(n)
+	var argv []string
+	switch program {
+	case Flanneld:
+		if c.opts.Flanneld == "" {
+			bin, err := FlanneldBinary()
+			if err != nil {
+				return nil, err
+			}
+			c.opts.Flanneld = bin
 		}
+		if _, err := c.WaitPodCIDR(context.Background(), n, PodCIDRTimeout); err != nil {
+			return nil, fmt.Errorf("starting flanneld on %s: %w", n.Name, err)
+		}
+		argv = c.FlanneldArgv(n)
+	default:
+		if c.opts.Overlayd == "" {
+			return nil, errors.New("cluster: Options.Overlayd is required to start agents")
+		}
+		argv = c.AgentArgv(n)
+	}
+	if cur := c.Agents[n.Name]; cur != nil && cur.Running() {
+		if cur.Name == program {
+			return nil, fmt.Errorf("starting %s on %s: it is running (pid %d)", program, n.Name, cur.Pid())
+		}
+		return nil, fmt.Errorf("starting %s on %s: %s still runs there", program, n.Name, cur.Name)
+	}
+	key := n.Name + "/" + program
+	if p := c.agentProcs[key]; p != nil {
+		p.Argv = argv
+		if err := p.Start(); err != nil {
+			return nil, fmt.Errorf("starting %s on %s again: %w", program, n.Name, err)
+		}
+		c.Agents[n.Name] = p
 		return p, nil
 	}
-	p, err := n.StartWithEnv("overlayd", []string{"NODE_NAME=" + n.Name}, c.AgentArgv(n)...)
-	if err != nil {
-		return nil, fmt.Errorf("starting overlayd on %s: %w", n.Name, err)
+	env := []string{"NODE_NAME=" + n.Name}
+	if program == Flanneld {
+		env = append(env, "PATH="+sbinPath()) // flanneld runs iptables
 	}
+	p, err := n.StartWithEnv(program, env, argv...)
+	if err != nil {
+		return nil, fmt.Errorf("starting %s on %s: %w", program, n.Name, err)
+	}
+	c.agentProcs[key] = p
 	c.Agents[n.Name] = p
 	return p, nil
 }
 
 // RestartAgent stops the node's agent and starts it with args in place of
-// Options.Args; agents started later get them too. It does not wait for
-// readiness.
+// Options.Args (Options.FlanneldArgs on a flanneld node); agents of that
+// program started later get them too. It does not wait for readiness.
 func (c *Cluster) RestartAgent(n *lab.Node, args []string) error {
 	p := c.Agents[n.Name]
 	if p == nil {
 		return fmt.Errorf("no agent on %s", n.Name)
 	}
 	if err := p.Stop(); err != nil && p.Running() {
-		return fmt.Errorf("stopping overlayd on %s: %w", n.Name, err)
+		return fmt.Errorf("stopping %s on %s: %w", p.Name, n.Name, err)
 	}
-	c.opts.Args = args
+	if p.Name == Flanneld {
+		c.opts.FlanneldArgs = args
+	} else {
+		c.opts.Args = args
+	}
 	_, err := c.StartAgent(n)
 	return err
 }
@@ -77,7 +144,7 @@ func (c *Cluster) WaitReady(ctx context.Context, n *lab.Node, timeout time.Durat
 	err := Poll(ctx, timeout, c.opts.PollInterval, func() (bool, string) {
 		if !p.Running() {
 			// Nothing starts it again: stop polling.
-			exited = fmt.Errorf("overlayd on %s exited: %v", n.Name, p.ExitErr())
+			exited = fmt.Errorf("%s on %s exited: %v", p.Name, n.Name, p.ExitErr())
 			return true, ""
 		}
 		code, body, err := c.Health(ctx, n, "/readyz")
@@ -91,13 +158,14 @@ func (c *Cluster) WaitReady(ctx context.Context, n *lab.Node, timeout time.Durat
 		return at, exited
 	}
 	if err != nil {
-		return at, fmt.Errorf("overlayd on %s ready: %w", n.Name, err)
+		return at, fmt.Errorf("%s on %s ready: %w", p.Name, n.Name, err)
 	}
 	return at, nil
 }
 
 // Health fetches path from the node's agent's health server, inside the
-// node, and returns the status code and body.
+// node, and returns the status code and body. flanneld's serves /healthz
+// and /readyz only.
 func (c *Cluster) Health(ctx context.Context, n *lab.Node, path string) (int, string, error) {
 	client := HTTPClient(n, c.opts.HealthTimeout)
 	defer client.CloseIdleConnections()

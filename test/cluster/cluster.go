@@ -12,6 +12,11 @@
 // a time, as the demo shows them. New is the form for tests and benchmarks:
 // it fails the test on error and removes everything when the test ends.
 //
+// A node's agent is overlayd unless Options.FlanneldNodes names it: then it
+// is the real flanneld (hack/tools/flannel), run as flannel's DaemonSet runs
+// it, for mixed clusters and comparisons with flanneld (UseAgent switches a
+// node between the two).
+//
 //	c := cluster.New(t, cluster.Options{Prefix: "ovlCH", Nodes: 2, NetConf: conf, Overlayd: bin, PodsPerNode: 1})
 //	m := lab.CheckMatrix(ctx, c.Pods, 20*time.Second)
 package cluster
@@ -23,6 +28,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -67,10 +73,23 @@ type Options struct {
 	// Otherwise kube-controller-manager's node IPAM assigns them, as in a
 	// real cluster.
 	AssignPodCIDRs bool
-	// Overlayd is the binary every agent runs.
+	// Overlayd is the binary every agent runs, but those of FlanneldNodes.
 	Overlayd string
 	// Args are overlayd flags after the ones every agent gets (AgentArgv).
 	Args []string
+	// FlanneldNodes names the nodes (lab names, "node-<k>") whose agent is
+	// the real flanneld instead of overlayd.
+	FlanneldNodes []string
+	// Flanneld is the flanneld binary; default FlanneldBinary(), looked up
+	// by Prepare when FlanneldNodes is set (else when a node first starts
+	// flanneld), so a missing binary fails before anything starts.
+	Flanneld string
+	// FlanneldArgs are flanneld flags after the ones every flanneld gets
+	// (FlanneldArgv).
+	FlanneldArgs []string
+	// NodeArgs are flags of one node's agent only (by node name), after
+	// Args or FlanneldArgs.
+	NodeArgs map[string][]string
 	// PodsPerNode are attached to every node once the agents are ready.
 	PodsPerNode int
 	// PodName names pod i (0-based) of node n; default "<node>-p<i>".
@@ -109,10 +128,12 @@ type Cluster struct {
 	CP     *controlplane.ControlPlane
 	Admin  kubernetes.Interface
 	Lab    *lab.Lab
-	Agents map[string]*lab.Process // by node name
+	Agents map[string]*lab.Process // the current agent, by node name
 	Pods   []*lab.Pod              // in the order attached
 
 	opts              Options
+	programs          map[string]string       // node name -> Flanneld; absent: Overlayd
+	agentProcs        map[string]*lab.Process // "<node>/<program>": every agent ever started
 	startControlPlane func(controlplane.Options) (*controlplane.ControlPlane, error)
 	startLab          func(lab.Options) (*lab.Lab, error)
 }
@@ -148,10 +169,22 @@ func Prepare(opts Options) (*Cluster, error) {
 	if opts.PollInterval == 0 {
 		opts.PollInterval = DefaultPollInterval
 	}
+	if len(opts.FlanneldNodes) > 0 && opts.Flanneld == "" {
+		// Before anything starts: a missing binary is the test's failure.
+		if opts.Flanneld, err = FlanneldBinary(); err != nil {
+			return nil, err
+		}
+	}
+	programs := map[string]string{}
+	for _, name := range opts.FlanneldNodes {
+		programs[name] = Flanneld
+	}
 	return &Cluster{
 		Net:               netConf,
 		Agents:            map[string]*lab.Process{},
 		opts:              opts,
+		programs:          programs,
+		agentProcs:        map[string]*lab.Process{},
 		startControlPlane: controlplane.Start,
 		startLab:          lab.Start,
 	}, nil
@@ -223,15 +256,27 @@ func (c *Cluster) StartLab() error {
 		return err
 	}
 	c.Lab = l
+	for _, name := range c.opts.FlanneldNodes {
+		if l.Node(name) == nil {
+			return fmt.Errorf("cluster: Options.FlanneldNodes: no node %q in the lab", name)
+		}
+	}
 	return nil
 }
 
 // RegisterNodes creates the Node object of every lab node, as its kubelet
-// would, and gives the node its net-conf.json, as the ConfigMap volume
-// would.
+// would (with the labels and the annotation a kubelet registers with:
+// flanneld expects a Node to have annotations), and gives the node its
+// net-conf.json, as the ConfigMap volume would.
 func (c *Cluster) RegisterNodes(ctx context.Context) error {
 	for _, n := range c.Lab.Nodes {
-		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+			Name: n.Name,
+			Labels: map[string]string{
+				"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux", "kubernetes.io/arch": runtime.GOARCH,
+			},
+			Annotations: map[string]string{"volumes.kubernetes.io/controller-managed-attach-detach": "true"},
+		}}
 		if c.opts.AssignPodCIDRs {
 			// Index 0 stays free, as node IPAM leaves it.
 			cidr, err := ip.NthSubnet(c.Net.Network, c.Net.SubnetLen, uint64(n.Index))
@@ -306,7 +351,8 @@ func (c *Cluster) Up(ctx context.Context) error {
 }
 
 // StartAgents starts the agent of every node in turn, running
-// Options.BeforeAgent first.
+// Options.BeforeAgent first. flanneld nodes wait for their podCIDR first
+// (StartAgent).
 func (c *Cluster) StartAgents(ctx context.Context) error {
 	for _, n := range c.Lab.Nodes {
 		if c.opts.BeforeAgent != nil {

@@ -213,3 +213,30 @@ func TestStartAndClose(t *testing.T) {
 		}
 	}
 }
+
+// A test that needs flanneld and cannot find it fails before anything
+// starts, saying how to build it.
+func TestPrepareNeedsFlanneld(t *testing.T) {
+	t.Setenv("OVERLAYD_TEST_BIN_DIR", t.TempDir())
+	_, err := Prepare(Options{Prefix: "ovlCH", NetConf: `{"Network": "10.244.0.0/16"}`, FlanneldNodes: []string{"node-1"}})
+	if err == nil || !strings.Contains(err.Error(), "flanneld missing") || !strings.Contains(err.Error(), "make flannel-bin") {
+		t.Fatalf("Prepare without a flanneld binary: %v", err)
+	}
+	c, err := Prepare(Options{Prefix: "ovlCH", NetConf: `{"Network": "10.244.0.0/16"}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &lab.Node{Name: "node-1"}
+	if got := c.AgentProgram(n); got != Overlayd {
+		t.Errorf("default agent %s, want %s", got, Overlayd)
+	}
+	if err := c.UseAgent(n, "calico"); err == nil {
+		t.Error("UseAgent accepted an unknown program")
+	}
+	if err := c.UseAgent(n, Flanneld); err != nil || c.AgentProgram(n) != Flanneld {
+		t.Errorf("UseAgent(flanneld): %v, program %s", err, c.AgentProgram(n))
+	}
+	if _, err := c.StartAgent(n); err == nil || !strings.Contains(err.Error(), "flanneld missing") {
+		t.Errorf("StartAgent of flanneld without a binary: %v", err)
+	}
+}

@@ -51,6 +51,10 @@ type clusterOptions struct {
 	Args         []string // extra overlayd flags for every node
 	PodsPerNode  int      // default 1
 	CNIPods      bool     // attach pods with the real CNI plugins
+	// FlanneldNodes run the real flanneld instead of overlayd, with
+	// FlanneldArgs (harness.Options).
+	FlanneldNodes []string
+	FlanneldArgs  []string
 	// NoWait returns as soon as the agents are started: no waiting for
 	// readiness, no pods.
 	NoWait bool
@@ -83,6 +87,7 @@ func newCluster(t *testing.T, opts clusterOptions) *cluster {
 		Prefix: labPrefix, Nodes: opts.Nodes, RoutedNodes: opts.RoutedNodes, ExternalHost: opts.ExternalHost,
 		NetConf: opts.NetConf, Overlayd: overlaydBin, Args: slices.Concat(agentFlags, opts.Args),
 		PodsPerNode: opts.PodsPerNode, CNIPods: opts.CNIPods, NoWait: opts.NoWait,
+		FlanneldNodes: opts.FlanneldNodes, FlanneldArgs: opts.FlanneldArgs,
 	}
 	if opts.BeforeAgents != nil {
 		hopts.BeforeAgent = func(hc *harness.Cluster, n *lab.Node, podCIDR netip.Prefix) error {

@@ -13,8 +13,12 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// Node is a Kubernetes node: a namespace on the underlay with "eth0" at
-// its underlay address (Host.IP), a default route via its segment's
+// UnderlayIface is a node's link to the underlay, holding its underlay
+// address: what an agent's --iface names.
+const UnderlayIface = "eth0"
+
+// Node is a Kubernetes node: a namespace on the underlay with UnderlayIface
+// ("eth0") at its underlay address (Host.IP), a default route via its segment's
 // gateway, and a directory of its own.
 type Node struct {
 	Host
@@ -127,7 +131,7 @@ func (l *Lab) addNode(k, segment int) error {
 // plugWithDefault plugs h's eth0 into a segment and routes everything else
 // via the segment's gateway.
 func (l *Lab) plugWithDefault(h *Host, segment int, port string, addr netip.Prefix) error {
-	link, err := l.plug(h, "eth0", segment, port, addr)
+	link, err := l.plug(h, UnderlayIface, segment, port, addr)
 	if err != nil {
 		return err
 	}
@@ -200,6 +204,31 @@ func (l *Lab) plug(h *Host, ifname string, segment int, port string, addr netip.
 		return nil, fmt.Errorf("%s: setting %s up: %w", h.NS, ifname, err)
 	}
 	return link, nil
+}
+
+// SetUnderlayMTU sets the MTU of the node's link to the underlay, both ends
+// of it (UnderlayIface and its bridge port), e.g. to see what an agent makes
+// of a jumbo-frame or a smaller underlay. Other nodes' links keep
+// UnderlayMTU, so traffic to them is bounded by the smaller MTU.
+func (n *Node) SetUnderlayMTU(mtu int) error {
+	for _, end := range []struct {
+		h    *Host
+		name string
+	}{{&n.Host, UnderlayIface}, {n.lab.Underlay, n.Name}} {
+		nl, err := end.h.Netlink()
+		if err != nil {
+			return err
+		}
+		link, err := nl.LinkByName(end.name)
+		if err == nil {
+			err = nl.LinkSetMTU(link, mtu)
+		}
+		nl.Close()
+		if err != nil {
+			return fmt.Errorf("%s: setting the MTU of %s to %d: %w", end.h.NS, end.name, mtu, err)
+		}
+	}
+	return nil
 }
 
 // prefixIPNet is an address with its prefix length (not masked), as
