@@ -3,6 +3,7 @@ package backend_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -276,5 +277,38 @@ func TestMTUKeyIsTheUnderlayMTU(t *testing.T) {
 	if _, _, err := backend.Load([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":600}}`)); err == nil ||
 		!strings.Contains(err.Error(), "Backend.MTU: 600 is not a usable underlay MTU (626 to 65535") {
 		t.Errorf("MTU 600 for vxlan: %v", err)
+	}
+}
+
+// Every VNI and port has a device name the kernel takes (at most 15
+// characters), readable where it fits, and distinct for distinct pairs.
+func TestVXLANDeviceNames(t *testing.T) {
+	for _, tc := range []struct {
+		vni, port int
+		want      string
+	}{
+		{1, 8472, "overlay.1"},
+		{1, 4789, "overlay.1p4789"},
+		{4096, 8472, "overlay.4096"},
+		{4096, 4789, "vx4096p4789"},
+		{16777215, 8472, "vx16777215p8472"},
+	} {
+		if got := vxlan.DeviceName(tc.vni, tc.port); got != tc.want {
+			t.Errorf("DeviceName(%d, %d) = %q, want %q", tc.vni, tc.port, got, tc.want)
+		}
+	}
+	seen := map[string]string{}
+	for _, vni := range []int{1, 9, 10, 99, 100, 4096, 99999, 1 << 23, 1<<24 - 1} {
+		for _, port := range []int{1, 80, 4789, 8472, 9999, 10000, 65535} {
+			name := vxlan.DeviceName(vni, port)
+			if len(name) > 15 || name == "" {
+				t.Errorf("DeviceName(%d, %d) = %q: not a kernel device name", vni, port, name)
+			}
+			key := fmt.Sprint(vni, port)
+			if prev, dup := seen[name]; dup {
+				t.Errorf("DeviceName(%d, %d) = %q, as for %s", vni, port, name, prev)
+			}
+			seen[name] = key
+		}
 	}
 }

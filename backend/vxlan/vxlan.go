@@ -88,12 +88,26 @@ func (b *vxlanBackend) MTU(n backend.Node) int {
 // DeviceName is the device of a VNI and port: overlay.<VNI> on the default
 // port, overlay.<VNI>p<port> otherwise, so that a port change can run both
 // side by side.
+// A name longer than the kernel's 15 characters (a VNI of 100 or more on a
+// four-digit port) is vx<VNI>p<port>, and where even that is too long,
+// vxlan-<hash of VNI and port>.
 func DeviceName(vni, port int) string {
-	if port == DefaultPort {
-		return fmt.Sprintf("overlay.%d", vni)
+	name := fmt.Sprintf("overlay.%d", vni)
+	if port != DefaultPort {
+		name = fmt.Sprintf("overlay.%dp%d", vni, port)
 	}
-	return fmt.Sprintf("overlay.%dp%d", vni, port)
+	if len(name) > maxDeviceName {
+		name = fmt.Sprintf("vx%dp%d", vni, port)
+	}
+	if len(name) > maxDeviceName {
+		sum := sha256.Sum256([]byte(fmt.Sprintf("%d:%d", vni, port)))
+		name = fmt.Sprintf("vxlan-%x", sum[:])[:maxDeviceName]
+	}
+	return name
 }
+
+// maxDeviceName is the kernel's limit (IFNAMSIZ less the terminating NUL).
+const maxDeviceName = 15
 
 // VtepMAC is the node's VTEP MAC: derived from the node name and VNI, so it
 // survives restarts and device re-creation and peers never need updating.
@@ -129,11 +143,8 @@ func (b *vxlanBackend) TakeOver(l kernel.LinkInfo) (backend.TakeOver, bool) {
 }
 
 // device is the link this node needs for traffic of a VNI and port.
-func (b *vxlanBackend) device(n backend.Node, vni, port int) (kernel.Link, error) {
+func (b *vxlanBackend) device(n backend.Node, vni, port int) kernel.Link {
 	name := DeviceName(vni, port)
-	if len(name) > 15 {
-		return kernel.Link{}, fmt.Errorf("device name %s is longer than the kernel's 15 characters", name)
-	}
 	return kernel.Link{
 		Name: name,
 		Kind: kernel.KindVXLAN,
@@ -148,15 +159,11 @@ func (b *vxlanBackend) device(n backend.Node, vni, port int) (kernel.Link, error
 			Learning: b.opts.Learning,
 		},
 		Addrs: []netip.Prefix{netip.PrefixFrom(backend.VTEPAddr(n.Lease.Subnet), 32)},
-	}, nil
+	}
 }
 
 func (b *vxlanBackend) Local(n backend.Node, st *backend.State) error {
-	dev, err := b.device(n, b.opts.VNI, b.opts.Port)
-	if err != nil {
-		return err
-	}
-	return st.AddLink(dev)
+	return st.AddLink(b.device(n, b.opts.VNI, b.opts.Port))
 }
 
 func (b *vxlanBackend) Peer(n backend.Node, peer subnet.Lease, st *backend.State) error {
@@ -184,10 +191,7 @@ func (b *vxlanBackend) Peer(n backend.Node, peer subnet.Lease, st *backend.State
 			port = b.opts.Port
 		}
 	}
-	dev, err := b.device(n, d.VNI, port)
-	if err != nil {
-		return backend.Skip(backend.SkipBadBackendData, "%v", err)
-	}
+	dev := b.device(n, d.VNI, port)
 	if err := st.AddLink(dev); err != nil {
 		return err
 	}
