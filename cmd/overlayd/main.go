@@ -52,6 +52,14 @@ func main() {
 		fmt.Fprintf(os.Stderr, "overlayd: %v\n", err)
 		os.Exit(2)
 	}
+	if opts.uninstall {
+		if err := uninstall(opts, log); err != nil {
+			log.Error("uninstalling overlayd's datapath failed", zap.Error(err))
+			log.Sync()
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := run(ctx, opts, log); err != nil {
@@ -165,4 +173,23 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		Log:               log.Named("loop"),
 	})
 	return loop.Run(ctx)
+}
+
+// uninstall wires what --uninstall removes with.
+func uninstall(o *options, log *zap.Logger) error {
+	datapaths, err := backend.OpenDatapaths(backend.DatapathEnv{StateDir: filepath.Dir(o.subnetFile), Log: log.Named("datapath")})
+	if err != nil {
+		return err
+	}
+	defer datapaths.Close()
+	reconciler, err := kernel.NewReconciler(log.Named("kernel"))
+	if err != nil {
+		return err
+	}
+	defer reconciler.Close()
+	trafficRules, err := rules.New(log.Named("iptables"))
+	if err != nil {
+		return err
+	}
+	return reconcile.Uninstall(reconciler, trafficRules, datapaths, log)
 }

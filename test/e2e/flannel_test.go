@@ -161,7 +161,7 @@ var envCases = [][]envCase{{
 		wantMTU: 1450, flanneldDev: "flannel.1", overlaydDev: "overlay.1p4789"},
 	// flannel's setting for clusters with Windows nodes.
 	{name: "vxlan VNI 4096 Port 4789", netConf: `{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 4096, "Port": 4789}}`,
-		wantMTU: 1450, flanneldDev: "flannel.4096", overlaydDev: "overlay.4096p4789"},
+		wantMTU: 1450, flanneldDev: "flannel.4096", overlaydDev: "vx4096p4789"},
 	{name: "vxlan DirectRouting", netConf: `{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}}`,
 		wantMTU: 1450, flanneldDev: "flannel.1", overlaydDev: "overlay.1"},
 	{name: "vxlan --ip-masq", netConf: netVXLAN, flags: []string{"--ip-masq"},
