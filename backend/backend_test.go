@@ -312,3 +312,16 @@ func TestVXLANDeviceNames(t *testing.T) {
 		}
 	}
 }
+
+// flanneld's Windows-only vxlan keys are accepted and change nothing, as
+// flanneld on Linux ignores them.
+func TestVXLANWindowsKeysIgnored(t *testing.T) {
+	b := mustNew(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":4096,"Port":4789,"MacPrefix":"0E-2A","Name":"flannel.4096"}}`)
+	var st backend.State
+	if err := b.Local(node, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Links[0].Name != "vx4096p4789" {
+		t.Errorf("device %s", st.Links[0].Name)
+	}
+}

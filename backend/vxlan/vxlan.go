@@ -42,6 +42,9 @@ type Options struct {
 	Learning      bool
 	MTU           int
 	DirectRouting bool
+	// flanneld's Windows-only keys, accepted and ignored as flanneld on
+	// Linux ignores them, so a ConfigMap shared with Windows nodes works.
+	MacPrefix, Name string
 }
 
 // Data is what a node publishes: flannel's {"VNI":1,"VtepMAC":"…"}, plus the
@@ -59,7 +62,7 @@ type vxlanBackend struct{ opts Options }
 // New parses the Backend object of net-conf.json.
 func New(config json.RawMessage) (backend.Backend, error) {
 	opts := Options{VNI: 1, Port: DefaultPort}
-	if err := netconf.DecodeBackend(config, &opts, "VNI", "Port", "GBP", "Learning", "MTU", "DirectRouting"); err != nil {
+	if err := netconf.DecodeBackend(config, &opts, "VNI", "Port", "GBP", "Learning", "MTU", "DirectRouting", "MacPrefix", "Name"); err != nil {
 		return nil, err
 	}
 	switch {
