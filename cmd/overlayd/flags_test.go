@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/overlayd/overlayd/test/cluster"
 )
 
 func env(m map[string]string) func(string) string {
@@ -220,5 +222,31 @@ func TestPodNamespaceIsTheLeaseNamespace(t *testing.T) {
 	}
 	if _, err := parseOptions(nil, env(map[string]string{"POD_NAMESPACE": "Not_A_Namespace"}), &bytes.Buffer{}); err == nil {
 		t.Fatal("invalid POD_NAMESPACE accepted")
+	}
+}
+
+// TestEveryFlanneldFlag: every flag the real flanneld (hack/tools/flannel)
+// lists in its -h is one of overlayd's (meaning what it means there, or
+// refused naming why: the tests above).
+func TestEveryFlanneldFlag(t *testing.T) {
+	bin, err := cluster.FlanneldBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := exec.Command(bin, "-h").CombinedOutput() // flanneld's usage exits 0 or 2 by version
+	var theirs []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(line, "  -") {
+			theirs = append(theirs, strings.TrimPrefix(f[0], "-"))
+		}
+	}
+	if len(theirs) < 30 {
+		t.Fatalf("read %d flags from flanneld -h; its usage:\n%s", len(theirs), out)
+	}
+	fs := newFlagSet(&options{}, &bytes.Buffer{})
+	for _, name := range theirs {
+		if fs.Lookup(name) == nil {
+			t.Errorf("flanneld's -%s is not an overlayd flag", name)
+		}
 	}
 }
