@@ -88,7 +88,7 @@ func (l *Loop) run(ctx context.Context, g *errgroup.Group) error {
 			return nil
 		})
 	}
-	l.queue.Add(syncKey)
+	l.markFor("start")("lease acquired")
 	for l.processOne(ctx) {
 	}
 	return nil
