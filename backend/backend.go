@@ -46,13 +46,16 @@ type Backend interface {
 	Type() string
 	// MTU is the MTU pods get with this backend (FLANNEL_MTU in subnet.env).
 	MTU(n Node) int
-	// Data is the backend-data this node publishes for its peers; nil for none.
-	Data(n Node) (json.RawMessage, error)
-	// Local adds what this node needs to receive traffic of this backend.
+	// Data is the backend data this node publishes for its peers for the
+	// family f (backend-data, backend-v6-data); nil for none.
+	Data(n Node, f Family) (json.RawMessage, error)
+	// Local adds what this node needs to receive traffic of this backend,
+	// for every family the node runs.
 	Local(n Node, st *State) error
 	// Peer adds what this node needs to send traffic to peer, which publishes
-	// this backend's type. A *SkipError means the peer cannot be reached
-	// this way; the daemon logs and counts it and carries on.
+	// this backend's type, for every family both have (see EachFamily). A
+	// *SkipError means the peer, or with its Family set that family of it,
+	// cannot be reached this way; the daemon logs and counts it and carries on.
 	Peer(n Node, peer subnet.Lease, st *State) error
 }
 
@@ -121,10 +124,10 @@ func New(typ string, config json.RawMessage) (Backend, error) {
 	return f(config)
 }
 
-// Load parses and validates a whole net-conf.json (netconf.Load), the
+// Load parses and validates a whole net-conf.json (netconf.Parse), the
 // backend's own options included, and returns the configured backend.
 func Load(data []byte) (*netconf.Config, Backend, error) {
-	cfg, err := netconf.Load(data)
+	cfg, err := netconf.Parse(data)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -132,7 +135,19 @@ func Load(data []byte) (*netconf.Config, Backend, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if c, ok := b.(ConfigChecker); ok {
+		if err := c.CheckConfig(cfg); err != nil {
+			return nil, nil, err
+		}
+	}
 	return cfg, b, nil
+}
+
+// ConfigChecker is a backend that cannot run with every net-conf.json (the
+// udp backend carries IPv4 only).
+type ConfigChecker interface {
+	// CheckConfig refuses what the backend cannot run with, naming the key.
+	CheckConfig(cfg *netconf.Config) error
 }
 
 // VTEPAddr is the address a node uses on its tunnel device: the network

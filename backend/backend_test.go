@@ -66,7 +66,7 @@ func TestBackendConfigErrors(t *testing.T) {
 		{`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Learning":"no"}}`, "Backend.Learning", "want true or false"},
 		{`{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw","VNI":1}}`, "Backend.VNI", "unknown key"},
 		{`{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":0}}`, "Backend.Port", "0 is not"},
-		{`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48"}`, "EnableIPv6", "not supported yet"},
+		{`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"udp"}}`, "EnableIPv6", "the udp backend carries IPv4 only"},
 	}
 	for _, tt := range tests {
 		_, _, err := backend.Load([]byte(tt.conf))
@@ -82,7 +82,7 @@ func TestVXLAN(t *testing.T) {
 	if b.Type() != "vxlan" || b.MTU(node) != 1450 {
 		t.Fatalf("type %s MTU %d", b.Type(), b.MTU(node))
 	}
-	data, err := b.Data(node)
+	data, err := b.Data(node, backend.IPv4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestHostGW(t *testing.T) {
 	if b.MTU(node) != 1500 {
 		t.Fatalf("MTU %d", b.MTU(node))
 	}
-	if d, err := b.Data(node); err != nil || d != nil {
+	if d, err := b.Data(node, backend.IPv4); err != nil || d != nil {
 		t.Fatalf("data %s %v", d, err)
 	}
 	var st backend.State

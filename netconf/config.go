@@ -59,21 +59,6 @@ var knownKeys = []string{
 	"EnableNFTables", "Networks", "IPv6Networks",
 }
 
-// Load is Parse, refusing also what this build of overlayd does not run.
-// The daemon loads its configuration with it, at start and on every change.
-func Load(data []byte) (*Config, error) {
-	cfg, err := Parse(data)
-	if err != nil {
-		return nil, err
-	}
-	if cfg.EnableIPv6 {
-		// Refused rather than run half-working: leases and subnet.env would
-		// carry IPv6, but no backend programs IPv6 routes between nodes yet.
-		return nil, &Error{Key: "EnableIPv6", Msg: "true is not supported yet: overlayd's backends route IPv4 pod traffic only; set it to false"}
-	}
-	return cfg, nil
-}
-
 // Parse parses and validates net-conf.json as flanneld reads it. Every
 // error names the key and the bad value. The backend's own keys are checked
 // by the backend.

@@ -41,23 +41,6 @@ func TestCheckLiveChange(t *testing.T) {
 	}
 }
 
-// TestLoadRefusesWhatThisBuildCannotRun: Parse accepts flanneld's dual
-// stack, Load refuses it until a backend routes IPv6.
-func TestLoadRefusesWhatThisBuildCannotRun(t *testing.T) {
-	data := []byte(`{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48"}`)
-	if _, err := Parse(data); err != nil {
-		t.Fatal(err)
-	}
-	_, err := Load(data)
-	var e *Error
-	if !errors.As(err, &e) || e.Key != "EnableIPv6" {
-		t.Fatalf("Load: got %v, want an error naming EnableIPv6", err)
-	}
-	if _, err := Load([]byte(`{"Network": "10.244.0.0/16"}`)); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func mustParse(t *testing.T, s string) *Config {
 	t.Helper()
 	cfg, err := Parse([]byte(s))

@@ -65,12 +65,15 @@ func blackholeRoutes(lease subnet.Lease) []kernel.Route {
 	return out
 }
 
-// senders are the peers' public IPv4 addresses, sorted, without duplicates.
+// senders are the peers' public addresses of both families, sorted,
+// without duplicates.
 func senders(peers []subnet.Lease) []netip.Addr {
 	out := make([]netip.Addr, 0, len(peers))
 	for _, p := range peers {
-		if p.Attrs.PublicIP.IsValid() {
-			out = append(out, p.Attrs.PublicIP)
+		for _, a := range []netip.Addr{p.Attrs.PublicIP, p.Attrs.PublicIPv6} {
+			if a.IsValid() {
+				out = append(out, a)
+			}
 		}
 	}
 	slices.SortFunc(out, netip.Addr.Compare)

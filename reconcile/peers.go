@@ -21,9 +21,11 @@ type peerCache struct {
 // peerKey is everything a peer's desired state depends on, besides this
 // node's own configuration.
 type peerKey struct {
-	node, backendType, data string
-	subnet                  netip.Prefix
-	publicIP                netip.Addr
+	node, backendType string
+	data, data6       string
+	subnet, subnet6   netip.Prefix
+	publicIP          netip.Addr
+	publicIP6         netip.Addr
 }
 
 // peerResult is what a backend made of a peer: its state, or why it is skipped.
@@ -66,20 +68,26 @@ func (p *cachePass) end() { p.c.results = p.next }
 // add adds what reaching peer needs to st, computed on its own so that a
 // peer that is skipped leaves nothing half-added.
 func (p *cachePass) add(n backend.Node, peer subnet.Lease, st *backend.State) error {
-	if !peer.Subnet.IsValid() || !peer.Attrs.PublicIP.IsValid() {
-		return backend.Skip(backend.SkipBadBackendData, "lease has no IPv4 subnet or public IP")
-	}
 	b, err := p.c.backendFor(peer.Attrs.BackendType)
 	if err != nil {
 		return backend.Skip(backend.SkipUnknownBackend, "%v", err)
 	}
-	key := peerKey{node: peer.Node, subnet: peer.Subnet, publicIP: peer.Attrs.PublicIP, backendType: peer.Attrs.BackendType, data: string(peer.Attrs.BackendData)}
+	key := peerKey{node: peer.Node, backendType: peer.Attrs.BackendType,
+		subnet: peer.Subnet, publicIP: peer.Attrs.PublicIP, data: string(peer.Attrs.BackendData),
+		subnet6: peer.IPv6Subnet, publicIP6: peer.Attrs.PublicIPv6, data6: string(peer.Attrs.BackendV6Data)}
 	res := p.c.results[key]
 	if res == nil {
 		res = &peerResult{}
 		res.err = b.Peer(n, peer, &res.state)
 	}
 	p.next[key] = res
+	if s, ok := backend.IsSkip(res.err); ok && s.Family != "" {
+		// One family skipped: the other's entries are wanted.
+		if err := st.Merge(res.state); err != nil {
+			return err
+		}
+		return res.err
+	}
 	if res.err != nil {
 		return res.err
 	}

@@ -18,23 +18,27 @@ const publishTimeout = 30 * time.Second
 // first to last, as flanneld: the public-ip-overwrite annotations, the
 // node-public-ip annotations, --public-ip(v6), the interface's address.
 func (l *Loop) attrs() (subnet.LeaseAttrs, error) {
-	data, err := l.cfg.Backend.Data(l.node)
-	if err != nil {
-		return subnet.LeaseAttrs{}, fmt.Errorf("backend data: %w", err)
+	a := subnet.LeaseAttrs{BackendType: l.cfg.Backend.Type()}
+	for _, f := range l.node.Families() {
+		data, err := l.cfg.Backend.Data(l.node, f)
+		if err != nil {
+			return subnet.LeaseAttrs{}, fmt.Errorf("%s backend data: %w", f, err)
+		}
+		if f.Is6() {
+			a.BackendV6Data = data
+			a.PublicIPv6 = l.node.Underlay.PublicIPv6
+			if l.addrs.OverwriteV6.IsValid() {
+				a.PublicIPv6 = l.addrs.OverwriteV6
+			}
+		} else {
+			a.BackendData = data
+			a.PublicIP = l.node.Underlay.PublicIP
+			if l.addrs.Overwrite.IsValid() {
+				a.PublicIP = l.addrs.Overwrite
+			}
+		}
 	}
-	pub, pub6 := l.node.Underlay.PublicIP, l.node.Underlay.PublicIPv6
-	if l.addrs.Overwrite.IsValid() && pub.IsValid() {
-		pub = l.addrs.Overwrite
-	}
-	if l.addrs.OverwriteV6.IsValid() && pub6.IsValid() {
-		pub6 = l.addrs.OverwriteV6
-	}
-	return subnet.LeaseAttrs{
-		PublicIP:    pub,
-		PublicIPv6:  pub6,
-		BackendType: l.cfg.Backend.Type(),
-		BackendData: data,
-	}, nil
+	return a, nil
 }
 
 // publish updates this node's published attributes when they changed (a

@@ -1,11 +1,13 @@
-// Package hostgw is direct routing ("host-gw"): each peer's pod subnet is
-// routed via the peer's public IP on the underlay interface. No
+// Package hostgw is direct routing ("host-gw"): each peer's pod subnet of
+// each family is routed via the peer's public address of that family on the
+// underlay interface. No
 // encapsulation, so every node must share one L2 network; a peer that does
 // not is skipped and reported, never given a route that cannot work.
 package hostgw
 
 import (
 	"encoding/json"
+	"net/netip"
 
 	"github.com/overlayd/overlayd/backend"
 	"github.com/overlayd/overlayd/netconf"
@@ -34,16 +36,20 @@ func (hostGW) Type() string { return Type }
 func (hostGW) MTU(n backend.Node) int { return n.Underlay.Iface.MTU }
 
 // Data is empty: peers need only the public IP, which every lease carries.
-func (hostGW) Data(backend.Node) (json.RawMessage, error) { return nil, nil }
+func (hostGW) Data(backend.Node, backend.Family) (json.RawMessage, error) { return nil, nil }
 
 // Local needs nothing: the kernel forwards routed traffic to the pod bridge.
 func (hostGW) Local(backend.Node, *backend.State) error { return nil }
 
+// Peer routes each family of the peer via its public address of that
+// family, which must be on this node's link.
 func (hostGW) Peer(n backend.Node, peer subnet.Lease, st *backend.State) error {
-	if !backend.OnLink(n, peer.Attrs.PublicIP) {
-		return backend.Skip(backend.SkipNotOnLink, "public IP %s is not on the network of %s, so host-gw cannot route to it; use vxlan (optionally with DirectRouting) across L3 boundaries",
-			peer.Attrs.PublicIP, n.Underlay.Iface.Name)
-	}
-	st.Routes = append(st.Routes, kernel.Route{Dst: peer.Subnet, Gw: peer.Attrs.PublicIP, Dev: n.Underlay.Iface.Name})
-	return nil
+	return backend.EachFamily(n, peer, func(f backend.Family, sub netip.Prefix, pub netip.Addr) error {
+		if !backend.OnLink(n, pub) {
+			return backend.Skip(backend.SkipNotOnLink, "public IP %s is not on the network of %s, so host-gw cannot route to it; use vxlan (optionally with DirectRouting) across L3 boundaries",
+				pub, n.Underlay.Iface.Name)
+		}
+		st.Routes = append(st.Routes, kernel.Route{Dst: sub, Gw: pub, Dev: n.Underlay.Iface.Name})
+		return nil
+	})
 }

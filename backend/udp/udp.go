@@ -72,8 +72,21 @@ func (b *udpBackend) MTU(n backend.Node) int {
 	return underlay - overhead
 }
 
-func (b *udpBackend) Data(backend.Node) (json.RawMessage, error) {
+// Data is published for IPv4 only: udp carries IPv4 (CheckConfig).
+func (b *udpBackend) Data(_ backend.Node, f backend.Family) (json.RawMessage, error) {
+	if f.Is6() {
+		return nil, nil
+	}
 	return json.Marshal(Data{Port: b.opts.Port})
+}
+
+// CheckConfig implements backend.ConfigChecker: like flanneld's, the udp
+// backend carries IPv4 only.
+func (b *udpBackend) CheckConfig(cfg *netconf.Config) error {
+	if cfg.EnableIPv6 {
+		return &netconf.Error{Key: "EnableIPv6", Msg: "the udp backend carries IPv4 only, as flanneld's does: set EnableIPv6 to false, or use vxlan or host-gw for IPv6"}
+	}
+	return nil
 }
 
 // flanneldDevice is flanneld's udp TUN device.
@@ -106,6 +119,9 @@ func (b *udpBackend) Local(n backend.Node, st *backend.State) error {
 // Peer routes the peer's subnet into the TUN and tells the datapath where
 // to send it.
 func (b *udpBackend) Peer(n backend.Node, peer subnet.Lease, st *backend.State) error {
+	if !peer.Subnet.IsValid() || !peer.Attrs.PublicIP.IsValid() {
+		return backend.Skip(backend.SkipMissingFamily, "the peer publishes no IPv4 subnet or public address")
+	}
 	// A flanneld peer publishes no data: its port is the cluster-wide
 	// setting, ours.
 	port := b.opts.Port

@@ -14,6 +14,12 @@ type NetlinkHost struct{}
 
 var _ Host = NetlinkHost{}
 
+// unusableAddr marks IPv6 addresses peers must not be told to send to: a
+// temporary (privacy) address changes every few hours, a deprecated one is
+// on its way out, one that failed duplicate address detection belongs to
+// someone else.
+const unusableAddr = unix.IFA_F_TEMPORARY | unix.IFA_F_DEPRECATED | unix.IFA_F_DADFAILED
+
 func (NetlinkHost) Interfaces() ([]Interface, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -33,6 +39,9 @@ func (NetlinkHost) Interfaces() ([]Interface, error) {
 			Up:    attrs.Flags&net.FlagUp != 0,
 		}
 		for _, a := range addrs {
+			if a.Flags&unusableAddr != 0 {
+				continue
+			}
 			if p, ok := PrefixFromIPNet(a.IPNet); ok {
 				iface.Addrs = append(iface.Addrs, p)
 			}

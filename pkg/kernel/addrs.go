@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/overlayd/overlayd/pkg/ip"
 )
@@ -43,7 +44,13 @@ func (r *Reconciler) ensureAddrs(l netlink.Link, w Link, ch *Changes) error {
 		if present[p] {
 			continue
 		}
-		if err := r.h.AddrReplace(l, &netlink.Addr{IPNet: ip.IPNet(p)}); err != nil {
+		addr := &netlink.Addr{IPNet: ip.IPNet(p)}
+		if p.Addr().Is6() {
+			// A tunnel's address has no one to conflict with: without
+			// duplicate address detection it is usable at once.
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := r.h.AddrReplace(l, addr); err != nil {
 			return fmt.Errorf("adding address %s to %s: %w", p, w.Name, err)
 		}
 		ch.Created[EntryAddr]++

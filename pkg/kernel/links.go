@@ -189,6 +189,15 @@ func (r *Reconciler) adjustLink(l netlink.Link, w Link, ch *Changes) error {
 		}
 		ch.Updated[EntryLink]++
 	}
+	if w.NoRouterAdvertisements {
+		changed, err := r.ensureSysctl("net/ipv6/conf/"+w.Name+"/accept_ra", "0")
+		if err != nil {
+			return err
+		}
+		if changed {
+			ch.Updated[EntryLink]++
+		}
+	}
 	if err := r.ensureAddrs(l, w, ch); err != nil {
 		return err
 	}

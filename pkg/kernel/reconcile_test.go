@@ -421,3 +421,63 @@ func TestApplyBlackholeRoute(t *testing.T) {
 		t.Fatalf("routes of ours left: %s", got)
 	}
 }
+
+// An IPv6 tunnel: a vxlan device on the IPv6 underlay with its /128 (usable
+// at once: no duplicate address detection), router advertisements off, and
+// IPv6 route, neighbour and FDB entries; each repaired when deleted.
+func TestApplyIPv6(t *testing.T) {
+	ns, name := underlayNS(t)
+	ipIn(t, name, "addr", "add", "fd00:198:18::11/64", "dev", "eth0", "nodad")
+	r := newTestReconciler(t, ns)
+	peerMAC := mac("0e:00:00:00:06:12")
+	want := State{
+		Links: []Link{{
+			Name: "overlay-v6.1", Kind: KindVXLAN, MTU: 1430, MAC: mac("0e:00:00:00:06:11"),
+			VXLAN:                  VXLAN{VNI: 1, Port: 8472, Local: netip.MustParseAddr("fd00:198:18::11"), Underlay: "eth0"},
+			Addrs:                  []netip.Prefix{netip.MustParsePrefix("fd00:10:244:1::/128")},
+			NoRouterAdvertisements: true,
+		}},
+		Routes: []Route{{Dst: netip.MustParsePrefix("fd00:10:244:2::/64"), Gw: netip.MustParseAddr("fd00:10:244:2::"), Dev: "overlay-v6.1", OnLink: true}},
+		Neighs: []Neigh{{Dev: "overlay-v6.1", IP: netip.MustParseAddr("fd00:10:244:2::"), MAC: peerMAC}},
+		FDB:    []FDBEntry{{Dev: "overlay-v6.1", MAC: peerMAC, Dst: netip.MustParseAddr("fd00:198:18::12")}},
+	}
+	mustApply(t, r, want)
+	if ch := mustApply(t, r, want); ch.Total() != 0 {
+		t.Fatalf("second apply changed %+v", ch)
+	}
+	check := func(what string) {
+		t.Helper()
+		if got := ipIn(t, name, "-6", "route", "show", "proto", "79"); !strings.Contains(got, "fd00:10:244:2::/64 via fd00:10:244:2:: dev overlay-v6.1") {
+			t.Errorf("%s: route missing:\n%s", what, got)
+		}
+		if got := ipIn(t, name, "-6", "neigh", "show", "dev", "overlay-v6.1"); !strings.Contains(got, "fd00:10:244:2:: lladdr 0e:00:00:00:06:12 PERMANENT") {
+			t.Errorf("%s: neighbour missing:\n%s", what, got)
+		}
+		if got, _ := execBridge(name, "fdb", "show", "dev", "overlay-v6.1"); !strings.Contains(string(got), "0e:00:00:00:06:12 dst fd00:198:18::12 self permanent") {
+			t.Errorf("%s: FDB entry missing:\n%s", what, got)
+		}
+		if got := ipIn(t, name, "-6", "-o", "addr", "show", "dev", "overlay-v6.1", "to", "fd00:10:244:1::/128"); !strings.Contains(got, "fd00:10:244:1::/128") || strings.Contains(got, "tentative") {
+			t.Errorf("%s: address missing or tentative:\n%s", what, got)
+		}
+		if out, err := exec.Command("ip", "netns", "exec", name, "cat", "/proc/sys/net/ipv6/conf/overlay-v6.1/accept_ra").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "0" {
+			t.Errorf("%s: accept_ra %q %v, want 0", what, out, err)
+		}
+	}
+	check("first apply")
+
+	ipIn(t, name, "-6", "route", "del", "fd00:10:244:2::/64")
+	ipIn(t, name, "-6", "neigh", "del", "fd00:10:244:2::", "dev", "overlay-v6.1")
+	execBridge(name, "fdb", "del", "0e:00:00:00:06:12", "dev", "overlay-v6.1", "dst", "fd00:198:18::12", "self")
+	if out, err := exec.Command("ip", "netns", "exec", name, "sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/overlay-v6.1/accept_ra").CombinedOutput(); err != nil {
+		t.Fatalf("setting accept_ra: %v %s", err, out)
+	}
+	ch := mustApply(t, r, want)
+	if ch.Created[EntryRoute] != 1 || ch.Created[EntryNeigh] != 1 || ch.Created[EntryFDB] != 1 || ch.Updated[EntryLink] != 1 {
+		t.Errorf("repair changed %+v, want a route, a neighbour, an FDB entry and the device's accept_ra", ch)
+	}
+	check("repair")
+
+	ipIn(t, name, "link", "del", "overlay-v6.1")
+	mustApply(t, r, want)
+	check("device deleted")
+}

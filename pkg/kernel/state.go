@@ -46,6 +46,9 @@ type Link struct {
 	MTU   int
 	MAC   net.HardwareAddr // nil: whatever the kernel chose
 	Addrs []netip.Prefix   // exactly these addresses
+	// NoRouterAdvertisements: the device ignores IPv6 router
+	// advertisements (accept_ra 0), as flanneld sets on its IPv6 tunnel.
+	NoRouterAdvertisements bool
 }
 
 // VXLAN holds the settings fixed at creation; a device whose settings
@@ -132,6 +135,7 @@ func (s *State) Link(name string) (Link, bool) {
 
 func (l Link) equal(o Link) bool {
 	return l.Name == o.Name && l.Kind == o.Kind && l.VXLAN == o.VXLAN && l.MTU == o.MTU &&
+		l.NoRouterAdvertisements == o.NoRouterAdvertisements &&
 		slices.Equal(l.MAC, o.MAC) &&
 		(slices.Equal(l.Addrs, o.Addrs) || slices.Equal(sortedPrefixes(l.Addrs), sortedPrefixes(o.Addrs)))
 }

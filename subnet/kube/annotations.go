@@ -167,7 +167,10 @@ func checkAttrs(net *netconf.Config, attrs subnet.LeaseAttrs) error {
 }
 
 // decode reads a peer's attributes from its annotations. The error says which
-// annotation is missing or malformed; missing tells the two apart.
+// annotation is missing or malformed; missing tells the two apart. In a
+// dual-stack cluster a family whose public address is not published is left
+// out (a node running one family only); only when no enabled family is
+// published is the peer missing.
 func (k keys) decode(net *netconf.Config, a map[string]string) (attrs subnet.LeaseAttrs, missing bool, err error) {
 	if v, ok := a[k.managed]; !ok {
 		return attrs, true, fmt.Errorf("annotation %s is missing (no agent has published a lease for this node)", k.managed)
@@ -179,21 +182,39 @@ func (k keys) decode(net *netconf.Config, a map[string]string) (attrs subnet.Lea
 	if attrs.BackendType, ok = a[k.backendType]; !ok {
 		return attrs, true, fmt.Errorf("annotation %s is missing", k.backendType)
 	}
-	if net.EnableIPv4 {
-		if attrs.PublicIP, missing, err = k.addr(a, k.publicIP, false); err != nil {
-			return attrs, missing, err
+	var firstMissing error
+	published := 0
+	for _, f := range []struct {
+		on             bool
+		ipKey, dataKey string
+		v6             bool
+		ip             *netip.Addr
+		data           *json.RawMessage
+	}{
+		{net.EnableIPv4, k.publicIP, k.backendData, false, &attrs.PublicIP, &attrs.BackendData},
+		{net.EnableIPv6, k.publicIPv6, k.backendV6Data, true, &attrs.PublicIPv6, &attrs.BackendV6Data},
+	} {
+		if !f.on {
+			continue
 		}
-		if attrs.BackendData, err = k.json(a, k.backendData); err != nil {
+		ip, missing, err := k.addr(a, f.ipKey, f.v6)
+		if missing {
+			if firstMissing == nil {
+				firstMissing = err
+			}
+			continue
+		}
+		if err != nil {
 			return attrs, false, err
 		}
+		if *f.data, err = k.json(a, f.dataKey); err != nil {
+			return attrs, false, err
+		}
+		*f.ip = ip
+		published++
 	}
-	if net.EnableIPv6 {
-		if attrs.PublicIPv6, missing, err = k.addr(a, k.publicIPv6, true); err != nil {
-			return attrs, missing, err
-		}
-		if attrs.BackendV6Data, err = k.json(a, k.backendV6Data); err != nil {
-			return attrs, false, err
-		}
+	if published == 0 {
+		return attrs, true, firstMissing
 	}
 	return attrs, false, nil
 }

@@ -241,7 +241,15 @@ func TestPodCIDRPeers(t *testing.T) {
 	d := want["dual-d"]
 	d.IPv6Subnet = netip.MustParsePrefix("fd00:10:244:8::/64")
 	d.Attrs.PublicIPv6, d.Attrs.BackendV6Data = netip.MustParseAddr("2001:db8::18"), mac("a2:54:1c:5e:7f:86")
-	assertPeers("the dual-stack peer", a6, map[string]subnet.Lease{"dual-d": d})
+	// The IPv4-only peers are peers of the dual-stack agent too, over IPv4.
+	want6 := map[string]subnet.Lease{"dual-d": d}
+	for name, l := range want {
+		if name != "dual-d" {
+			want6[name] = l
+		}
+	}
+	want6["self"] = subnet.Lease{Node: "self", Subnet: netip.MustParsePrefix("10.244.1.0/24"), Attrs: vxlanAttrs("198.18.0.11", "a2:54:1c:5e:7f:01")}
+	assertPeers("the dual-stack peer and the IPv4-only ones", a6, want6)
 	// The IPv4 agent sees the dual-stack agent as an IPv4 peer.
 	want["self6"] = subnet.Lease{Node: "self6", Subnet: l6.Subnet, Attrs: subnet.LeaseAttrs{
 		PublicIP: attrs6.PublicIP, BackendType: "vxlan", BackendData: attrs6.BackendData}}

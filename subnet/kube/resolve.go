@@ -247,7 +247,13 @@ func resolve(net *netconf.Config, self string, records []*record) resolution {
 			}
 			continue
 		}
-		p := subnetP
+		// A peer with a subnet of one enabled family only (an IPv4-only
+		// node in a dual-stack cluster) is still a peer: the loop reaches
+		// the family it has and counts the other as skipped.
+		p := problem{}
+		if !subnetP.ok() && !anySubnet(group) {
+			p = subnetP
+		}
 		if p.ok() {
 			p = attrsP
 		}
@@ -304,6 +310,16 @@ func merge(net *netconf.Config, rs []*record) (used []bool, subnetP, attrsP prob
 		subnetP = problem{reason: reasonMissingSubnet, detail: "no IPv6 subnet yet"}
 	}
 	return used, subnetP, attrsP
+}
+
+// anySubnet reports whether a node's records claim a subnet of any family.
+func anySubnet(rs []*record) bool {
+	for _, r := range rs {
+		if r.v4.IsValid() || r.v6.IsValid() {
+			return true
+		}
+	}
+	return false
 }
 
 // outsideNetwork refuses a record claiming space outside the configured networks.

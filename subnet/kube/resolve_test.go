@@ -133,13 +133,21 @@ func TestResolveMergesLeasesPerNode(t *testing.T) {
 	half.key = "ns/subnet-10-244-2-0-24"
 
 	res := resolve(net, "self", []*record{extra, v6, half, v4})
-	if l := res.leases(); len(l) != 1 || l[0].Subnet.String() != "10.244.1.0/24" || l[0].IPv6Subnet.String() != "fd00:0:0:1::/64" {
-		t.Errorf("peers %+v, want n1 with both subnets", l)
+	// n2 has an IPv4 subnet only (so far): it is a peer over IPv4 still.
+	if l := res.leases(); len(l) != 2 || l[0].Subnet.String() != "10.244.1.0/24" || l[0].IPv6Subnet.String() != "fd00:0:0:1::/64" ||
+		l[1].Node != "n2" || l[1].Subnet.String() != "10.244.2.0/24" || l[1].IPv6Subnet.IsValid() {
+		t.Errorf("peers %+v, want n1 with both subnets and n2 with IPv4", l)
 	}
 	if s := res.skipped["ns/subnet-10-244-9-0-24"]; s.problem.reason != reasonDuplicate {
 		t.Errorf("n1's extra lease: %+v, want duplicate", s.problem)
 	}
-	if s := res.skipped["ns/subnet-10-244-2-0-24"]; s.problem.reason != reasonMissingSubnet {
-		t.Errorf("n2 without IPv6: %+v, want missing_subnet", s.problem)
+	if s, skipped := res.skipped["ns/subnet-10-244-2-0-24"]; skipped {
+		t.Errorf("n2 without IPv6 skipped: %+v", s.problem)
+	}
+	// The own node needs every enabled family before it runs.
+	own := rec("self", 4, "10.244.3.0/24")
+	res = resolve(net, "self", []*record{own})
+	if res.ownProblem.reason != reasonMissingSubnet {
+		t.Errorf("own node without IPv6: %+v, want missing_subnet", res.ownProblem)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/overlayd/overlayd/backend"
 	"github.com/overlayd/overlayd/netconf"
 	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
@@ -233,7 +234,7 @@ func TestSubnetEnvLikeFlanneld(t *testing.T) {
 	}
 	t.Run("EnableIPv6 TODO", func(t *testing.T) {
 		for _, tc := range envCasesIPv6TODO {
-			_, err := netconf.Load([]byte(tc.netConf)) // as the daemon loads it
+			_, _, err := backend.Load([]byte(tc.netConf)) // as the daemon loads it
 			var nerr *netconf.Error
 			if !errors.As(err, &nerr) || nerr.Key != "EnableIPv6" {
 				t.Errorf("%s: overlayd no longer refuses EnableIPv6 (%v): make envCasesIPv6TODO real cases of envCases", tc.name, err)
