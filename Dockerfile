@@ -33,7 +33,7 @@ RUN mkdir /cni \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables iproute2 \
+ && apt-get install -y --no-install-recommends iptables iproute2 nftables \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/bin/overlayd /usr/local/bin/overlayd
 COPY --from=build /cni/ /opt/cni/bin/

@@ -9,6 +9,7 @@ declare -A pkgs=(
   [iptables]=iptables
   [ping]=iputils-ping
   [iperf3]=iperf3
+  [nft]=nftables
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do

@@ -42,6 +42,10 @@ type Config struct {
 
 	LeaseMode LeaseMode
 
+	// EnableNFTables keeps the traffic rules in nftables instead of
+	// iptables; it may change while running.
+	EnableNFTables bool
+
 	// BackendType is Backend.Type; Backend is the whole Backend object, kept
 	// raw for the backend to parse its own keys.
 	BackendType string
@@ -55,8 +59,9 @@ var knownKeys = []string{
 	"EnableIPv4", "EnableIPv6",
 	"IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax",
 	"Backend", "LeaseMode",
+	"EnableNFTables",
 	// flannel keys overlayd accepts only with their default value.
-	"EnableNFTables", "Networks", "IPv6Networks",
+	"Networks", "IPv6Networks",
 }
 
 // Parse parses and validates net-conf.json as flanneld reads it. Every
@@ -78,6 +83,9 @@ func Parse(data []byte) (*Config, error) {
 		return nil, err
 	}
 	if err := decodeBool("EnableIPv6", get("EnableIPv6"), &cfg.EnableIPv6); err != nil {
+		return nil, err
+	}
+	if err := decodeBool("EnableNFTables", get("EnableNFTables"), &cfg.EnableNFTables); err != nil {
 		return nil, err
 	}
 	if err := refuseUnsupported(get); err != nil {
@@ -132,13 +140,6 @@ func Parse(data []byte) (*Config, error) {
 // refuseUnsupported refuses flannel keys whose non-default values overlayd
 // does not implement, rather than silently running something else.
 func refuseUnsupported(get func(string) json.RawMessage) error {
-	var nft bool
-	if err := decodeBool("EnableNFTables", get("EnableNFTables"), &nft); err != nil {
-		return err
-	}
-	if nft {
-		return configErr("EnableNFTables", "true is not supported: overlayd programs iptables; remove the key or set it to false")
-	}
 	for _, key := range []string{"Networks", "IPv6Networks"} {
 		raw := get(key)
 		var list []string

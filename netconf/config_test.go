@@ -128,7 +128,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"backend not an object", `{"Network": "10.244.0.0/16", "Backend": "vxlan"}`, "Backend", `"vxlan"`},
 		{"backend type not a string", `{"Network": "10.244.0.0/16", "Backend": {"Type": 4}}`, "Backend.Type", "got 4"},
 		{"backend syntax", `{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan",}}`, "", "line 1"},
-		{"nftables requested", `{"Network": "10.244.0.0/16", "EnableNFTables": true}`, "EnableNFTables", "not supported"},
+		{"nftables not a bool", `{"Network": "10.244.0.0/16", "EnableNFTables": "yes"}`, "EnableNFTables", `"yes"`},
 		{"multiple networks", `{"Networks": ["10.244.0.0/16", "10.245.0.0/16"]}`, "Networks", "give one network"},
 	}
 	if len(tests) < 20 {

@@ -102,7 +102,8 @@ func (l *Loop) noteReachable(p subnet.Lease) {
 // the network and this node's lease.
 func (l *Loop) rulesConfig() rules.Config {
 	net, lease := l.cfg.Net, l.node.Lease
-	cfg := rules.Config{IPMasq: l.cfg.IPMasq, ForwardRules: l.cfg.ForwardRules, NoRandomFully: l.cfg.MasqNoRandomFully}
+	cfg := rules.Config{IPMasq: l.cfg.IPMasq, ForwardRules: l.cfg.ForwardRules, NoRandomFully: l.cfg.MasqNoRandomFully,
+		NFTables: net.EnableNFTables}
 	if net.EnableIPv4 {
 		cfg.Network, cfg.Subnet = net.Network, lease.Subnet
 	}

@@ -45,11 +45,12 @@ type Kernel interface {
 	RemoveRoutes(match func(kernel.RouteInfo) bool) (int, error)
 }
 
-// Rules keeps the traffic (iptables) rules in place.
+// Rules keeps the traffic rules in place, in iptables or nftables.
 type Rules interface {
 	Ensure(want rules.Config) (changes int, err error)
-	// RemoveForeign removes another agent's chains (flanneld's).
-	RemoveForeign(chains []rules.Chain) (removed int, err error)
+	// RemoveForeign removes another agent's iptables chains and nftables
+	// tables (flanneld's).
+	RemoveForeign(chains []rules.Chain, tables []rules.Table) (removed int, err error)
 }
 
 // Events records what an operator should see on the Node (Kubernetes

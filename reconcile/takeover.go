@@ -116,9 +116,9 @@ func (l *Loop) finishTakeover(want backend.State) error {
 		return nil
 	}
 	if l.cfg.Rules != nil {
-		removed, err := l.cfg.Rules.RemoveForeign(flanneld.Chains)
+		removed, err := l.cfg.Rules.RemoveForeign(flanneld.Chains, flanneld.Tables)
 		if err != nil {
-			return fmt.Errorf("removing flanneld's iptables chains: %w", err)
+			return fmt.Errorf("removing flanneld's iptables chains and nftables tables: %w", err)
 		}
 		l.takeover.found = l.takeover.found || removed > 0
 	}

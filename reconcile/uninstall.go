@@ -10,7 +10,6 @@ import (
 
 	"github.com/overlayd/overlayd/backend"
 	"github.com/overlayd/overlayd/pkg/kernel"
-	"github.com/overlayd/overlayd/pkg/rules"
 )
 
 // Uninstall removes everything of overlayd's from the node: its devices and
@@ -19,7 +18,7 @@ import (
 // exactly what a pass would own. Stopping the agent leaves all of it in
 // place (a restart must not cut pods off); this is for rolling a node back
 // to flanneld, or for removing overlayd from a cluster.
-func Uninstall(k Kernel, r Rules, datapaths backend.Datapaths, log *zap.Logger) error {
+func Uninstall(k Kernel, r interface{ RemoveAll() (int, error) }, datapaths backend.Datapaths, log *zap.Logger) error {
 	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(datapaths)) {
 		if err := datapaths[name].Ensure(nil, nil); err != nil {
@@ -32,8 +31,8 @@ func Uninstall(k Kernel, r Rules, datapaths backend.Datapaths, log *zap.Logger) 
 	}
 	n := 0
 	if r != nil {
-		if n, err = r.Ensure(rules.Config{}); err != nil {
-			errs = append(errs, fmt.Errorf("iptables: %w", err))
+		if n, err = r.RemoveAll(); err != nil {
+			errs = append(errs, fmt.Errorf("traffic rules: %w", err))
 		}
 	}
 	log.Info("removed overlayd's datapath from this node", zap.Any("deleted", ch.Deleted), zap.Int("iptablesChanges", n))

@@ -128,10 +128,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		return err
 	}
 	defer reconciler.Close()
-	trafficRules, err := rules.New(log.Named("iptables"))
-	if err != nil {
-		return err
-	}
+	trafficRules := rules.NewModes(log.Named("rules"))
 
 	status := health.NewStatus(3*o.resyncPeriod+30*time.Second, health.Lease, health.Datapath, health.Rules)
 	if o.healthzPort != 0 {
@@ -187,9 +184,5 @@ func uninstall(o *options, log *zap.Logger) error {
 		return err
 	}
 	defer reconciler.Close()
-	trafficRules, err := rules.New(log.Named("iptables"))
-	if err != nil {
-		return err
-	}
-	return reconcile.Uninstall(reconciler, trafficRules, datapaths, log)
+	return reconcile.Uninstall(reconciler, rules.NewModes(log.Named("rules")), datapaths, log)
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+	"sigs.k8s.io/knftables"
 
 	"github.com/overlayd/overlayd/pkg/rules"
 )
@@ -22,6 +23,12 @@ import (
 var Chains = []rules.Chain{
 	{Table: "nat", Parent: "POSTROUTING", Name: "FLANNEL-POSTRTG"},
 	{Table: "filter", Parent: "FORWARD", Name: "FLANNEL-FWD"},
+}
+
+// Tables are flanneld's nftables tables ("EnableNFTables": true).
+var Tables = []rules.Table{
+	{Family: knftables.IPv4Family, Name: "flannel-ipv4"},
+	{Family: knftables.IPv6Family, Name: "flannel-ipv6"},
 }
 
 // RouteProtocol is the protocol of flanneld's routes: it sets none, so the

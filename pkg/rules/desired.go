@@ -19,7 +19,10 @@ const (
 // kubeProxyMasqMark is the bit kube-proxy sets (its default
 // --iptables-masquerade-bit=14) on packets it will masquerade itself in
 // KUBE-POSTROUTING. Those are left to kube-proxy.
-const kubeProxyMasqMark = "0x4000/0x4000"
+const (
+	kubeProxyMasqBit  = "0x00004000"
+	kubeProxyMasqMark = "0x4000/0x4000"
+)
 
 // Comments on every rule, so `iptables -S` tells an operator who wrote a rule
 // and why.
@@ -51,6 +54,9 @@ type Config struct {
 	// (--ip-masq-fully-random-disable); without it, --random-fully is used
 	// where iptables has it.
 	NoRandomFully bool
+	// NFTables keeps the rules in nftables instead of iptables
+	// (EnableNFTables), for Modes.
+	NFTables bool
 }
 
 // Validate checks the prefixes: the right family, and each lease inside its

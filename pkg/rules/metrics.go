@@ -21,8 +21,25 @@ var (
 	}, []string{"family", "table"})
 )
 
+var (
+	nftRepairs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metrics.Namespace,
+		Subsystem: "nftables",
+		Name:      "repairs_total",
+		Help:      "Times a chain of overlayd's nftables table had drifted from what overlayd last verified and was restored.",
+	}, []string{"chain"})
+	nftErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: metrics.Namespace,
+		Subsystem: "nftables",
+		Name:      "errors_total",
+		Help:      "Failed attempts to read or write overlayd's nftables table.",
+	})
+)
+
 func init() {
-	metrics.MustRegister(repairsTotal, errorsTotal)
+	metrics.MustRegister(repairsTotal, errorsTotal, nftRepairs, nftErrors)
+	nftRepairs.WithLabelValues(NFTMasqChain)
+	nftRepairs.WithLabelValues(NFTForwardChain)
 	// Exported at zero from the start, so that dashboards and alerts see
 	// them before the first repair or error.
 	for _, family := range []string{"ipv4", "ipv6"} {
