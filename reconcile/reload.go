@@ -43,7 +43,16 @@ func (l *Loop) applyPending() {
 	}
 	old := l.cfg.Backend
 	if old.Type() == p.backend.Type() && bytes.Equal(l.ownRaw, p.raw) {
-		configReloads.WithLabelValues("unchanged").Inc()
+		// The same backend: only what needs no switch may differ (the
+		// rules' mode, EnableNFTables), and the pass applies it.
+		if p.net.EnableNFTables == l.cfg.Net.EnableNFTables {
+			configReloads.WithLabelValues("unchanged").Inc()
+			return
+		}
+		l.log.Info("applying new network configuration", zap.Bool("enableNFTables", p.net.EnableNFTables))
+		l.cfg.Net = p.net
+		configReloads.WithLabelValues("applied").Inc()
+		l.normal(EventConfigApplied, "network configuration applied: EnableNFTables %t", p.net.EnableNFTables)
 		return
 	}
 	l.log.Info("applying new network configuration", zap.String("from", old.Type()), zap.String("to", p.backend.Type()),
