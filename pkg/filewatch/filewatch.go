@@ -14,9 +14,14 @@ import (
 	"go.uber.org/zap"
 )
 
-// settleDelay is how long a burst of file events must be quiet before the
-// file is read.
-const settleDelay = 100 * time.Millisecond
+// A burst of events about the file (a ConfigMap swap is several renames; an
+// editor writes in steps) is read once it has been quiet for settleDelay,
+// and at most maxDelay after its first event, however long the burst goes
+// on.
+const (
+	settleDelay = 100 * time.Millisecond
+	maxDelay    = time.Second
+)
 
 // Watch calls changed with the new content whenever the content of path
 // differs from what it was last seen as (initial is the content the caller
@@ -55,19 +60,30 @@ func Watch(ctx context.Context, path string, initial []byte, poll time.Duration,
 	// A change made before the watch was in place is not lost.
 	check()
 
-	// Events come in bursts (a ConfigMap swap is several renames; an editor
-	// writes in steps): read once the burst is over.
+	// Only events about the file count, and the ConfigMap's "..data" swap:
+	// another file of the directory written all the time (a log) must
+	// never hold a change back.
+	relevant := map[string]bool{filepath.Clean(path): true, filepath.Join(filepath.Dir(path), "..data"): true}
 	settle := time.NewTimer(time.Hour)
 	settle.Stop()
+	var burstStart time.Time // first event of the burst not yet read; zero: none
 	ticker := time.NewTicker(poll)
 	defer ticker.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-events:
-			settle.Reset(settleDelay)
+		case ev := <-events:
+			if !relevant[filepath.Clean(ev.Name)] {
+				continue
+			}
+			now := time.Now()
+			if burstStart.IsZero() {
+				burstStart = now
+			}
+			settle.Reset(min(settleDelay, max(0, maxDelay-now.Sub(burstStart))))
 		case <-settle.C:
+			burstStart = time.Time{}
 			check()
 		case err := <-errs:
 			log.Warn("inotify error; re-reading", zap.String("path", path), zap.Error(err))

@@ -100,3 +100,65 @@ func TestWatchPollsAndSurvivesMissingFile(t *testing.T) {
 		t.Fatal("change not reported")
 	}
 }
+
+// A file written all the time in the same directory (a log, 200 writes a
+// second) neither holds a change back nor delays it past maxDelay: the
+// rename over the watched file is read within a second of its event.
+func TestWatchIgnoresABusyDirectory(t *testing.T) {
+	for _, layout := range []string{"plain file", "ConfigMap"} {
+		t.Run(layout, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "net-conf.json")
+			var update func(string)
+			if layout == "ConfigMap" {
+				dir, update = configMapDir(t, "v1")
+				path = filepath.Join(dir, "net-conf.json")
+			} else {
+				if err := os.WriteFile(path, []byte("v1"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				update = func(c string) {
+					tmp := filepath.Join(dir, ".net-conf.json.tmp")
+					if err := os.WriteFile(tmp, []byte(c), 0o644); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.Rename(tmp, path); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() { // the busy neighbour
+				f, err := os.Create(filepath.Join(dir, "agent.log"))
+				if err != nil {
+					return
+				}
+				defer f.Close()
+				tick := time.NewTicker(5 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-tick.C:
+						f.WriteString("a log line\n")
+					}
+				}
+			}()
+			got := make(chan string, 10)
+			go Watch(ctx, path, []byte("v1"), time.Hour, func(b []byte) { got <- string(b) }, zaptest.NewLogger(t))
+			start := time.Now()
+			update("v2")
+			select {
+			case g := <-got:
+				if g != "v2" {
+					t.Fatalf("got %q", g)
+				}
+				t.Logf("read %s after the change", time.Since(start).Round(time.Millisecond))
+			case <-time.After(10 * time.Second):
+				t.Fatal("the change was never read while another file of the directory was being written")
+			}
+		})
+	}
+}

@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -38,14 +40,45 @@ func backendStep(backend string) switchStep {
 		applied: func(l peerLease) bool { return l.backendType == backend }}
 }
 
+// busyWriter appends to path 200 times a second until the test ends.
+func busyWriter(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				f.WriteString("a log line\n")
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done; f.Close() })
+}
+
 // rollOut applies each step by rewriting net-conf.json on the nodes one at
-// a time, as a rolling ConfigMap update does, while pods on different nodes
+// a time, as a rolling ConfigMap update does, while another file of its
+// directory is written 200 times a second, while pods on different nodes
 // ping each other at 100/s around the ring of nodes. After each step every
 // pod pair is reachable and the kernel holds exactly what the new
 // configuration calls for (nothing of an old one is left on any node). It
 // returns the pings sent and lost over the whole sequence.
 func rollOut(t *testing.T, c *cluster, steps ...switchStep) (sent, lost int) {
 	t.Helper()
+	// Another file of the directory is written all the time, as a log
+	// would be: the change must be read all the same.
+	for _, n := range c.Lab.Nodes {
+		busyWriter(t, filepath.Join(filepath.Dir(c.NetConfPath(n)), "busy.log"))
+	}
 	var pingers []*lab.Pinger
 	for i := range c.Lab.Nodes {
 		src := c.PodsOn(c.node(i))[0]
