@@ -14,7 +14,7 @@ TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
 export OVERLAYD_TEST_BIN_DIR := $(TOOLS_BIN)
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: all build test deps test-bins cni-bins flannel-bin lint bench demo clean
+.PHONY: all build test fuzz deps test-bins cni-bins flannel-bin lint bench demo clean
 
 all: build
 
@@ -65,9 +65,17 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^hack/tools/')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-## test: everything — unit, integration (real apiserver), end-to-end (netns)
+## test: everything — unit, integration (real apiserver), end-to-end (netns),
+##       and every fuzz target briefly
 test: deps test-bins cni-bins lint build
 	$(GO) test $(TEST_FLAGS) ./...
+	FUZZTIME=$(TEST_FUZZTIME) GO=$(GO) hack/fuzz.sh
+
+## fuzz: every fuzz target for FUZZTIME (default 60s) each
+FUZZTIME ?= 60s
+TEST_FUZZTIME ?= 5s
+fuzz:
+	FUZZTIME=$(FUZZTIME) GO=$(GO) hack/fuzz.sh
 
 ## bench: prints figures, never fails on a time (hack/bench): pod-to-pod
 ## throughput of vxlan, host-gw and udp on the real daemon, the lease store at
