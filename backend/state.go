@@ -15,11 +15,23 @@ import (
 type State struct {
 	kernel.State
 	Datapaths map[string]DatapathSpec
+	// IngressPorts are the UDP ports this node receives encapsulated
+	// traffic on (its tunnels'); the traffic rules let only Senders in.
+	IngressPorts []int
 	// Senders are the public addresses of every peer. Each peer sends to
 	// this node with the backend this node publishes, whatever this node
 	// uses to reach it, so a receiving side that checks where traffic comes
-	// from accepts all of them. Filled only when a datapath is wanted.
+	// from accepts all of them. Filled by the loop when a datapath or an
+	// ingress port is wanted.
 	Senders []netip.Addr
+}
+
+// AddIngressPort adds a UDP port this node receives encapsulated traffic
+// on, once.
+func (s *State) AddIngressPort(port int) {
+	if !slices.Contains(s.IngressPorts, port) {
+		s.IngressPorts = append(s.IngressPorts, port)
+	}
 }
 
 // AddDatapath adds spec as (part of) the datapath name.
@@ -50,7 +62,8 @@ func (s State) Clone() State {
 			Neighs: slices.Clone(s.Neighs),
 			FDB:    slices.Clone(s.FDB),
 		},
-		Senders: slices.Clone(s.Senders),
+		IngressPorts: slices.Clone(s.IngressPorts),
+		Senders:      slices.Clone(s.Senders),
 	}
 	if s.Datapaths != nil {
 		c.Datapaths = make(map[string]DatapathSpec, len(s.Datapaths))
@@ -71,6 +84,9 @@ func (s *State) Merge(o State) error {
 	s.Routes = append(s.Routes, o.Routes...)
 	s.Neighs = append(s.Neighs, o.Neighs...)
 	s.FDB = append(s.FDB, o.FDB...)
+	for _, p := range o.IngressPorts {
+		s.AddIngressPort(p)
+	}
 	if len(o.Datapaths) == 0 {
 		return nil
 	}

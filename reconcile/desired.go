@@ -41,9 +41,10 @@ func (l *Loop) desired(peers []subnet.Lease) (backend.State, error) {
 		l.noteReachable(p)
 	}
 	l.peers.forgetSkipsExcept(peers)
-	if len(st.Datapaths) > 0 {
+	if len(st.Datapaths) > 0 || len(st.IngressPorts) > 0 {
 		st.Senders = senders(peers)
 	}
+	slices.Sort(st.IngressPorts)
 	return st, nil
 }
 
@@ -100,10 +101,13 @@ func (l *Loop) noteReachable(p subnet.Lease) {
 
 // rulesConfig is the traffic rules this node needs: they follow the flags,
 // the network and this node's lease.
-func (l *Loop) rulesConfig() rules.Config {
+func (l *Loop) rulesConfig(want backend.State) rules.Config {
 	net, lease := l.cfg.Net, l.node.Lease
 	cfg := rules.Config{IPMasq: l.cfg.IPMasq, ForwardRules: l.cfg.ForwardRules, NoRandomFully: l.cfg.MasqNoRandomFully,
 		NFTables: net.EnableNFTables}
+	if l.cfg.IngressFilter {
+		cfg.Ingress = rules.Ingress{Ports: want.IngressPorts, Senders: want.Senders}
+	}
 	if net.EnableIPv4 {
 		cfg.Network, cfg.Subnet = net.Network, lease.Subnet
 	}

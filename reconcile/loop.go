@@ -95,6 +95,7 @@ type Config struct {
 	MasqNoRandomFully bool          // --ip-masq-fully-random-disable
 	ForwardRules      bool          // --iptables-forward-rules
 	BlackholeRoute    bool          // --ip-blackhole-route
+	IngressFilter     bool          // --ingress-filter: encapsulated traffic only from peers
 	ResyncPeriod      time.Duration // kernel state checked at least this often
 	RulesResync       time.Duration // traffic rules checked at least this often
 

@@ -91,7 +91,7 @@ func (l *Loop) pass(ctx context.Context) error {
 	}
 
 	if l.cfg.Rules != nil {
-		if _, err := l.cfg.Rules.Ensure(l.rulesConfig()); err != nil {
+		if _, err := l.cfg.Rules.Ensure(l.rulesConfig(want)); err != nil {
 			errs = append(errs, fmt.Errorf("iptables: %w", err))
 			l.cfg.Status.Set(health.Rules, false, err.Error())
 		} else {

@@ -113,6 +113,7 @@ func (b *udpBackend) Local(n backend.Node, st *backend.State) error {
 	}); err != nil {
 		return err
 	}
+	st.AddIngressPort(b.opts.Port)
 	return st.AddDatapath(Type, newSpec(b.opts.Port))
 }
 

@@ -209,8 +209,9 @@ func (b *vxlanBackend) device(n backend.Node, f backend.Family, vni, port int) k
 	}
 }
 
-// Local is a device for each family the node runs.
+// Local is a device for each family the node runs, receiving on its port.
 func (b *vxlanBackend) Local(n backend.Node, st *backend.State) error {
+	st.AddIngressPort(b.opts.Port)
 	for _, f := range n.Families() {
 		if err := st.AddLink(b.device(n, f, b.opts.VNI, b.opts.Port)); err != nil {
 			return err

@@ -47,6 +47,7 @@ type options struct {
 	logFormat            string
 	version              bool
 	uninstall            bool
+	ingressFilter        bool
 
 	// flanneld's flags with no overlayd flag of their own.
 	blackholeRoute     bool          // --ip-blackhole-route
@@ -100,6 +101,7 @@ func newFlagSet(o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: "+strings.Join(logging.Levels, ", "))
 	fs.StringVar(&o.logFormat, "log-format", "console", "log format: "+strings.Join(logging.Formats, ", "))
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.BoolVar(&o.ingressFilter, "ingress-filter", true, "accept encapsulated traffic (the tunnels' UDP ports) only from the public addresses peers publish; anyone else on the underlay could otherwise send into the pod network")
 	fs.BoolVar(&o.uninstall, "uninstall", false, "remove every device, route and iptables rule of overlayd's from this node, then exit (rolling a node back to flanneld, removing overlayd)")
 
 	fs.BoolVar(&o.blackholeRoute, "ip-blackhole-route", false, "add a blackhole route for this node's pod subnet (each family), so traffic to its unused addresses is dropped rather than sent to the default gateway (e.g. with Canal, where pods have host routes and no bridge)")

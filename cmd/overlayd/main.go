@@ -163,6 +163,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		ForwardRules:      o.iptablesForwardRules,
 		MasqNoRandomFully: o.masqRandomFullyOff,
 		BlackholeRoute:    o.blackholeRoute,
+		IngressFilter:     o.ingressFilter,
 		ResyncPeriod:      o.resyncPeriod,
 		RulesResync:       time.Duration(o.iptablesResync) * time.Second,
 		Status:            status,

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/overlayd/overlayd/pkg/ip"
@@ -14,6 +16,7 @@ import (
 const (
 	MasqChain    = "OVERLAYD-POSTRTG" // nat table, jumped to from POSTROUTING
 	ForwardChain = "OVERLAYD-FWD"     // filter table, jumped to from FORWARD
+	IngressChain = "OVERLAYD-INPUT"   // filter table, jumped to first from INPUT
 )
 
 // kubeProxyMasqMark is the bit kube-proxy sets (its default
@@ -27,15 +30,18 @@ const (
 // Comments on every rule, so `iptables -S` tells an operator who wrote a rule
 // and why.
 const (
-	commentMasqJump    = "overlayd masquerade rules"
-	commentForwardJump = "overlayd forward rules"
-	commentKubeMark    = "overlayd: kube-proxy masquerades its marked traffic"
-	commentInCluster   = "overlayd: no masquerade inside the cluster network"
-	commentToLocalPods = "overlayd: keep client address towards local pods"
-	commentLeaving     = "overlayd: masquerade pod traffic leaving the cluster network"
-	commentEntering    = "overlayd: masquerade outside traffic to pods on other nodes"
-	commentFromPods    = "overlayd: forward traffic from the pod network"
-	commentToPods      = "overlayd: forward traffic to the pod network"
+	commentMasqJump     = "overlayd masquerade rules"
+	commentForwardJump  = "overlayd forward rules"
+	commentKubeMark     = "overlayd: kube-proxy masquerades its marked traffic"
+	commentInCluster    = "overlayd: no masquerade inside the cluster network"
+	commentToLocalPods  = "overlayd: keep client address towards local pods"
+	commentLeaving      = "overlayd: masquerade pod traffic leaving the cluster network"
+	commentEntering     = "overlayd: masquerade outside traffic to pods on other nodes"
+	commentFromPods     = "overlayd: forward traffic from the pod network"
+	commentToPods       = "overlayd: forward traffic to the pod network"
+	commentIngressJump  = "overlayd encapsulated traffic only from peers"
+	commentFromPeers    = "overlayd: encapsulated traffic from a peer"
+	commentNotFromPeers = "overlayd: encapsulated traffic from anyone else"
 )
 
 // Config is the traffic-rule part of overlayd's desired state.
@@ -57,6 +63,29 @@ type Config struct {
 	// NFTables keeps the rules in nftables instead of iptables
 	// (EnableNFTables), for Modes.
 	NFTables bool
+	// Ingress lets encapsulated traffic into this node only from its
+	// peers; no Ports: no filter.
+	Ingress Ingress
+}
+
+// Ingress is the encapsulated traffic this node receives: the UDP ports of
+// its tunnels (vxlan's, udp's) and the public addresses that may send to
+// them, every current peer's. Anyone else on the underlay could otherwise
+// inject packets into the pod network by addressing a node's tunnel.
+type Ingress struct {
+	Ports   []int
+	Senders []netip.Addr
+}
+
+// senders returns the senders of one family.
+func (in Ingress) senders(v6 bool) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range in.Senders {
+		if a.Is6() == v6 && !a.Is4In6() {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // Validate checks the prefixes: the right family, and each lease inside its
@@ -98,14 +127,18 @@ func (c Config) Validate() error {
 type chainDef struct {
 	table, parent, name string
 	jumpComment         string
+	// first puts the jump at the top of parent: a chain that only drops
+	// (never accepts) must see the packets before anything accepts them.
+	first bool
 }
 
 var (
 	masqDef    = chainDef{table: "nat", parent: "POSTROUTING", name: MasqChain, jumpComment: commentMasqJump}
 	forwardDef = chainDef{table: "filter", parent: "FORWARD", name: ForwardChain, jumpComment: commentForwardJump}
+	ingressDef = chainDef{table: "filter", parent: "INPUT", name: IngressChain, jumpComment: commentIngressJump, first: true}
 	// ownedChains lists every chain overlayd may have created, so a chain
 	// whose feature is off is found and removed, also after a restart.
-	ownedChains = []chainDef{masqDef, forwardDef}
+	ownedChains = []chainDef{masqDef, forwardDef, ingressDef}
 )
 
 // chainState is the wanted content of one of our chains.
@@ -172,6 +205,20 @@ func forwardRules(network netip.Prefix) [][]string {
 	}
 }
 
+// ingressRules: a peer's encapsulated traffic returns to INPUT (whatever
+// decides there still does); anyone else's is dropped and counted.
+func ingressRules(ports []int, set string) [][]string {
+	list := make([]string, len(ports))
+	for i, p := range ports {
+		list[i] = strconv.Itoa(p)
+	}
+	dports := []string{"-p", "udp", "-m", "multiport", "--dports", strings.Join(list, ",")}
+	return [][]string{
+		append(slices.Clone(dports), "-m", "set", "--match-set", set, "src", "-m", "comment", "--comment", commentFromPeers, "-j", "RETURN"),
+		append(slices.Clone(dports), "-m", "comment", "--comment", commentNotFromPeers, "-j", "DROP"),
+	}
+}
+
 var (
 	multicastV4 = netip.MustParsePrefix("224.0.0.0/4")
 	multicastV6 = netip.MustParsePrefix("ff00::/8")
@@ -184,9 +231,12 @@ func desired(cfg Config, v6, randomFully bool) map[string]*chainState {
 	if v6 {
 		network, subnet, mc = cfg.IPv6Network, cfg.IPv6Subnet, multicastV6
 	}
-	out := map[string]*chainState{MasqChain: nil, ForwardChain: nil}
+	out := map[string]*chainState{MasqChain: nil, ForwardChain: nil, IngressChain: nil}
 	if !network.IsValid() {
 		return out
+	}
+	if len(cfg.Ingress.Ports) > 0 {
+		out[IngressChain] = &chainState{chainDef: ingressDef, jump: jumpRule(ingressDef), rules: ingressRules(cfg.Ingress.Ports, peerSetName(v6))}
 	}
 	if cfg.IPMasq {
 		out[MasqChain] = &chainState{chainDef: masqDef, jump: jumpRule(masqDef), rules: masqRules(network, subnet, mc, randomFully)}

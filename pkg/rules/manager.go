@@ -171,6 +171,15 @@ func (m *Manager) Ensure(cfg Config) (changes int, err error) {
 			continue
 		}
 		want := desired(cfg, v6, f.ipt.HasRandomFully() && !cfg.NoRandomFully)
+		if want[IngressChain] != nil {
+			// The set the chain refers to exists, full, before the chain.
+			n, err := ensurePeerSet(v6, cfg.Ingress.senders(v6))
+			changes += n
+			if err != nil {
+				errs = append(errs, err)
+				want[IngressChain] = nil // never a chain matching a set that is not right
+			}
+		}
 		for _, d := range ownedChains {
 			n, err := m.ensureChain(f, d, want[d.name], on)
 			changes += n
@@ -178,6 +187,14 @@ func (m *Manager) Ensure(cfg Config) (changes int, err error) {
 				errorsTotal.WithLabelValues(f.name, d.table).Inc()
 				errs = append(errs, err)
 			}
+		}
+		if want[IngressChain] == nil && len(errs) == 0 {
+			if err := destroyPeerSet(v6); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if n, err := f.ingressDropped(); err == nil {
+			ingressDropped.observe(f.name, n)
 		}
 	}
 	return changes, errors.Join(errs...)
@@ -344,7 +361,15 @@ func (m *Manager) apply(f *family, want *chainState, cur current, sk stateKey) (
 		changes++
 		removed = append(removed, "-A "+want.parent+" "+joinRule(j))
 	}
-	if !kept {
+	if !kept && want.first {
+		// First: a chain that only drops sees the packets before anything
+		// accepts them.
+		if err := f.ipt.Insert(want.table, want.parent, 1, want.jump...); err != nil {
+			return changes, fmt.Errorf("rules: %s: adding jump from %s to %s in table %s: %w", f.name, want.parent, want.name, want.table, err)
+		}
+		changes++
+		restored = append(restored, "-I "+want.parent+" "+joinRule(want.jump))
+	} else if !kept {
 		// Appended: below every rule already in the chain, so a policy
 		// engine's verdicts come first (Documentation/iptables.md).
 		if err := f.ipt.Append(want.table, want.parent, want.jump...); err != nil {

@@ -1,6 +1,8 @@
 package rules
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/overlayd/overlayd/pkg/metrics"
@@ -47,5 +49,39 @@ func init() {
 		repairsTotal.WithLabelValues(family, "filter", ForwardChain)
 		errorsTotal.WithLabelValues(family, "nat")
 		errorsTotal.WithLabelValues(family, "filter")
+	}
+}
+
+// ingressDropped counts encapsulated packets from hosts that are not peers,
+// dropped by the ingress filter, by family ("ipv4", "ipv6", "nftables").
+// The kernel keeps the count on the drop rule; a rewritten rule starts again
+// from zero, so what is added is what grew since the last read.
+var ingressDropped = &kernelCounter{c: prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: metrics.Namespace,
+	Name:      "ingress_dropped_packets_total",
+	Help:      "Encapsulated packets (to a tunnel's UDP port) from hosts that are not peers, dropped.",
+}, []string{"family"}), last: map[string]uint64{}}
+
+type kernelCounter struct {
+	c    *prometheus.CounterVec
+	mu   sync.Mutex
+	last map[string]uint64
+}
+
+func (k *kernelCounter) observe(label string, v uint64) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	d := v
+	if last := k.last[label]; v >= last {
+		d = v - last
+	}
+	k.last[label] = v
+	k.c.WithLabelValues(label).Add(float64(d))
+}
+
+func init() {
+	metrics.MustRegister(ingressDropped.c)
+	for _, f := range []string{"ipv4", "ipv6", "nftables"} {
+		ingressDropped.c.WithLabelValues(f)
 	}
 }

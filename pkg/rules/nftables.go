@@ -74,6 +74,13 @@ func (n *NFT) Ensure(cfg Config) (int, error) {
 		changes = len(have)
 	} else {
 		tx.Add(&knftables.Table{Comment: knftables.PtrTo("overlayd: pod network traffic rules")})
+		// The sets and the counter the ingress chain refers to come first.
+		sets, setChanges, err := n.ensurePeerSets(ctx, tx, cfg.Ingress)
+		if err != nil {
+			nftErrors.Inc()
+			return 0, err
+		}
+		changes += setChanges
 		wanted := map[string]bool{}
 		for _, c := range want {
 			wanted[c.chain.Name] = true
@@ -98,6 +105,15 @@ func (n *NFT) Ensure(cfg Config) (int, error) {
 				changes++
 			}
 		}
+		if len(cfg.Ingress.Ports) == 0 {
+			// No chain refers to the sets any more (removed just above).
+			for _, v6 := range []bool{false, true} {
+				if set := nftPeerSet(v6); slices.Contains(sets, set.Name) {
+					tx.Delete(set)
+					changes++
+				}
+			}
+		}
 	}
 	if changes > 0 {
 		if err := n.nft.Run(ctx, tx); err != nil {
@@ -106,7 +122,62 @@ func (n *NFT) Ensure(cfg Config) (int, error) {
 		}
 	}
 	n.verified = key
+	if len(cfg.Ingress.Ports) > 0 {
+		if counters, err := n.nft.ListCounters(ctx); err == nil {
+			for _, c := range counters {
+				if c.Name == nftIngressCounter && c.Packets != nil {
+					ingressDropped.observe("nftables", *c.Packets)
+				}
+			}
+		}
+	}
 	return changes, nil
+}
+
+// ensurePeerSets adds to tx what makes the peer sets hold exactly the
+// senders of each family, and the ingress counter, when there is an ingress
+// filter. It returns the sets the table has now.
+func (n *NFT) ensurePeerSets(ctx context.Context, tx *knftables.Transaction, in Ingress) (sets []string, changes int, err error) {
+	sets, err = n.nft.List(ctx, "set")
+	if err != nil && !knftables.IsNotFound(err) {
+		return nil, 0, fmt.Errorf("nft: listing sets: %w", err)
+	}
+	if len(in.Ports) == 0 {
+		return sets, 0, nil
+	}
+	tx.Add(&knftables.Counter{Name: nftIngressCounter})
+	for _, v6 := range []bool{false, true} {
+		set := nftPeerSet(v6)
+		have := map[string]bool{}
+		if slices.Contains(sets, set.Name) {
+			elems, err := n.nft.ListElements(ctx, "set", set.Name)
+			if err != nil && !knftables.IsNotFound(err) {
+				return nil, 0, fmt.Errorf("nft: listing set %s: %w", set.Name, err)
+			}
+			for _, e := range elems {
+				if len(e.Key) == 1 {
+					have[e.Key[0]] = true
+				}
+			}
+		}
+		tx.Add(set)
+		want := map[string]bool{}
+		for _, a := range in.senders(v6) {
+			k := a.String()
+			want[k] = true
+			if !have[k] {
+				tx.Add(&knftables.Element{Set: set.Name, Key: []string{k}})
+				changes++
+			}
+		}
+		for k := range have {
+			if !want[k] {
+				tx.Delete(&knftables.Element{Set: set.Name, Key: []string{k}})
+				changes++
+			}
+		}
+	}
+	return sets, changes, nil
 }
 
 // current returns the rule comments of each chain of the table, nil when

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"sigs.k8s.io/knftables"
 )
@@ -16,7 +17,18 @@ const (
 	NFTTable        = "overlayd"
 	NFTMasqChain    = "postrouting"
 	NFTForwardChain = "forward"
+	NFTIngressChain = "input"
+	// nftIngressCounter counts what the ingress filter drops.
+	nftIngressCounter = "ingress_dropped"
 )
+
+// nftPeerSet is the set of the peers' public addresses of a family.
+func nftPeerSet(v6 bool) *knftables.Set {
+	if v6 {
+		return &knftables.Set{Name: "peers6", Type: "ipv6_addr"}
+	}
+	return &knftables.Set{Name: "peers4", Type: "ipv4_addr"}
+}
 
 // nftChain is one chain of ours with its wanted rules.
 type nftChain struct {
@@ -75,6 +87,22 @@ func nftDesired(cfg Config) []nftChain {
 		return nil // no family on
 	}
 	var out []nftChain
+	if len(cfg.Ingress.Ports) > 0 {
+		ports := make([]string, len(cfg.Ingress.Ports))
+		for i, p := range cfg.Ingress.Ports {
+			ports[i] = fmt.Sprint(p)
+		}
+		var in []nftRule
+		for _, f := range families {
+			if !f.network.IsValid() {
+				continue
+			}
+			in = append(in, newNFTRule(fmt.Sprintf("%s saddr != @%s udp dport { %s } counter name %s drop",
+				f.ip, nftPeerSet(f.ip == "ip6").Name, strings.Join(ports, ", "), nftIngressCounter), commentNotFromPeers))
+		}
+		out = append(out, nftChain{chain: &knftables.Chain{Name: NFTIngressChain, Type: knftables.PtrTo(knftables.FilterType),
+			Hook: knftables.PtrTo(knftables.InputHook), Priority: knftables.PtrTo(knftables.FilterPriority)}, rules: in})
+	}
 	if cfg.IPMasq {
 		out = append(out, nftChain{chain: &knftables.Chain{Name: NFTMasqChain, Type: knftables.PtrTo(knftables.NATType),
 			Hook: knftables.PtrTo(knftables.PostroutingHook), Priority: knftables.PtrTo(knftables.SNATPriority)}, rules: masqRules})

@@ -1,0 +1,108 @@
+package rules
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap/zaptest"
+)
+
+// The ingress filter, with real datagrams: a peer's reach the tunnel port,
+// anyone else's are dropped and counted; a peer added or removed is let in
+// or shut out at the next Ensure; ports that are no tunnel's are left alone;
+// switched off, the chain and the sets go. In both modes and families.
+func TestIngressOnlyFromPeers(t *testing.T) {
+	for _, mode := range []string{"iptables", "nftables"} {
+		t.Run(mode, func(t *testing.T) {
+			guardHost(t)
+			guardHostNFT(t)
+			node, peer, rogue := newNS(t, "in-node"), newNS(t, "in-peer"), newNS(t, "in-rogue")
+			veth(t, node, "p0", "198.18.9.1/24", peer, "eth0", "198.18.9.2/24")
+			veth(t, node, "r0", "198.18.10.1/24", rogue, "eth0", "198.18.10.2/24")
+			for _, ns := range []*testNS{peer, rogue} {
+				ns.ip(t, "-6", "addr", "add", map[*testNS]string{peer: "fd00:198:9::2/64", rogue: "fd00:198:10::2/64"}[ns], "dev", "eth0", "nodad")
+			}
+			node.ip(t, "-6", "addr", "add", "fd00:198:9::1/64", "dev", "p0", "nodad")
+			node.ip(t, "-6", "addr", "add", "fd00:198:10::1/64", "dev", "r0", "nodad")
+			m := NewModes(zaptest.NewLogger(t))
+			ensure := func(in Ingress) {
+				t.Helper()
+				cfg := Config{Network: net4, Subnet: sub4, IPv6Network: net6, IPv6Subnet: sub6, ForwardRules: true, NFTables: mode == "nftables", Ingress: in}
+				if err := node.do(t, func() error { _, err := m.Ensure(cfg); return err }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			in := Ingress{Ports: []int{8472, 8285}, Senders: []netip.Addr{netip.MustParseAddr("198.18.9.2"), netip.MustParseAddr("fd00:198:9::2")}}
+			ensure(in)
+
+			tunnel := node.listenUDP(t, "[::]:8472")
+			other := node.listenUDP(t, "[::]:9999")
+			if src := sourceSeen(t, peer, "198.18.9.1:8472", tunnel, "from the peer"); src != netip.MustParseAddr("198.18.9.2") {
+				t.Errorf("peer's datagram arrived from %s", src)
+			}
+			if src := sourceSeen(t, peer, "[fd00:198:9::1]:8472", tunnel, "from the peer, IPv6"); src != netip.MustParseAddr("fd00:198:9::2") {
+				t.Errorf("peer's IPv6 datagram arrived from %s", src)
+			}
+			sourceSeen(t, rogue, "198.18.10.1:9999", other, "to another port") // neighbours resolved
+			for i := range 5 {
+				rogue.sendUDP(t, "198.18.10.1:8472", fmt.Sprint("rogue ", i))
+				rogue.sendUDP(t, "[fd00:198:10::1]:8472", fmt.Sprint("rogue6 ", i))
+				rogue.sendUDP(t, "198.18.10.1:8285", fmt.Sprint("rogue udp ", i))
+			}
+			// A peer's datagram sent after them: had any of theirs got
+			// through, it would be there before this one.
+			sourceSeen(t, peer, "198.18.9.1:8472", tunnel, "marker")
+			if got := received(t, tunnel); len(got) != 0 {
+				t.Errorf("a non-peer reached the tunnel port: %q", got)
+			}
+			before := counterSum(t)
+			ensure(in) // reads the drop counters
+			if d := counterSum(t) - before; d < 10 {
+				t.Errorf("overlayd_ingress_dropped_packets_total grew by %v, want at least the 10 datagrams to 8472", d)
+			}
+
+			// The rogue becomes a peer: let in at once; the peer leaves.
+			ensure(Ingress{Ports: in.Ports, Senders: []netip.Addr{netip.MustParseAddr("198.18.10.2")}})
+			if src := sourceSeen(t, rogue, "198.18.10.1:8472", tunnel, "now a peer"); src != netip.MustParseAddr("198.18.10.2") {
+				t.Errorf("new peer's datagram arrived from %s", src)
+			}
+			received(t, tunnel)
+			peer.sendUDP(t, "198.18.9.1:8472", "a departed peer")
+			sourceSeen(t, rogue, "198.18.10.1:8472", tunnel, "marker 2")
+			if got := received(t, tunnel); len(got) != 0 {
+				t.Errorf("a departed peer still reaches the tunnel port: %q", got)
+			}
+
+			// Off: everything reaches the port again, nothing of the filter is left.
+			ensure(Ingress{})
+			sourceSeen(t, peer, "198.18.9.1:8472", tunnel, "no filter")
+			left := node.exec(t, "iptables-save") + node.exec(t, "nft", "list", "ruleset")
+			if strings.Contains(left, "OVERLAYD-INPUT") || strings.Contains(left, "peers4") || strings.Contains(left, "chain input") {
+				t.Errorf("the filter is left:\n%s", left)
+			}
+			if err := node.do(t, func() error {
+				sets, err := netlink.IpsetListAll()
+				for _, set := range sets {
+					if strings.HasPrefix(set.SetName, "overlayd") {
+						t.Errorf("the peer set %s is left", set.SetName)
+					}
+				}
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func counterSum(t *testing.T) float64 {
+	t.Helper()
+	var sum float64
+	for _, f := range []string{"ipv4", "ipv6", "nftables"} {
+		sum += counterValue(ingressDropped.c.WithLabelValues(f))
+	}
+	return sum
+}
