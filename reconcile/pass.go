@@ -77,6 +77,18 @@ func (l *Loop) pass(ctx context.Context) error {
 		return err
 	}
 
+	// The rules go first: a peer that joins is let in (the ingress filter)
+	// before its routes point at it.
+	var rulesErr error
+	if l.cfg.Rules != nil {
+		if _, err := l.cfg.Rules.Ensure(l.rulesConfig(want)); err != nil {
+			rulesErr = fmt.Errorf("traffic rules: %w", err)
+			l.cfg.Status.Set(health.Rules, false, err.Error())
+		} else {
+			l.cfg.Status.Set(health.Rules, true, "")
+		}
+	}
+
 	errs := l.apply(want)
 	if len(errs) == 0 {
 		l.lastState = &want
@@ -89,15 +101,10 @@ func (l *Loop) pass(ctx context.Context) error {
 	} else {
 		l.cfg.Status.Set(health.Datapath, false, errors.Join(errs...).Error())
 	}
-
-	if l.cfg.Rules != nil {
-		if _, err := l.cfg.Rules.Ensure(l.rulesConfig(want)); err != nil {
-			errs = append(errs, fmt.Errorf("iptables: %w", err))
-			l.cfg.Status.Set(health.Rules, false, err.Error())
-		} else {
-			l.cfg.Status.Set(health.Rules, true, "")
-		}
+	if rulesErr != nil {
+		errs = append(errs, rulesErr)
 	}
+
 	if len(errs) == 0 {
 		errs = append(errs, l.finishTakeover(want))
 	}

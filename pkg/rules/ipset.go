@@ -80,6 +80,17 @@ func destroyPeerSet(v6 bool) error {
 	return nil
 }
 
+// readDrops adds what the family's drop rule counted since the last read to
+// the metric.
+func (f *family) readDrops() {
+	if !f.ingress {
+		return
+	}
+	if n, err := f.ingressDropped(); err == nil {
+		ingressDropped.observe(f.name, n)
+	}
+}
+
 // ingressDropped reads the packet counter of the ingress chain's drop rule;
 // 0 when there is none.
 func (f *family) ingressDropped() (uint64, error) {

@@ -41,6 +41,7 @@ type family struct {
 	name        string // "ipv4" or "ipv6", for logs and metrics
 	ipt         *iptables.IPTables
 	restorePath string
+	ingress     bool // the ingress chain is there (its drop counter is read)
 }
 
 // Manager owns overlayd's iptables rules. It is safe for concurrent use.
@@ -193,11 +194,24 @@ func (m *Manager) Ensure(cfg Config) (changes int, err error) {
 				errs = append(errs, err)
 			}
 		}
-		if n, err := f.ingressDropped(); err == nil {
-			ingressDropped.observe(f.name, n)
-		}
+		f.ingress = want[IngressChain] != nil
+		f.readDrops()
 	}
 	return changes, errors.Join(errs...)
+}
+
+// readDrops refreshes the ingress drop counters of the families that have
+// an ingress chain.
+func (m *Manager) readDrops() {
+	if !m.mu.TryLock() {
+		return
+	}
+	defer m.mu.Unlock()
+	for _, f := range []*family{m.v4, m.v6} {
+		if f != nil {
+			f.readDrops()
+		}
+	}
 }
 
 func (m *Manager) ensureChain(f *family, d chainDef, want *chainState, familyOn bool) (int, error) {

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -79,8 +80,25 @@ func (k *kernelCounter) observe(label string, v uint64) {
 	k.c.WithLabelValues(label).Add(float64(d))
 }
 
+// ingressCollector reads the kernel's drop counters at each scrape (through
+// the process's Modes), so that the metric is current rather than as old as
+// the last rules check.
+type ingressCollector struct{}
+
+// scraped is the Modes whose counters a scrape reads: the process has one.
+var scraped atomic.Pointer[Modes]
+
+func (ingressCollector) Describe(ch chan<- *prometheus.Desc) { ingressDropped.c.Describe(ch) }
+
+func (ingressCollector) Collect(ch chan<- prometheus.Metric) {
+	if m := scraped.Load(); m != nil {
+		m.readDrops()
+	}
+	ingressDropped.c.Collect(ch)
+}
+
 func init() {
-	metrics.MustRegister(ingressDropped.c)
+	metrics.MustRegister(ingressCollector{})
 	for _, f := range []string{"ipv4", "ipv6", "nftables"} {
 		ingressDropped.c.WithLabelValues(f)
 	}

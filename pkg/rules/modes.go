@@ -28,7 +28,24 @@ type Modes struct {
 // NewModes returns the rules in both modes; each mode's tools are looked
 // for when it is first needed.
 func NewModes(log *zap.Logger, opts ...Option) *Modes {
-	return &Modes{log: log, opts: opts}
+	m := &Modes{log: log, opts: opts}
+	scraped.Store(m)
+	return m
+}
+
+// readDrops refreshes the ingress drop counters from the kernel. A scrape
+// during an Ensure skips it: the Ensure reads them itself.
+func (m *Modes) readDrops() {
+	if !m.mu.TryLock() {
+		return
+	}
+	defer m.mu.Unlock()
+	if m.ipt != nil {
+		m.ipt.readDrops()
+	}
+	if m.nft != nil {
+		m.nft.readDrops()
+	}
 }
 
 func (m *Modes) iptables() (*Manager, error) {

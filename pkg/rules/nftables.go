@@ -27,6 +27,7 @@ type NFT struct {
 
 	mu       sync.Mutex
 	verified string // the content last confirmed in the kernel ("" unknown)
+	ingress  bool   // the table has the ingress filter's counter
 }
 
 // NewNFT finds nft and checks that the kernel has nf_tables. Its error says
@@ -122,16 +123,36 @@ func (n *NFT) Ensure(cfg Config) (int, error) {
 		}
 	}
 	n.verified = key
-	if len(cfg.Ingress.Ports) > 0 {
-		if counters, err := n.nft.ListCounters(ctx); err == nil {
-			for _, c := range counters {
-				if c.Name == nftIngressCounter && c.Packets != nil {
-					ingressDropped.observe("nftables", *c.Packets)
-				}
-			}
+	n.ingress = want != nil && len(cfg.Ingress.Ports) > 0
+	n.observeDrops(ctx)
+	return changes, nil
+}
+
+// readDrops refreshes the ingress drop counter, when there is an ingress
+// filter, for a scrape.
+func (n *NFT) readDrops() {
+	if !n.mu.TryLock() {
+		return
+	}
+	defer n.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), nftTimeout)
+	defer cancel()
+	n.observeDrops(ctx)
+}
+
+func (n *NFT) observeDrops(ctx context.Context) {
+	if !n.ingress {
+		return
+	}
+	counters, err := n.nft.ListCounters(ctx)
+	if err != nil {
+		return
+	}
+	for _, c := range counters {
+		if c.Name == nftIngressCounter && c.Packets != nil {
+			ingressDropped.observe("nftables", *c.Packets)
 		}
 	}
-	return changes, nil
 }
 
 // ensurePeerSets adds to tx what makes the peer sets hold exactly the
