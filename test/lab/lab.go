@@ -237,6 +237,9 @@ func Start(opts Options) (l *Lab, err error) {
 			return nil, err
 		}
 	}
+	if err := l.settleUnderlay(); err != nil {
+		return nil, err
+	}
 	opts.Logf("lab %s-%s: %d nodes (%d routed) up in %s, dir %s", l.Prefix, l.ID, len(l.Nodes), opts.RoutedNodes,
 		time.Since(start).Round(time.Millisecond), l.Dir)
 	return l, nil

@@ -142,7 +142,17 @@ func (l *Lab) attachDirect(n *Node, p *Pod, subs podSubnets) (err error) {
 	if err := l.initHost(&p.Host, "pod-"+p.Name); err != nil {
 		return err
 	}
-	return n.plugPod(p, l.opts.PodMTU)
+	if err := n.plugPod(p, l.opts.PodMTU); err != nil {
+		return err
+	}
+	if !subs.v6.IsValid() {
+		return nil
+	}
+	// The bridge has its link-local address once its first port is up.
+	if err := n.settleIPv6(PodBridge); err != nil {
+		return err
+	}
+	return p.settleIPv6("eth0")
 }
 
 // allocateIP returns the lowest free address after the gateway. lab.mu held.

@@ -120,6 +120,31 @@ func (l *Lab) buildUnderlay() error {
 	return nil
 }
 
+// settleUnderlay waits until the IPv6 addresses of every underlay link
+// (but the bridge ports, which have none of the lab's) are usable.
+func (l *Lab) settleUnderlay() error {
+	gwLinks := []string{"eth0"}
+	if l.opts.RoutedNodes > 0 {
+		gwLinks = append(gwLinks, "eth1")
+	}
+	if err := l.Gateway.settleIPv6(gwLinks...); err != nil {
+		return err
+	}
+	var hosts []*Host
+	if l.External != nil {
+		hosts = append(hosts, l.External)
+	}
+	for _, n := range l.Nodes {
+		hosts = append(hosts, &n.Host)
+	}
+	for _, h := range hosts {
+		if err := h.settleIPv6(UnderlayIface); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // addNode creates node k on a segment.
 func (l *Lab) addNode(k, segmentIndex int) error {
 	seg := segmentOf(segmentIndex)
