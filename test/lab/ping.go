@@ -50,7 +50,9 @@ func (h *Host) Ping(ctx context.Context, dst netip.Addr) error {
 			}
 			break
 		}
-		if ctx.Err() != nil {
+		// By the clock too: a context is cancelled by a timer that may run
+		// late, and until then every read would time out at once.
+		if d, ok := ctx.Deadline(); ctx.Err() != nil || ok && !time.Now().Before(d) {
 			msg := fmt.Sprintf("ping %s from %s: no echo reply to %d requests in %s", dst, h.NS, sent, time.Since(start).Round(time.Millisecond))
 			if last != nil {
 				msg += "; last: " + last.Error()
