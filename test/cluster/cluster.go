@@ -17,8 +17,13 @@
 // it, for mixed clusters and comparisons with flanneld (UseAgent switches a
 // node between the two).
 //
+// The cluster has the address families its net-conf.json enables: IPv4
+// (Network), IPv6 (EnableIPv6, IPv6Network) or both. Node IPAM assigns a
+// podCIDR of each, and pods get an address of each.
+//
 //	c := cluster.New(t, cluster.Options{Prefix: "ovlCH", Nodes: 2, NetConf: conf, Overlayd: bin, PodsPerNode: 1})
 //	m := lab.CheckMatrix(ctx, c.Pods, 20*time.Second)
+//	m6 := lab.CheckMatrixFamily(ctx, c.Pods, 20*time.Second, true) // if EnableIPv6
 package cluster
 
 import (
@@ -29,6 +34,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -64,14 +70,16 @@ type Options struct {
 	Nodes        int
 	RoutedNodes  int
 	ExternalHost bool
-	// NetConf is the net-conf.json every node starts with. Its Network and
-	// SubnetLen also configure node IPAM.
+	// NetConf is the net-conf.json every node starts with. The networks and
+	// subnet lengths of the families it enables (Network and SubnetLen
+	// unless "EnableIPv4": false; IPv6Network and IPv6SubnetLen if
+	// "EnableIPv6": true) also configure node IPAM.
 	NetConf string
-	// AssignPodCIDRs: the harness sets each Node's spec.podCIDR when it
-	// registers it (lab node k gets the k-th subnet of the network) and no
-	// kube-controller-manager runs, so nothing else touches the Nodes.
-	// Otherwise kube-controller-manager's node IPAM assigns them, as in a
-	// real cluster.
+	// AssignPodCIDRs: the harness sets each Node's spec.podCIDRs when it
+	// registers it (lab node k gets the k-th subnet of each network, IPv4
+	// first) and no kube-controller-manager runs, so nothing else touches
+	// the Nodes. Otherwise kube-controller-manager's node IPAM assigns them,
+	// as in a real cluster.
 	AssignPodCIDRs bool
 	// Overlayd is the binary every agent runs, but those of FlanneldNodes.
 	Overlayd string
@@ -95,7 +103,9 @@ type Options struct {
 	// PodName names pod i (0-based) of node n; default "<node>-p<i>".
 	PodName func(n *lab.Node, i int) string
 	// CNIPods attaches pods with the real CNI plugins (flannel reading the
-	// subnet.env overlayd writes); otherwise directly, on the node's subnet.
+	// subnet.env overlayd writes); otherwise directly, on the node's subnets
+	// (SubnetsOf). Either way a pod gets an address of every family the
+	// node's subnet.env has a subnet of.
 	CNIPods bool
 	// NoAgents: Start and New stop once the Nodes are registered; the
 	// caller starts the agents (Up, StartAgents or StartAgent).
@@ -104,7 +114,8 @@ type Options struct {
 	// them to be ready and without attaching pods.
 	NoWait bool
 	// BeforeAgent runs for each node in turn, once its Node has a podCIDR
-	// and just before its agent starts.
+	// of every family (podCIDR is the first, WaitPodCIDR's; WaitPodCIDRs
+	// has them all) and just before its agent starts.
 	BeforeAgent func(c *Cluster, n *lab.Node, podCIDR netip.Prefix) error
 	// RBAC is applied as admin before anything else; default RBACManifest
 	// of the repository (RepoRoot).
@@ -144,12 +155,11 @@ func Prepare(opts Options) (*Cluster, error) {
 	if opts.Prefix == "" {
 		return nil, errors.New("cluster: Options.Prefix is required")
 	}
+	// Parse, not the daemon's Load: the harness runs whatever the file
+	// describes, also what this build of overlayd refuses.
 	netConf, err := netconf.Parse([]byte(opts.NetConf))
 	if err != nil {
 		return nil, fmt.Errorf("cluster: Options.NetConf: %w", err)
-	}
-	if !netConf.EnableIPv4 {
-		return nil, errors.New("cluster: Options.NetConf: the harness needs an IPv4 Network")
 	}
 	if opts.RBAC == nil {
 		root, err := RepoRoot()
@@ -224,13 +234,17 @@ func (c *Cluster) build(ctx context.Context) error {
 
 // StartControlPlane starts etcd and kube-apiserver, and unless
 // Options.AssignPodCIDRs kube-controller-manager with node IPAM over the
-// network of Options.NetConf, then applies the RBAC manifest.
+// networks of Options.NetConf (IPv4 first), then applies the RBAC manifest.
 func (c *Cluster) StartControlPlane(ctx context.Context) error {
 	cpOpts := controlplane.Options{LogDir: c.opts.ControlPlaneLogDir}
 	if !c.opts.AssignPodCIDRs {
+		var networks []string
+		for _, n := range c.networks() {
+			networks = append(networks, n.String())
+		}
 		cpOpts.ControllerManager = true
-		cpOpts.ClusterCIDR = c.Net.Network.String()
-		cpOpts.NodeCIDRMaskSize = c.Net.SubnetLen
+		cpOpts.ClusterCIDR = strings.Join(networks, ",")
+		cpOpts.NodeCIDRMaskSize, cpOpts.NodeCIDRMaskSizeIPv6 = c.Net.SubnetLen, c.Net.IPv6SubnetLen
 	}
 	cp, err := c.startControlPlane(cpOpts)
 	if err != nil {
@@ -278,12 +292,14 @@ func (c *Cluster) RegisterNodes(ctx context.Context) error {
 			Annotations: map[string]string{"volumes.kubernetes.io/controller-managed-attach-detach": "true"},
 		}}
 		if c.opts.AssignPodCIDRs {
-			// Index 0 stays free, as node IPAM leaves it.
-			cidr, err := ip.NthSubnet(c.Net.Network, c.Net.SubnetLen, uint64(n.Index))
+			cidrs, err := c.AssignedPodCIDRs(n)
 			if err != nil {
-				return fmt.Errorf("pod CIDR of %s: %w", n.Name, err)
+				return err
 			}
-			node.Spec.PodCIDR, node.Spec.PodCIDRs = cidr.String(), []string{cidr.String()}
+			for _, cidr := range cidrs.List() {
+				node.Spec.PodCIDRs = append(node.Spec.PodCIDRs, cidr.String())
+			}
+			node.Spec.PodCIDR = node.Spec.PodCIDRs[0]
 		}
 		if _, err := c.Admin.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("creating Node %s: %w", n.Name, err)
@@ -295,28 +311,73 @@ func (c *Cluster) RegisterNodes(ctx context.Context) error {
 	return nil
 }
 
-// WaitPodCIDR waits until the node's Node object has a podCIDR and returns it.
-func (c *Cluster) WaitPodCIDR(ctx context.Context, n *lab.Node, timeout time.Duration) (netip.Prefix, error) {
-	var cidr netip.Prefix
+// networks are the networks of the families Options.NetConf enables, IPv4
+// first.
+func (c *Cluster) networks() []netip.Prefix {
+	var out []netip.Prefix
+	if c.Net.EnableIPv4 {
+		out = append(out, c.Net.Network)
+	}
+	if c.Net.EnableIPv6 {
+		out = append(out, c.Net.IPv6Network)
+	}
+	return out
+}
+
+// AssignedPodCIDRs are the podCIDRs Options.AssignPodCIDRs gives lab node
+// n: the n.Index-th subnet of each network of Options.NetConf (index 0
+// stays free, as node IPAM leaves it).
+func (c *Cluster) AssignedPodCIDRs(n *lab.Node) (Subnets, error) {
+	var s Subnets
+	var err error
+	if c.Net.EnableIPv4 {
+		if s.IPv4, err = ip.NthSubnet(c.Net.Network, c.Net.SubnetLen, uint64(n.Index)); err != nil {
+			return s, fmt.Errorf("IPv4 pod CIDR of %s: %w", n.Name, err)
+		}
+	}
+	if c.Net.EnableIPv6 {
+		if s.IPv6, err = ip.NthSubnet(c.Net.IPv6Network, c.Net.IPv6SubnetLen, uint64(n.Index)); err != nil {
+			return s, fmt.Errorf("IPv6 pod CIDR of %s: %w", n.Name, err)
+		}
+	}
+	return s, nil
+}
+
+// WaitPodCIDRs waits until the node's Node object has a podCIDR of every
+// family Options.NetConf enables and returns them.
+func (c *Cluster) WaitPodCIDRs(ctx context.Context, n *lab.Node, timeout time.Duration) (Subnets, error) {
+	var cidrs Subnets
 	var bad error
 	err := Poll(ctx, timeout, c.opts.PollInterval, func() (bool, string) {
 		node, err := c.Admin.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
 		}
-		if node.Spec.PodCIDR == "" {
-			return false, "no podCIDR yet"
+		if cidrs, bad = parsePodCIDRs(node.Spec.PodCIDRs); bad != nil {
+			return true, "" // the API server validates podCIDRs: waiting changes nothing
 		}
-		cidr, bad = netip.ParsePrefix(node.Spec.PodCIDR)
+		if missing := cidrs.missing(c.Net); missing != "" {
+			return false, fmt.Sprintf("no %s podCIDR yet (podCIDRs %q)", missing, node.Spec.PodCIDRs)
+		}
 		return true, ""
 	})
 	if err == nil {
 		err = bad
 	}
 	if err != nil {
-		return cidr, fmt.Errorf("podCIDR of %s: %w", n.Name, err)
+		return cidrs, fmt.Errorf("podCIDRs of %s: %w", n.Name, err)
 	}
-	return cidr, nil
+	return cidrs, nil
+}
+
+// WaitPodCIDR is WaitPodCIDRs, returning the node's first podCIDR
+// (spec.podCIDR): the IPv4 one, or the IPv6 one in an IPv6-only cluster.
+func (c *Cluster) WaitPodCIDR(ctx context.Context, n *lab.Node, timeout time.Duration) (netip.Prefix, error) {
+	cidrs, err := c.WaitPodCIDRs(ctx, n, timeout)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return cidrs.List()[0], nil
 }
 
 // NetConfPath is the node's net-conf.json.
@@ -395,16 +456,17 @@ func (c *Cluster) AttachPods() error {
 }
 
 // AddPod attaches a pod to the node, with the CNI plugins if
-// Options.CNIPods, else directly on the subnet in the node's subnet.env.
+// Options.CNIPods, else directly on the subnets in the node's subnet.env;
+// either way with an address of every family it has a subnet of.
 func (c *Cluster) AddPod(n *lab.Node, name string) (*lab.Pod, error) {
 	var p *lab.Pod
 	var err error
 	if c.opts.CNIPods {
 		p, err = n.AddCNIPod(name)
 	} else {
-		var sub netip.Prefix
-		if sub, err = SubnetOf(n); err == nil {
-			p, err = n.AddPod(name, sub)
+		var subs Subnets
+		if subs, err = SubnetsOf(n); err == nil {
+			p, err = n.AddPod(name, subs.List()...)
 		}
 	}
 	if err != nil {

@@ -17,16 +17,30 @@ import (
 
 // SubnetEnv reads a variable of the node's subnet.env, as the CNI plugin does.
 func SubnetEnv(n *lab.Node, key string) (string, error) {
+	vars, text, err := readSubnetEnv(n)
+	if err != nil {
+		return "", err
+	}
+	v, ok := vars[key]
+	if !ok {
+		return "", fmt.Errorf("no %s in %s:\n%s", key, n.SubnetEnv, text)
+	}
+	return v, nil
+}
+
+// readSubnetEnv returns the variables of the node's subnet.env and its text.
+func readSubnetEnv(n *lab.Node) (map[string]string, string, error) {
 	data, err := os.ReadFile(n.SubnetEnv)
 	if err != nil {
-		return "", fmt.Errorf("reading subnet.env of %s: %w", n.Name, err)
+		return nil, "", fmt.Errorf("reading subnet.env of %s: %w", n.Name, err)
 	}
+	vars := map[string]string{}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, key+"="); ok {
-			return v, nil
+		if k, v, ok := strings.Cut(line, "="); ok {
+			vars[k] = v
 		}
 	}
-	return "", fmt.Errorf("no %s in %s:\n%s", key, n.SubnetEnv, data)
+	return vars, string(data), nil
 }
 
 // SubnetOf is the node's lease, FLANNEL_SUBNET of its subnet.env.
@@ -40,6 +54,31 @@ func SubnetOf(n *lab.Node) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("FLANNEL_SUBNET of %s: %w", n.Name, err)
 	}
 	return p.Masked(), nil
+}
+
+// SubnetsOf is the node's lease of each family its subnet.env has one of:
+// FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET, as the CNI plugin reads them.
+func SubnetsOf(n *lab.Node) (Subnets, error) {
+	var s Subnets
+	vars, text, err := readSubnetEnv(n)
+	if err != nil {
+		return s, err
+	}
+	for key, slot := range map[string]*netip.Prefix{"FLANNEL_SUBNET": &s.IPv4, "FLANNEL_IPV6_SUBNET": &s.IPv6} {
+		v, ok := vars[key]
+		if !ok {
+			continue
+		}
+		p, err := netip.ParsePrefix(v)
+		if err != nil || p.Addr().Is6() != (key == "FLANNEL_IPV6_SUBNET") {
+			return s, fmt.Errorf("%s of %s: %q is not a subnet of its family (%v)", key, n.Name, v, err)
+		}
+		*slot = p.Masked()
+	}
+	if s == (Subnets{}) {
+		return s, fmt.Errorf("no FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET in %s:\n%s", n.SubnetEnv, text)
+	}
+	return s, nil
 }
 
 // Samples are the samples of a /metrics page by their name with labels, as
@@ -88,14 +127,17 @@ func (c *Cluster) Metrics(ctx context.Context, n *lab.Node) (Samples, error) {
 // annotationPrefix is overlayd's default --kube-annotation-prefix.
 const annotationPrefix = kube.DefaultAnnotationPrefix + "/"
 
-// Lease is what the API server holds of a node's lease: its podCIDR and
-// what its agent published.
+// Lease is what the API server holds of a node's lease: its podCIDRs and
+// what its agent published, of each family.
 type Lease struct {
-	Node        string
-	Subnet      netip.Prefix // spec.podCIDR; the zero Prefix while none is assigned
-	PublicIP    netip.Addr   // the zero Addr until the agent published
-	BackendType string
-	BackendData string // JSON, as published
+	Node          string
+	Subnet        netip.Prefix // the IPv4 podCIDR; the zero Prefix while none is assigned
+	IPv6Subnet    netip.Prefix // the IPv6 podCIDR, likewise
+	PublicIP      netip.Addr   // the zero Addr until the agent published
+	PublicIPv6    netip.Addr   // likewise, in a cluster with IPv6
+	BackendType   string
+	BackendData   string // JSON, as published
+	BackendV6Data string // JSON, as published for IPv6
 }
 
 // Leases reads every Node's lease from the API server, in the API's order
@@ -108,15 +150,18 @@ func (c *Cluster) Leases(ctx context.Context) ([]Lease, error) {
 	var out []Lease
 	for _, n := range nodes.Items {
 		a := n.Annotations
-		l := Lease{Node: n.Name, BackendType: a[annotationPrefix+"backend-type"], BackendData: a[annotationPrefix+"backend-data"]}
-		if n.Spec.PodCIDR != "" {
-			if l.Subnet, err = netip.ParsePrefix(n.Spec.PodCIDR); err != nil {
-				return nil, fmt.Errorf("spec.podCIDR of Node %s: %w", n.Name, err)
-			}
+		l := Lease{Node: n.Name, BackendType: a[annotationPrefix+"backend-type"],
+			BackendData: a[annotationPrefix+"backend-data"], BackendV6Data: a[annotationPrefix+"backend-v6-data"]}
+		cidrs, err := parsePodCIDRs(n.Spec.PodCIDRs)
+		if err != nil {
+			return nil, fmt.Errorf("spec.podCIDRs of Node %s: %w", n.Name, err)
 		}
-		if v := a[annotationPrefix+"public-ip"]; v != "" {
-			if l.PublicIP, err = netip.ParseAddr(v); err != nil {
-				return nil, fmt.Errorf("%spublic-ip of Node %s: %w", annotationPrefix, n.Name, err)
+		l.Subnet, l.IPv6Subnet = cidrs.IPv4, cidrs.IPv6
+		for key, addr := range map[string]*netip.Addr{"public-ip": &l.PublicIP, "public-ipv6": &l.PublicIPv6} {
+			if v := a[annotationPrefix+key]; v != "" {
+				if *addr, err = netip.ParseAddr(v); err != nil {
+					return nil, fmt.Errorf("%s%s of Node %s: %w", annotationPrefix, key, n.Name, err)
+				}
 			}
 		}
 		out = append(out, l)

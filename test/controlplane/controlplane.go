@@ -9,6 +9,7 @@ package controlplane
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -19,6 +20,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,10 +47,15 @@ type Options struct {
 	ServiceAccounts []string
 	// ControllerManager also starts kube-controller-manager with the
 	// garbage collector and, when ClusterCIDR is set, node IPAM assigning
-	// spec.podCIDR to new Nodes as in a real cluster.
+	// spec.podCIDRs to new Nodes as in a real cluster.
 	ControllerManager bool
-	ClusterCIDR       string // e.g. "10.244.0.0/16"
-	NodeCIDRMaskSize  int    // default 24
+	// ClusterCIDR is kube-controller-manager's --cluster-cidr: one network
+	// ("10.244.0.0/16", or "fd00:10:244::/56" for an IPv6-only cluster) or
+	// one of each family, comma-separated, for a dual-stack cluster
+	// ("10.244.0.0/16,fd00:10:244::/56"; the first is spec.podCIDR).
+	ClusterCIDR          string
+	NodeCIDRMaskSize     int // of IPv4 node CIDRs; default 24
+	NodeCIDRMaskSizeIPv6 int // of IPv6 node CIDRs; default 64
 	// LogDir receives the binaries' logs; default: inside the temporary dir.
 	LogDir string
 }
@@ -112,6 +119,10 @@ func StartT(t testing.TB, opts Options) *ControlPlane {
 
 // Start starts etcd and kube-apiserver and waits until the apiserver is ready.
 func Start(opts Options) (cp *ControlPlane, err error) {
+	clusterCIDRs, err := parseClusterCIDR(opts.ClusterCIDR)
+	if err != nil {
+		return nil, err
+	}
 	bins, err := BinDir()
 	if err != nil {
 		return nil, err
@@ -196,14 +207,14 @@ func Start(opts Options) (cp *ControlPlane, err error) {
 	}
 
 	if opts.ControllerManager {
-		if err := cp.startControllerManager(bins, dir, logDir, opts); err != nil {
+		if err := cp.startControllerManager(bins, dir, logDir, opts, clusterCIDRs); err != nil {
 			return nil, err
 		}
 	}
 	return cp, nil
 }
 
-func (cp *ControlPlane) startControllerManager(bins, dir, logDir string, opts Options) error {
+func (cp *ControlPlane) startControllerManager(bins, dir, logDir string, opts Options, clusterCIDRs []netip.Prefix) error {
 	kubeconfig := filepath.Join(dir, "kcm.kubeconfig")
 	if err := cp.WriteKubeconfig(kubeconfig, Admin); err != nil {
 		return err
@@ -216,14 +227,18 @@ func (cp *ControlPlane) startControllerManager(bins, dir, logDir string, opts Op
 		"--v=1",
 	}
 	controllers := "garbage-collector-controller"
-	if opts.ClusterCIDR != "" {
-		mask := opts.NodeCIDRMaskSize
-		if mask == 0 {
-			mask = 24
-		}
+	if len(clusterCIDRs) > 0 {
 		controllers += ",node-ipam-controller"
-		args = append(args, "--allocate-node-cidrs", "--cluster-cidr="+opts.ClusterCIDR,
-			"--node-cidr-mask-size="+strconv.Itoa(mask))
+		args = append(args, "--allocate-node-cidrs", "--cluster-cidr="+opts.ClusterCIDR)
+		// One mask flag a family: kube-controller-manager refuses the
+		// family-less --node-cidr-mask-size for a dual-stack cluster.
+		for _, c := range clusterCIDRs {
+			if c.Addr().Is4() {
+				args = append(args, "--node-cidr-mask-size-ipv4="+strconv.Itoa(cmp.Or(opts.NodeCIDRMaskSize, 24)))
+			} else {
+				args = append(args, "--node-cidr-mask-size-ipv6="+strconv.Itoa(cmp.Or(opts.NodeCIDRMaskSizeIPv6, 64)))
+			}
+		}
 	}
 	args = append(args, "--controllers="+controllers)
 	kcm, err := startProcess(filepath.Join(bins, "kube-controller-manager"), filepath.Join(logDir, "kube-controller-manager.log"), args...)
@@ -231,16 +246,41 @@ func (cp *ControlPlane) startControllerManager(bins, dir, logDir string, opts Op
 		return err
 	}
 	cp.procs = append(cp.procs, kcm)
-	if opts.ClusterCIDR != "" {
-		return cp.waitNodeIPAM(kcm, 60*time.Second)
+	if len(clusterCIDRs) > 0 {
+		return cp.waitNodeIPAM(kcm, len(clusterCIDRs), 60*time.Second)
 	}
 	return nil
 }
 
-// waitNodeIPAM waits until the controller manager assigns pod CIDRs, by
-// registering a probe Node and waiting for its spec.podCIDR, so that tests
-// never wait on a controller that is still starting.
-func (cp *ControlPlane) waitNodeIPAM(kcm *process, timeout time.Duration) error {
+// parseClusterCIDR parses Options.ClusterCIDR: empty, one network, or one
+// of each family separated by a comma.
+func parseClusterCIDR(s string) ([]netip.Prefix, error) {
+	if s == "" {
+		return nil, nil
+	}
+	parts := strings.Split(s, ",")
+	if len(parts) > 2 {
+		return nil, fmt.Errorf("controlplane: ClusterCIDR %q: want one network or one of each family", s)
+	}
+	var cidrs []netip.Prefix
+	for _, part := range parts {
+		p, err := netip.ParsePrefix(strings.TrimSpace(part))
+		if err != nil || p != p.Masked() {
+			return nil, fmt.Errorf("controlplane: ClusterCIDR %q: %q is not a masked network", s, part)
+		}
+		if len(cidrs) == 1 && cidrs[0].Addr().Is4() == p.Addr().Is4() {
+			return nil, fmt.Errorf("controlplane: ClusterCIDR %q: two networks of one family", s)
+		}
+		cidrs = append(cidrs, p)
+	}
+	return cidrs, nil
+}
+
+// waitNodeIPAM waits until the controller manager assigns pod CIDRs (want
+// of them: one a family), by registering a probe Node and waiting for its
+// spec.podCIDRs, so that tests never wait on a controller that is still
+// starting.
+func (cp *ControlPlane) waitNodeIPAM(kcm *process, want int, timeout time.Duration) error {
 	client, err := kubernetes.NewForConfig(cp.Config(Admin))
 	if err != nil {
 		return err
@@ -254,7 +294,7 @@ func (cp *ControlPlane) waitNodeIPAM(kcm *process, timeout time.Duration) error 
 	defer client.CoreV1().Nodes().Delete(context.Background(), probe, metav1.DeleteOptions{})
 	for {
 		n, err := client.CoreV1().Nodes().Get(ctx, probe, metav1.GetOptions{})
-		if err == nil && n.Spec.PodCIDR != "" {
+		if err == nil && len(n.Spec.PodCIDRs) == want {
 			return nil
 		}
 		select {

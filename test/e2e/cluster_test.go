@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -153,16 +152,9 @@ func ipJSON[T any](t *testing.T, n *lab.Node, args ...string) []T {
 }
 
 func readIPJSON[T any](n *lab.Node, args ...string) ([]T, error) {
-	out, err := n.Exec(context.Background(), append([]string{"ip", "-j"}, args...)...)
+	v, err := lab.IPJSON[T](context.Background(), &n.Host, args...)
 	if err != nil {
-		return nil, fmt.Errorf("ip %s on %s: %w", strings.Join(args, " "), n.Name, err)
-	}
-	var v []T
-	if strings.TrimSpace(out) == "" {
-		return v, nil
-	}
-	if err := json.Unmarshal([]byte(out), &v); err != nil {
-		return nil, fmt.Errorf("ip %s on %s: %w\n%s", strings.Join(args, " "), n.Name, err, out)
+		return nil, fmt.Errorf("%s: %w", n.Name, err)
 	}
 	return v, nil
 }

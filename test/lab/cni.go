@@ -54,7 +54,8 @@ var loopbackConfig = []byte(`{"cniVersion":"` + CNIVersion + `","name":"lo","typ
 // the real loopback plugin for lo, then the real flannel plugin for eth0,
 // which reads the node's SubnetEnv (written by overlayd, or by the test)
 // and delegates to bridge and host-local. The plugins run inside the node's
-// namespace.
+// namespace. The pod gets an address of every family subnet.env has a
+// subnet of: FLANNEL_SUBNET for IPv4, FLANNEL_IPV6_SUBNET for IPv6.
 func (n *Node) AddCNIPod(name string) (*Pod, error) {
 	l := n.lab
 	if err := l.reservePod(n, name, "cni"); err != nil {
@@ -73,6 +74,12 @@ func (l *Lab) attachCNI(n *Node, p *Pod) error {
 	if err := l.initHost(&p.Host, "pod-"+p.Name); err != nil {
 		return err
 	}
+	// The bridge plugin waits until the pod's IPv6 addresses have passed
+	// duplicate address detection (a second or two): the pod's eth0, made
+	// after this, skips it, as the lab's own addresses do.
+	if err := p.SetSysctl("net/ipv6/conf/default/accept_dad", "0"); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := l.runCNI(ctx, n, "loopback", "ADD", p, "lo", loopbackConfig); err != nil {
@@ -82,27 +89,47 @@ func (l *Lab) attachCNI(n *Node, p *Pod) error {
 	if err != nil {
 		return err
 	}
-	var result struct {
+	if err := p.setCNIAddrs(out); err != nil {
+		// Release what host-local allocated: the namespace alone goes.
+		if derr := l.cniDel(ctx, p); derr != nil {
+			err = fmt.Errorf("%w (CNI DEL: %v)", err, derr)
+		}
+		return err
+	}
+	return nil
+}
+
+// setCNIAddrs takes the pod's addresses, one a family, from the flannel
+// plugin's result (that of the bridge plugin it delegated to).
+func (p *Pod) setCNIAddrs(result []byte) error {
+	var r struct {
 		IPs []struct {
 			Address string `json:"address"`
 			Gateway string `json:"gateway"`
 		} `json:"ips"`
 	}
-	if err := json.Unmarshal(out, &result); err != nil {
-		return fmt.Errorf("pod %s: parsing flannel plugin result %q: %w", p.Name, out, err)
+	if err := json.Unmarshal(result, &r); err != nil {
+		return fmt.Errorf("pod %s: parsing flannel plugin result %q: %w", p.Name, result, err)
 	}
-	for _, a := range result.IPs {
+	for _, a := range r.IPs {
 		pfx, err := netip.ParsePrefix(a.Address)
-		if err != nil || !pfx.Addr().Is4() {
-			continue
+		if err != nil {
+			return fmt.Errorf("pod %s: flannel plugin result: address %q: %w", p.Name, a.Address, err)
 		}
-		p.IP, p.Subnet = pfx.Addr(), pfx.Masked()
-		if gw, err := netip.ParseAddr(a.Gateway); err == nil {
-			p.Gateway = gw
+		gw, _ := netip.ParseAddr(a.Gateway) // the zero Addr without a gateway
+		addr, subnet, gateway := &p.IP, &p.Subnet, &p.Gateway
+		if pfx.Addr().Is6() {
+			addr, subnet, gateway = &p.IP6, &p.Subnet6, &p.Gateway6
 		}
-		return nil
+		if addr.IsValid() {
+			return fmt.Errorf("pod %s: flannel plugin returned two addresses of one family: %s", p.Name, result)
+		}
+		*addr, *subnet, *gateway = pfx.Addr(), pfx.Masked(), gw
 	}
-	return fmt.Errorf("pod %s: flannel plugin returned no IPv4 address: %s", p.Name, out)
+	if !p.IP.IsValid() && !p.IP6.IsValid() {
+		return fmt.Errorf("pod %s: flannel plugin returned no address: %s", p.Name, result)
+	}
+	return nil
 }
 
 func (l *Lab) cniDel(ctx context.Context, p *Pod) error {

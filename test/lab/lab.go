@@ -6,6 +6,12 @@
 // node that makes the test control plane reachable at 127.0.0.1 from inside
 // the node.
 //
+// The underlay is dual-stack: every host has an IPv4 address (Host.IP) and
+// an IPv6 address in ULA space (Host.IP6, fd00::/8), with a default route of
+// each family via its segment's gateway. Pods have the families of the
+// subnets they are attached with: IPv4, IPv6 or both. Pings and the
+// connectivity matrix work over ICMPv4 and ICMPv6.
+//
 // Every namespace is named <prefix>-<id>-<role>, where id is unique to one
 // lab while it lives (a lock file held for the lab's lifetime), so parallel
 // test packages never collide and a crashed run's leftovers can be told from
@@ -24,6 +30,7 @@
 //	b, _ := l.Nodes[1].AddCNIPod("b")
 //	err := a.PingWithin(b.IP, 30*time.Second)
 //	m := lab.CheckMatrix(ctx, l.Pods(), 30*time.Second) // m.Failed(), m.String()
+//	m6 := lab.CheckMatrixFamily(ctx, l.Pods(), 30*time.Second, true) // over IPv6
 //	p, _ := a.StartPinger(b.IP, 10*time.Millisecond)   // ... p.Stop().Lost
 package lab
 
@@ -54,6 +61,17 @@ var (
 	nodeHostStart = 10 // node k (1-based) is .10+k on its segment
 )
 
+// The IPv6 underlay mirrors the IPv4 one in ULA space (fd00::/8): a host's
+// IPv6 address ends in the last number of its IPv4 address, written as is
+// (198.18.0.11 is fd00:198:18::11, 198.19.0.1 is fd00:198:19::1).
+var (
+	Segment0v6   = netip.MustParsePrefix("fd00:198:18::/64")
+	Segment1v6   = netip.MustParsePrefix("fd00:198:19::/64")
+	Gateway0IPv6 = netip.MustParseAddr("fd00:198:18::1")
+	Gateway1IPv6 = netip.MustParseAddr("fd00:198:19::1")
+	ExternalIPv6 = netip.MustParseAddr("fd00:198:18::200")
+)
+
 // UnderlayMTU is the MTU of every underlay link.
 const UnderlayMTU = 1500
 
@@ -65,13 +83,16 @@ type Options struct {
 	// Prefix starts every namespace name; give each test package its own
 	// (letters and digits, up to 12, e.g. "ovlE"). Required.
 	Prefix string
-	// Nodes on segment 0 (198.18.0.0/24), all on one L2 network.
+	// Nodes on segment 0 (198.18.0.0/24, fd00:198:18::/64), all on one L2
+	// network.
 	Nodes int
-	// RoutedNodes on segment 1 (198.19.0.0/24): they reach segment 0 only
-	// through the gateway, so they are not on link for segment-0 nodes.
+	// RoutedNodes on segment 1 (198.19.0.0/24, fd00:198:19::/64): they
+	// reach segment 0 only through the gateway, so they are not on link for
+	// segment-0 nodes.
 	RoutedNodes int
-	// ExternalHost adds a host at ExternalIP on segment 0 that is outside
-	// any cluster network, e.g. to see whether pod traffic is masqueraded.
+	// ExternalHost adds a host at ExternalIP and ExternalIPv6 on segment 0
+	// that is outside any cluster network, e.g. to see whether pod traffic
+	// is masqueraded.
 	ExternalHost bool
 	// ControlPlane, when set, gets a forwarder per node and a kubeconfig
 	// at Node.Kubeconfig.
@@ -215,6 +236,9 @@ func Start(opts Options) (l *Lab, err error) {
 		if err := l.addNode(k, segment); err != nil {
 			return nil, err
 		}
+	}
+	if err := l.settleUnderlay(); err != nil {
+		return nil, err
 	}
 	opts.Logf("lab %s-%s: %d nodes (%d routed) up in %s, dir %s", l.Prefix, l.ID, len(l.Nodes), opts.RoutedNodes,
 		time.Since(start).Round(time.Millisecond), l.Dir)

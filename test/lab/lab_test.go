@@ -54,26 +54,21 @@ func podSubnet(k int) netip.Prefix {
 }
 
 // routePodSubnets installs, in every node, a route to every other node's
-// pod subnet via that node's underlay address: what host-gw would do, set
-// by the test instead of overlayd.
-func routePodSubnets(t *testing.T, nodes []*Node) {
+// pod subnet (subnetOf its index) via that node's underlay address of the
+// subnet's family: what host-gw would do, set by the test instead of
+// overlayd.
+func routePodSubnets(t *testing.T, nodes []*Node, subnetOf func(k int) netip.Prefix) {
 	t.Helper()
 	for _, n := range nodes {
-		nl, err := n.Netlink()
-		if err != nil {
-			t.Fatal(err)
-		}
 		for _, peer := range nodes {
 			if peer == n {
 				continue
 			}
-			r := &netlink.Route{Dst: prefixIPNet(podSubnet(peer.Index)), Gw: net.IP(peer.IP.AsSlice())}
-			if err := nl.RouteAdd(r); err != nil {
-				nl.Close()
-				t.Fatalf("%s: route to %s via %s: %v", n.Name, podSubnet(peer.Index), peer.IP, err)
+			sub := subnetOf(peer.Index)
+			if err := n.AddRoute(sub, peer.Addr(sub.Addr().Is6())); err != nil {
+				t.Fatal(err)
 			}
 		}
-		nl.Close()
 	}
 }
 
@@ -195,7 +190,7 @@ func TestDirectPodsMatrix(t *testing.T) {
 		t.Fatalf("before routes: %d failing pairs, want %d (all cross-node)\n%s", got, want, before)
 	}
 
-	routePodSubnets(t, l.Nodes)
+	routePodSubnets(t, l.Nodes, podSubnet)
 	after := CheckMatrix(context.Background(), pods, 20*time.Second)
 	if !after.OK() {
 		t.Fatalf("after routes, failing pairs: %v\n%s", after.Failed(), after)
@@ -281,7 +276,7 @@ func TestCNIPods(t *testing.T) {
 		return
 	}
 
-	routePodSubnets(t, l.Nodes)
+	routePodSubnets(t, l.Nodes, podSubnet)
 	if m := CheckMatrix(context.Background(), pods, 20*time.Second); !m.OK() {
 		t.Fatalf("CNI pods, failing pairs: %v\n%s", m.Failed(), m)
 	}

@@ -28,8 +28,9 @@ import (
 // external host or the underlay. Commands, sockets and netlink handles can
 // be opened inside it.
 type Host struct {
-	NS string     // network namespace name, as in `ip netns exec NS ...`
-	IP netip.Addr // main address: underlay address of a node, a pod's address
+	NS  string     // network namespace name, as in `ip netns exec NS ...`
+	IP  netip.Addr // main IPv4 address: underlay address of a node, a pod's address
+	IP6 netip.Addr // main IPv6 address, the same for IPv6; the zero Addr if none
 
 	lab     *Lab
 	deleted atomic.Bool

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"regexp"
 	"time"
@@ -22,13 +21,17 @@ import (
 const PodBridge = "cni0"
 
 // Pod is a namespace with "eth0" attached to its node's PodBridge and a
-// default route via the bridge's address.
+// default route of each of its families via the bridge's address. Host.IP
+// is its IPv4 address, Host.IP6 its IPv6 address; an IPv6-only pod has no
+// IP, an IPv4-only pod no IP6.
 type Pod struct {
 	Host
-	Name    string
-	Node    *Node
-	Subnet  netip.Prefix // the node's pod subnet
-	Gateway netip.Addr   // the bridge's address
+	Name     string
+	Node     *Node
+	Subnet   netip.Prefix // the node's IPv4 pod subnet; the zero Prefix if the pod has no IPv4
+	Gateway  netip.Addr   // the bridge's IPv4 address
+	Subnet6  netip.Prefix // the node's IPv6 pod subnet; the zero Prefix if the pod has no IPv6
+	Gateway6 netip.Addr   // the bridge's IPv6 address
 	// ContainerID is the CNI container id; empty for directly attached pods.
 	ContainerID string
 
@@ -75,56 +78,81 @@ func (l *Lab) registerPod(p *Pod, err error) (*Pod, error) {
 	return p, nil
 }
 
-// AddPod attaches a pod directly, as a minimal bridge CNI would: the first
-// pod sets the node's pod subnet, creates PodBridge with the subnet's first
-// host address and enables forwarding in the node; each pod gets the next
-// free address and a default route via the bridge. Every direct pod of a
-// node must use the same subnet.
-func (n *Node) AddPod(name string, subnet netip.Prefix) (*Pod, error) {
+// AddPod attaches a pod directly, as a minimal bridge CNI would, with the
+// families of the subnets given: one IPv4 subnet, one IPv6 subnet, or one
+// of each (dual-stack). The first pod sets the node's pod subnets, creates
+// PodBridge with each subnet's first host address and enables forwarding of
+// those families in the node; each pod gets the next free address of each
+// subnet and a default route of each family via the bridge. Every direct
+// pod of a node must use the same subnets.
+func (n *Node) AddPod(name string, subnets ...netip.Prefix) (*Pod, error) {
 	l := n.lab
-	if !subnet.IsValid() || !subnet.Addr().Is4() || subnet.Bits() > 30 || subnet != subnet.Masked() {
-		return nil, fmt.Errorf("%s: pod %s: subnet %s: want a masked IPv4 prefix of /30 or larger", n.Name, name, subnet)
+	subs, err := newPodSubnets(subnets)
+	if err != nil {
+		return nil, fmt.Errorf("%s: pod %s: %w", n.Name, name, err)
 	}
 	if err := l.reservePod(n, name, "direct"); err != nil {
 		return nil, err
 	}
-	p := &Pod{Name: name, Node: n, Subnet: subnet, Gateway: ip.FirstHost(subnet)}
+	p := &Pod{Name: name, Node: n, Subnet: subs.v4, Subnet6: subs.v6}
+	if subs.v4.IsValid() {
+		p.Gateway = ip.FirstHost(subs.v4)
+	}
+	if subs.v6.IsValid() {
+		p.Gateway6 = ip.FirstHost(subs.v6)
+	}
 	n.attachMu.Lock()
 	defer n.attachMu.Unlock()
-	return l.registerPod(p, l.attachDirect(n, p))
+	return l.registerPod(p, l.attachDirect(n, p, subs))
 }
 
-func (l *Lab) attachDirect(n *Node, p *Pod) (err error) {
+func (l *Lab) attachDirect(n *Node, p *Pod, subs podSubnets) (err error) {
 	l.mu.Lock()
-	first := !n.podSubnet.IsValid()
+	first := n.podSubnets == podSubnets{}
 	switch {
 	case first:
-		n.podSubnet = p.Subnet
-	case n.podSubnet != p.Subnet:
+		n.podSubnets = subs
+	case n.podSubnets != subs:
 		l.mu.Unlock()
-		return fmt.Errorf("%s: pod %s: subnet %s, but the node's pods use %s", n.Name, p.Name, p.Subnet, n.podSubnet)
-	}
-	p.IP, err = n.allocateIP(p.Subnet)
-	l.mu.Unlock()
-	if err != nil {
-		return err
+		return fmt.Errorf("%s: pod %s: subnets %s, but the node's pods use %s", n.Name, p.Name, subs, n.podSubnets)
 	}
 	defer func() {
 		if err != nil {
 			l.mu.Lock()
 			delete(n.usedIPs, p.IP)
+			delete(n.usedIPs, p.IP6)
 			l.mu.Unlock()
 		}
 	}()
+	if subs.v4.IsValid() {
+		p.IP, err = n.allocateIP(subs.v4)
+	}
+	if err == nil && subs.v6.IsValid() {
+		p.IP6, err = n.allocateIP(subs.v6)
+	}
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	if first {
-		if err := n.ensurePodBridge(p.Gateway, p.Subnet, l.opts.PodMTU); err != nil {
+		if err := n.ensurePodBridge(subs, l.opts.PodMTU); err != nil {
 			return err
 		}
 	}
 	if err := l.initHost(&p.Host, "pod-"+p.Name); err != nil {
 		return err
 	}
-	return n.plugPod(p, l.opts.PodMTU)
+	if err := n.plugPod(p, l.opts.PodMTU); err != nil {
+		return err
+	}
+	if !subs.v6.IsValid() {
+		return nil
+	}
+	// The bridge has its link-local address once its first port is up.
+	if err := n.settleIPv6(PodBridge); err != nil {
+		return err
+	}
+	return p.settleIPv6("eth0")
 }
 
 // allocateIP returns the lowest free address after the gateway. lab.mu held.
@@ -139,9 +167,10 @@ func (n *Node) allocateIP(subnet netip.Prefix) (netip.Addr, error) {
 	return netip.Addr{}, fmt.Errorf("%s: pod subnet %s is full", n.Name, subnet)
 }
 
-// ensurePodBridge creates PodBridge with gw/bits and turns forwarding on,
-// as the bridge plugin does for a gateway bridge.
-func (n *Node) ensurePodBridge(gw netip.Addr, subnet netip.Prefix, mtu int) error {
+// ensurePodBridge creates PodBridge with each subnet's first host address
+// and turns forwarding of those families on, as the bridge plugin does for
+// a gateway bridge.
+func (n *Node) ensurePodBridge(subs podSubnets, mtu int) error {
 	nl, err := n.Netlink()
 	if err != nil {
 		return err
@@ -151,13 +180,25 @@ func (n *Node) ensurePodBridge(gw netip.Addr, subnet netip.Prefix, mtu int) erro
 	if err := nl.LinkAdd(br); err != nil {
 		return fmt.Errorf("%s: adding bridge %s: %w", n.Name, PodBridge, err)
 	}
-	if err := nl.AddrAdd(br, &netlink.Addr{IPNet: prefixIPNet(netip.PrefixFrom(gw, subnet.Bits()))}); err != nil {
-		return fmt.Errorf("%s: adding %s to %s: %w", n.Name, gw, PodBridge, err)
+	var gateways []netip.Prefix
+	for _, sub := range subs.list() {
+		gateways = append(gateways, netip.PrefixFrom(ip.FirstHost(sub), sub.Bits()))
+	}
+	if err := n.addAddrs(nl, br, gateways); err != nil {
+		return err
 	}
 	if err := nl.LinkSetUp(br); err != nil {
 		return fmt.Errorf("%s: setting %s up: %w", n.Name, PodBridge, err)
 	}
-	return n.SetSysctl("net/ipv4/ip_forward", "1")
+	if subs.v4.IsValid() {
+		if err := n.SetSysctl("net/ipv4/ip_forward", "1"); err != nil {
+			return err
+		}
+	}
+	if subs.v6.IsValid() {
+		return n.SetSysctl("net/ipv6/conf/all/forwarding", "1")
+	}
+	return nil
 }
 
 // plugPod connects a pod's eth0 to the node's bridge.
@@ -208,15 +249,24 @@ func (n *Node) plugPod(p *Pod, mtu int) error {
 	if err != nil {
 		return fmt.Errorf("pod %s: eth0: %w", p.Name, err)
 	}
-	if err := pnl.AddrAdd(eth0, &netlink.Addr{IPNet: prefixIPNet(netip.PrefixFrom(p.IP, p.Subnet.Bits()))}); err != nil {
-		return fmt.Errorf("pod %s: adding %s: %w", p.Name, p.IP, err)
+	var addrs []netip.Prefix
+	var gateways []netip.Addr
+	if p.IP.IsValid() {
+		addrs, gateways = append(addrs, netip.PrefixFrom(p.IP, p.Subnet.Bits())), append(gateways, p.Gateway)
+	}
+	if p.IP6.IsValid() {
+		addrs, gateways = append(addrs, netip.PrefixFrom(p.IP6, p.Subnet6.Bits())), append(gateways, p.Gateway6)
+	}
+	if err := p.addAddrs(pnl, eth0, addrs); err != nil {
+		return err
 	}
 	if err := pnl.LinkSetUp(eth0); err != nil {
 		return fmt.Errorf("pod %s: setting eth0 up: %w", p.Name, err)
 	}
-	route := &netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.IP(p.Gateway.AsSlice())}
-	if err := pnl.RouteAdd(route); err != nil {
-		return fmt.Errorf("pod %s: adding default route via %s: %w", p.Name, p.Gateway, err)
+	for _, gw := range gateways {
+		if err := addDefaultRoute(pnl, &p.Host, eth0, gw); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -246,6 +296,7 @@ func (p *Pod) Remove() error {
 	delete(l.pods, p.Name)
 	if p.ContainerID == "" {
 		delete(p.Node.usedIPs, p.IP)
+		delete(p.Node.usedIPs, p.IP6)
 	}
 	l.mu.Unlock()
 	return errors.Join(errs...)

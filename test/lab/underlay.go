@@ -2,7 +2,6 @@ package lab
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,14 +17,15 @@ import (
 const UnderlayIface = "eth0"
 
 // Node is a Kubernetes node: a namespace on the underlay with UnderlayIface
-// ("eth0") at its underlay address (Host.IP), a default route via its segment's
-// gateway, and a directory of its own.
+// ("eth0") at its underlay addresses (Host.IP, Host.IP6), a default route of
+// each family via its segment's gateway, and a directory of its own.
 type Node struct {
 	Host
-	Name    string // Kubernetes node name, "node-<Index>"
-	Index   int    // 1-based, over all nodes
-	Segment int    // 0: 198.18.0.0/24, 1: 198.19.0.0/24 (behind the gateway)
-	Gateway netip.Addr
+	Name     string // Kubernetes node name, "node-<Index>"
+	Index    int    // 1-based, over all nodes
+	Segment  int    // 0: 198.18.0.0/24 and fd00:198:18::/64, 1: 198.19.0.0/24 and fd00:198:19::/64 (behind the gateway)
+	Gateway  netip.Addr
+	Gateway6 netip.Addr
 
 	// Dir holds the node's own files: its kubeconfig, the subnet.env the
 	// CNI flannel plugin reads (SubnetEnv), CNI state and process logs.
@@ -38,16 +38,32 @@ type Node struct {
 
 	attachMu sync.Mutex // one pod attach at a time per node: the first creates the bridge
 	// guarded by lab.mu
-	podMode   string // "", "direct" or "cni": set by the first pod
-	podSubnet netip.Prefix
-	usedIPs   map[netip.Addr]bool
+	podMode    string // "", "direct" or "cni": set by the first pod
+	podSubnets podSubnets
+	usedIPs    map[netip.Addr]bool
 }
 
-func segmentOf(segment int) (netip.Prefix, netip.Addr) {
-	if segment == 1 {
-		return Segment1, Gateway1IP
+// segment is one L2 segment of the underlay, both families.
+type segment struct {
+	v4, v6   netip.Prefix
+	gw4, gw6 netip.Addr
+}
+
+func segmentOf(index int) segment {
+	if index == 1 {
+		return segment{v4: Segment1, v6: Segment1v6, gw4: Gateway1IP, gw6: Gateway1IPv6}
 	}
-	return Segment0, Gateway0IP
+	return segment{v4: Segment0, v6: Segment0v6, gw4: Gateway0IP, gw6: Gateway0IPv6}
+}
+
+// hostAddrs are the addresses of host number host (e.g. 11, as in .11) on
+// the segment, each with the segment's prefix length.
+func (s segment) hostAddrs(host int) []netip.Prefix {
+	v4 := s.v4.Addr().As4()
+	v4[3] = byte(host)
+	// "fd00:198:18::" + "11": the IPv4 number written as the last group.
+	v6 := netip.MustParseAddr(s.v6.Addr().String() + strconv.Itoa(host))
+	return []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4(v4), s.v4.Bits()), netip.PrefixFrom(v6, s.v6.Bits())}
 }
 
 // buildUnderlay creates the underlay namespace with one bridge per
@@ -80,20 +96,49 @@ func (l *Lab) buildUnderlay() error {
 		return err
 	}
 	for s := range segments {
-		seg, gw := segmentOf(s)
-		if _, err := l.plug(l.Gateway, "eth"+strconv.Itoa(s), s, "gw"+strconv.Itoa(s), netip.PrefixFrom(gw, seg.Bits())); err != nil {
+		seg := segmentOf(s)
+		gwAddrs := []netip.Prefix{netip.PrefixFrom(seg.gw4, seg.v4.Bits()), netip.PrefixFrom(seg.gw6, seg.v6.Bits())}
+		if _, err := l.plug(l.Gateway, "eth"+strconv.Itoa(s), s, "gw"+strconv.Itoa(s), gwAddrs); err != nil {
 			return err
 		}
 	}
-	if err := l.Gateway.SetSysctl("net/ipv4/ip_forward", "1"); err != nil {
-		return err
+	for _, key := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
+		if err := l.Gateway.SetSysctl(key, "1"); err != nil {
+			return err
+		}
 	}
 	if l.opts.ExternalHost {
 		if l.External, err = l.newHost("ext"); err != nil {
 			return err
 		}
-		l.External.IP = ExternalIP
-		if err := l.plugWithDefault(l.External, 0, "ext", netip.PrefixFrom(ExternalIP, Segment0.Bits())); err != nil {
+		l.External.IP, l.External.IP6 = ExternalIP, ExternalIPv6
+		addrs := []netip.Prefix{netip.PrefixFrom(ExternalIP, Segment0.Bits()), netip.PrefixFrom(ExternalIPv6, Segment0v6.Bits())}
+		if err := l.plugWithDefault(l.External, 0, "ext", addrs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// settleUnderlay waits until the IPv6 addresses of every underlay link
+// (but the bridge ports, which have none of the lab's) are usable.
+func (l *Lab) settleUnderlay() error {
+	gwLinks := []string{"eth0"}
+	if l.opts.RoutedNodes > 0 {
+		gwLinks = append(gwLinks, "eth1")
+	}
+	if err := l.Gateway.settleIPv6(gwLinks...); err != nil {
+		return err
+	}
+	var hosts []*Host
+	if l.External != nil {
+		hosts = append(hosts, l.External)
+	}
+	for _, n := range l.Nodes {
+		hosts = append(hosts, &n.Host)
+	}
+	for _, h := range hosts {
+		if err := h.settleIPv6(UnderlayIface); err != nil {
 			return err
 		}
 	}
@@ -101,12 +146,11 @@ func (l *Lab) buildUnderlay() error {
 }
 
 // addNode creates node k on a segment.
-func (l *Lab) addNode(k, segment int) error {
-	seg, gw := segmentOf(segment)
-	addr := seg.Addr().As4()
-	addr[3] = byte(nodeHostStart + k)
-	n := &Node{Name: "node-" + strconv.Itoa(k), Index: k, Segment: segment, Gateway: gw, usedIPs: map[netip.Addr]bool{}}
-	n.IP = netip.AddrFrom4(addr)
+func (l *Lab) addNode(k, segmentIndex int) error {
+	seg := segmentOf(segmentIndex)
+	addrs := seg.hostAddrs(nodeHostStart + k)
+	n := &Node{Name: "node-" + strconv.Itoa(k), Index: k, Segment: segmentIndex, Gateway: seg.gw4, Gateway6: seg.gw6, usedIPs: map[netip.Addr]bool{}}
+	n.IP, n.IP6 = addrs[0].Addr(), addrs[1].Addr()
 	if err := l.initHost(&n.Host, n.Name); err != nil {
 		return err
 	}
@@ -116,7 +160,7 @@ func (l *Lab) addNode(k, segment int) error {
 		return err
 	}
 	n.SubnetEnv = filepath.Join(n.Dir, "subnet.env")
-	if err := l.plugWithDefault(&n.Host, segment, n.Name, netip.PrefixFrom(n.IP, seg.Bits())); err != nil {
+	if err := l.plugWithDefault(&n.Host, segmentIndex, n.Name, addrs); err != nil {
 		return err
 	}
 	if l.opts.ControlPlane != nil {
@@ -128,30 +172,31 @@ func (l *Lab) addNode(k, segment int) error {
 	return nil
 }
 
-// plugWithDefault plugs h's eth0 into a segment and routes everything else
-// via the segment's gateway.
-func (l *Lab) plugWithDefault(h *Host, segment int, port string, addr netip.Prefix) error {
-	link, err := l.plug(h, UnderlayIface, segment, port, addr)
+// plugWithDefault plugs h's eth0 into a segment and routes everything else,
+// both families, via the segment's gateway.
+func (l *Lab) plugWithDefault(h *Host, segmentIndex int, port string, addrs []netip.Prefix) error {
+	link, err := l.plug(h, UnderlayIface, segmentIndex, port, addrs)
 	if err != nil {
 		return err
 	}
-	_, gw := segmentOf(segment)
+	seg := segmentOf(segmentIndex)
 	nl, err := h.Netlink()
 	if err != nil {
 		return err
 	}
 	defer nl.Close()
-	route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: net.IP(gw.AsSlice())}
-	if err := nl.RouteAdd(route); err != nil {
-		return fmt.Errorf("%s: adding default route via %s: %w", h.NS, gw, err)
+	for _, gw := range []netip.Addr{seg.gw4, seg.gw6} {
+		if err := addDefaultRoute(nl, h, link, gw); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// plug connects h to a segment bridge with a veth: ifname with addr inside
+// plug connects h to a segment bridge with a veth: ifname with addrs inside
 // h, port (a bridge port) inside the underlay. Both ends are created in
 // lab namespaces directly; nothing passes through the host's namespace.
-func (l *Lab) plug(h *Host, ifname string, segment int, port string, addr netip.Prefix) (netlink.Link, error) {
+func (l *Lab) plug(h *Host, ifname string, segment int, port string, addrs []netip.Prefix) (netlink.Link, error) {
 	ul, err := netns.GetFromPath(l.Underlay.Path())
 	if err != nil {
 		return nil, fmt.Errorf("opening underlay namespace: %w", err)
@@ -197,8 +242,8 @@ func (l *Lab) plug(h *Host, ifname string, segment int, port string, addr netip.
 	if err != nil {
 		return nil, fmt.Errorf("%s: %s: %w", h.NS, ifname, err)
 	}
-	if err := nl.AddrAdd(link, &netlink.Addr{IPNet: prefixIPNet(addr)}); err != nil {
-		return nil, fmt.Errorf("%s: adding %s to %s: %w", h.NS, addr, ifname, err)
+	if err := h.addAddrs(nl, link, addrs); err != nil {
+		return nil, err
 	}
 	if err := nl.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("%s: setting %s up: %w", h.NS, ifname, err)
@@ -229,11 +274,4 @@ func (n *Node) SetUnderlayMTU(mtu int) error {
 		}
 	}
 	return nil
-}
-
-// prefixIPNet is an address with its prefix length (not masked), as
-// netlink wants for interface addresses.
-func prefixIPNet(p netip.Prefix) *net.IPNet {
-	bits := p.Addr().BitLen()
-	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), bits)}
 }
