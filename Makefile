@@ -10,6 +10,11 @@ TEST_BINS := $(TOOLS_BIN)/etcd $(addprefix $(TOOLS_BIN)/,$(K8S_BINS)) $(TOOLS_BI
 NODE_DEPS := $(TOOLS_BIN)/node
 HELM      := $(TOOLS_BIN)/helm
 HELM_VERSION := $(shell awk '$$1=="helm.sh/helm/v3" {print $$2}' hack/tools/helm/go.mod)
+# The Kubernetes version helm assumes without a cluster (helm template, lint): its client-go's,
+# as Helm's own Makefile sets it.
+HELM_K8S_MINOR := $(shell awk '$$1=="k8s.io/client-go" {split($$2, v, "."); print v[2]}' hack/tools/helm/go.mod)
+HELM_LDFLAGS := -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+  $(foreach p,lint/rules chartutil,-X helm.sh/helm/v3/pkg/$(p).k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/$(p).k8sVersionMinor=$(HELM_K8S_MINOR))
 K8S_VERSION := $(shell awk '$$1=="k8s.io/kubernetes" {print $$2}' hack/tools/go.mod)
 FLANNEL_VERSION := $(shell awk '$$1=="github.com/flannel-io/flannel" {print $$2}' hack/tools/flannel/go.mod)
 # One package at a time: the end-to-end, demo and benchmark-like tests measure
@@ -83,7 +88,7 @@ $(NODE_DEPS)/pause: hack/tools/go.mod $(NODE_DEPS)/packages.txt
 helm-bin: $(HELM)
 
 $(HELM): hack/tools/helm/go.mod hack/tools/helm/go.sum
-	cd hack/tools/helm && $(GO) build -trimpath -ldflags "-X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" -o $@ helm.sh/helm/v3/cmd/helm
+	cd hack/tools/helm && $(GO) build -trimpath -ldflags "$(HELM_LDFLAGS)" -o $@ helm.sh/helm/v3/cmd/helm
 
 CHART := Documentation/chart/overlayd
 
