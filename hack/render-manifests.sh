@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Renders the shipped manifests from the Helm chart (`make manifests`):
 #
-#   OUT/kube-overlayd.yml              the chart with its default values
+#   OUT/kube-overlayd.yml              the chart with its default values, and the
+#                                      namespace as an object of the manifest
 #   OUT/canal/calico-policy-only.yml   Calico's part of canal.enabled=true, which
 #                                      the kustomize component OUT/canal adds
 #
@@ -31,11 +32,11 @@ mkdir -p "$out/canal"
 # Documentation/configuration.md.
 #
 # Rendered from the Helm chart Documentation/chart/overlayd with its default
-# values by `make manifests`: change the chart, not this file (test/chart
+# values (and namespace.create=true) by `make manifests`: change the chart, not this file (test/chart
 # fails when they differ). test/manifests proves this file against a real
 # kube-apiserver, test/deploy on real kubelet nodes.
 HEADER
-  "$helm" template overlayd "$chart" --namespace "$namespace"
+  "$helm" template overlayd "$chart" --namespace "$namespace" --set namespace.create=true
 } >"$out/kube-overlayd.yml"
 
 {

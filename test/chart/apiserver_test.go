@@ -49,7 +49,7 @@ extraArgs: [--iptables-forward-rules=false]
 `},
 	{name: "metrics Service", set: []string{"metrics.enabled=true"}},
 	{name: "CNI plugins only", set: []string{"cni.installConfig=false"}},
-	{name: "existing namespace", set: []string{"namespace.create=false"}},
+	{name: "the namespace in the chart", set: []string{"namespace.create=true"}},
 	{name: "Canal", set: []string{"canal.enabled=true"}},
 	{name: "a backend of a later release", values: "netConf:\n  Network: 10.244.0.0/16\n  Backend:\n    Type: wireguard\n    PersistentKeepaliveInterval: 25\n"},
 }

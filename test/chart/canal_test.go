@@ -40,7 +40,7 @@ func TestCanalComponentIsTheChartsCanal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	helmed := render(t, valueSet{name: "Canal", set: []string{"canal.enabled=true"}})
+	helmed := render(t, valueSet{name: "Canal", set: []string{"canal.enabled=true", "namespace.create=true"}})
 	byKey := func(objs []*unstructured.Unstructured) map[string]*unstructured.Unstructured {
 		m := map[string]*unstructured.Unstructured{}
 		for _, o := range objs {
