@@ -124,7 +124,7 @@ KIND_OVERLAY ?= hack/kind
 # The image hack/kind's kustomizations deploy (test/manifests checks it is overlayd:dev).
 KIND_IMAGE   := overlayd:dev
 
-.PHONY: image kind-up kind-down
+.PHONY: image kind-up kind-down dev-cluster dev-cluster-down
 
 ## image: the container image $(IMAGE) (Dockerfile; needs docker)
 image:
@@ -139,6 +139,23 @@ kind-up:
 ## kind-down: delete the kind cluster
 kind-down:
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
+
+DEV_CLUSTER_DIR   ?= $(CURDIR)/.cache/dev-cluster
+DEV_CLUSTER_NODES ?= 3
+DEV_CLUSTER_BIN   := bin/overlayd-dev-cluster
+
+## dev-cluster: a local cluster without a container engine (where kind cannot run): the real
+##              control plane and $(DEV_CLUSTER_NODES) kubelet + containerd nodes of test/nodes, the
+##              overlayd image built from this tree in every node; prints a kubeconfig and leaves
+##              it running (needs root; Documentation/kubernetes.md)
+dev-cluster: build test-bins cni-bins node-deps helm-bin
+	$(GO) build -trimpath -o $(DEV_CLUSTER_BIN) ./hack/dev-cluster
+	hack/dev-cluster.sh up $(DEV_CLUSTER_BIN) $(DEV_CLUSTER_DIR) $(DEV_CLUSTER_NODES)
+
+## dev-cluster-down: stop the dev cluster and remove everything it made
+dev-cluster-down:
+	$(GO) build -trimpath -o $(DEV_CLUSTER_BIN) ./hack/dev-cluster
+	hack/dev-cluster.sh down $(DEV_CLUSTER_BIN) $(DEV_CLUSTER_DIR)
 
 BACKEND ?= vxlan
 
