@@ -86,7 +86,9 @@ type Cluster struct {
 	opts   Options
 	bins   string
 	egress *egressProxy
-	once   sync.Once
+	// dirLock is held while the cluster lives (a temporary Dir only).
+	dirLock *os.File
+	once    sync.Once
 	err    error
 }
 
@@ -142,7 +144,10 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}()
 	start := time.Now()
 	if c.Dir == "" {
-		if c.Dir, err = os.MkdirTemp("", "overlayd-nodes-"); err != nil {
+		if c.Dir, err = os.MkdirTemp("", tempDirPattern(opts.Prefix)); err != nil {
+			return nil, err
+		}
+		if c.dirLock, err = lockDir(c.Dir); err != nil {
 			return nil, err
 		}
 	} else if err := os.MkdirAll(c.Dir, 0o755); err != nil {
@@ -320,15 +325,22 @@ func (c *Cluster) close() error {
 			errs = append(errs, err)
 		}
 	}
+	if c.dirLock != nil {
+		c.dirLock.Close()
+	}
 	return errors.Join(errs...)
 }
 
 // Sweep removes what a crashed run with this prefix left: the lab's
 // namespaces (and the processes in them, kubelets and containerds among
-// them) and the nodes' cgroup roots (and what still runs in them) whose
-// lab is gone. Live clusters are left alone.
+// them), the nodes' cgroup roots (and what still runs in them) whose lab
+// is gone, and the clusters' temporary directories nobody holds. Live
+// clusters are left alone. (A crashed run's node processes are already
+// gone: they die with the process that started them.)
 func Sweep(prefix string) ([]string, error) {
 	removed, err := lab.Sweep(prefix)
+	dirs, derr := sweepDirs(prefix)
+	removed, err = append(removed, dirs...), errors.Join(err, derr)
 	hs, herr := cgroupHierarchies()
 	if herr != nil {
 		return removed, errors.Join(err, herr)
