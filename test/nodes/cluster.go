@@ -89,7 +89,7 @@ type Cluster struct {
 	// dirLock is held while the cluster lives (a temporary Dir only).
 	dirLock *os.File
 	once    sync.Once
-	err    error
+	err     error
 }
 
 // How long Start waits for what the nodes do on their own.
