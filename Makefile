@@ -4,7 +4,17 @@ GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/overlayd/overlayd/pkg/version.Version=$(VERSION)
 TOOLS_BIN := $(CURDIR)/hack/tools/bin
-TEST_BINS := $(TOOLS_BIN)/etcd $(TOOLS_BIN)/kube-apiserver $(TOOLS_BIN)/kube-controller-manager $(TOOLS_BIN)/flanneld
+K8S_BINS  := kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
+TEST_BINS := $(TOOLS_BIN)/etcd $(addprefix $(TOOLS_BIN)/,$(K8S_BINS)) $(TOOLS_BIN)/flanneld
+# containerd, runc and the Debian parts of the test images (hack/install-node-deps.sh)
+NODE_DEPS := $(TOOLS_BIN)/node
+HELM      := $(TOOLS_BIN)/helm
+HELM_VERSION := $(shell awk '$$1=="helm.sh/helm/v3" {print $$2}' hack/tools/helm/go.mod)
+# The Kubernetes version helm assumes without a cluster (helm template, lint): its client-go's,
+# as Helm's own Makefile sets it.
+HELM_K8S_MINOR := $(shell awk '$$1=="k8s.io/client-go" {split($$2, v, "."); print v[2]}' hack/tools/helm/go.mod)
+HELM_LDFLAGS := -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+  $(foreach p,lint/rules chartutil,-X helm.sh/helm/v3/pkg/$(p).k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/$(p).k8sVersionMinor=$(HELM_K8S_MINOR))
 K8S_VERSION := $(shell awk '$$1=="k8s.io/kubernetes" {print $$2}' hack/tools/go.mod)
 FLANNEL_VERSION := $(shell awk '$$1=="github.com/flannel-io/flannel" {print $$2}' hack/tools/flannel/go.mod)
 # One package at a time: the end-to-end, demo and benchmark-like tests measure
@@ -14,7 +24,7 @@ TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
 export OVERLAYD_TEST_BIN_DIR := $(TOOLS_BIN)
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: all build test fuzz deps test-bins cni-bins flannel-bin lint bench demo clean
+.PHONY: all build test fuzz deps test-bins cni-bins flannel-bin node-deps helm-bin manifests lint bench demo clean
 
 all: build
 
@@ -26,14 +36,14 @@ build:
 deps:
 	@hack/install-deps.sh
 
-## test-bins: etcd, kube-apiserver and kube-controller-manager pinned in hack/tools, and
-##            flanneld pinned in hack/tools/flannel
+## test-bins: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl
+##            pinned in hack/tools, and flanneld pinned in hack/tools/flannel
 test-bins: $(TEST_BINS)
 
 $(TOOLS_BIN)/etcd: hack/tools/go.mod hack/tools/go.sum
 	cd hack/tools && $(GO) build -trimpath -o $@ go.etcd.io/etcd/server/v3
 
-$(TOOLS_BIN)/kube-apiserver $(TOOLS_BIN)/kube-controller-manager: $(TOOLS_BIN)/%: hack/tools/go.mod hack/tools/go.sum
+$(addprefix $(TOOLS_BIN)/,$(K8S_BINS)): $(TOOLS_BIN)/%: hack/tools/go.mod hack/tools/go.sum
 	cd hack/tools && $(GO) build -trimpath -ldflags "-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION)" -o $@ k8s.io/kubernetes/cmd/$*
 
 ## flannel-bin: the real flanneld (flannel-io/flannel, version in hack/tools/flannel/go.mod),
@@ -45,19 +55,47 @@ $(TOOLS_BIN)/flanneld: hack/tools/flannel/go.mod hack/tools/flannel/go.sum hack/
 	cd hack/tools/flannel && $(GO) build -trimpath -ldflags "-X github.com/flannel-io/flannel/pkg/version.Version=$(FLANNEL_VERSION)" -o $@ github.com/flannel-io/flannel
 
 CNI_BIN     := $(TOOLS_BIN)/cni
-CNI_PLUGINS := bridge host-local loopback flannel
+CNI_PLUGINS := bridge host-local loopback flannel portmap
 CNI_BINS    := $(addprefix $(CNI_BIN)/,$(CNI_PLUGINS))
 # where each plugin lives in github.com/containernetworking/plugins/plugins
 CNI_PKG_bridge     := main/bridge
 CNI_PKG_loopback   := main/loopback
 CNI_PKG_host-local := ipam/host-local
 CNI_PKG_flannel    := meta/flannel
+CNI_PKG_portmap    := meta/portmap
 
 ## cni-bins: the real CNI plugins (containernetworking/plugins v0.9.1) pinned in hack/tools/cni
 cni-bins: $(CNI_BINS)
 
 $(CNI_BINS): $(CNI_BIN)/%: hack/tools/cni/go.mod hack/tools/cni/go.sum
 	cd hack/tools/cni && $(GO) build -trimpath -o $@ github.com/containernetworking/plugins/plugins/$(CNI_PKG_$*)
+
+## node-deps: containerd, runc, the Debian packages of the test images (Dockerfile's runtime
+##            stage, busybox-static) and the pause image's binary, for the real kubelet nodes of
+##            test/nodes (hack/install-node-deps.sh: apt-get download + dpkg -x, nothing installed)
+node-deps: $(NODE_DEPS)/packages.txt $(NODE_DEPS)/pause
+
+$(NODE_DEPS)/packages.txt: hack/install-node-deps.sh
+	hack/install-node-deps.sh $(NODE_DEPS)
+
+# Kubernetes' own pause (build/pause of the pinned k8s.io/kubernetes), built as its Makefile does.
+PAUSE_VERSION := 3.10.2
+$(NODE_DEPS)/pause: hack/tools/go.mod $(NODE_DEPS)/packages.txt
+	gcc -Os -Wall -Werror -static -DVERSION=v$(PAUSE_VERSION)-$(K8S_VERSION) -o $@ \
+	  "$$(cd hack/tools && $(GO) list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+
+## helm-bin: the real Helm (helm.sh/helm/v3, version in hack/tools/helm/go.mod)
+helm-bin: $(HELM)
+
+$(HELM): hack/tools/helm/go.mod hack/tools/helm/go.sum
+	cd hack/tools/helm && $(GO) build -trimpath -ldflags "$(HELM_LDFLAGS)" -o $@ helm.sh/helm/v3/cmd/helm
+
+CHART := Documentation/chart/overlayd
+
+## manifests: Documentation/kube-overlayd.yml and Documentation/canal/calico-policy-only.yml
+##            rendered from the Helm chart (test/chart fails when they differ)
+manifests: $(HELM)
+	hack/render-manifests.sh $(HELM) $(CHART)
 
 ## lint: go vet, and fail on unformatted code
 lint:
@@ -67,7 +105,7 @@ lint:
 
 ## test: everything — unit, integration (real apiserver), end-to-end (netns),
 ##       and every fuzz target briefly
-test: deps test-bins cni-bins lint build
+test: deps test-bins cni-bins node-deps helm-bin lint build
 	$(GO) test $(TEST_FLAGS) ./...
 	FUZZTIME=$(TEST_FUZZTIME) GO=$(GO) hack/fuzz.sh
 
@@ -94,7 +132,7 @@ KIND_OVERLAY ?= hack/kind
 # The image hack/kind's kustomizations deploy (test/manifests checks it is overlayd:dev).
 KIND_IMAGE   := overlayd:dev
 
-.PHONY: image kind-up kind-down
+.PHONY: image kind-up kind-down dev-cluster dev-cluster-down
 
 ## image: the container image $(IMAGE) (Dockerfile; needs docker)
 image:
@@ -109,6 +147,23 @@ kind-up:
 ## kind-down: delete the kind cluster
 kind-down:
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
+
+DEV_CLUSTER_DIR   ?= $(CURDIR)/.cache/dev-cluster
+DEV_CLUSTER_NODES ?= 3
+DEV_CLUSTER_BIN   := bin/overlayd-dev-cluster
+
+## dev-cluster: a local cluster without a container engine (where kind cannot run): the real
+##              control plane and $(DEV_CLUSTER_NODES) kubelet + containerd nodes of test/nodes, the
+##              overlayd image built from this tree in every node; prints a kubeconfig and leaves
+##              it running (needs root; Documentation/kubernetes.md)
+dev-cluster: build test-bins cni-bins node-deps helm-bin
+	$(GO) build -trimpath -o $(DEV_CLUSTER_BIN) ./hack/dev-cluster
+	hack/dev-cluster.sh up $(DEV_CLUSTER_BIN) $(DEV_CLUSTER_DIR) $(DEV_CLUSTER_NODES)
+
+## dev-cluster-down: stop the dev cluster and remove everything it made
+dev-cluster-down:
+	$(GO) build -trimpath -o $(DEV_CLUSTER_BIN) ./hack/dev-cluster
+	hack/dev-cluster.sh down $(DEV_CLUSTER_BIN) $(DEV_CLUSTER_DIR)
 
 BACKEND ?= vxlan
 

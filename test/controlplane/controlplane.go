@@ -58,12 +58,30 @@ type Options struct {
 	NodeCIDRMaskSizeIPv6 int // of IPv6 node CIDRs; default 64
 	// LogDir receives the binaries' logs; default: inside the temporary dir.
 	LogDir string
+
+	// Workloads runs what pods on real kubelets need (test/nodes): the API
+	// server authorizes kubelets as kubeadm's does (Node,RBAC and the
+	// NodeRestriction admission plugin) and reaches them with a client
+	// certificate; kube-controller-manager also runs the controllers of
+	// workloads (DaemonSets, Deployments, service accounts, the
+	// kube-root-ca.crt ConfigMaps, node lifecycle, pod and namespace
+	// cleanup), with ControllerManager implied; kube-scheduler runs.
+	Workloads bool
+	// Nodes get a kubelet identity each: NodeIdentity(name), the user
+	// system:node:<name> in group system:nodes.
+	Nodes []string
+	// ClusterEgress is the unix socket of an HTTP CONNECT proxy through
+	// which the API server reaches nodes and pods (its egress selection
+	// "cluster": logs, exec, port-forward), e.g. a proxy into network
+	// namespaces the API server's own cannot reach.
+	ClusterEgress string
 }
 
 // ControlPlane is a running etcd + kube-apiserver.
 type ControlPlane struct {
 	URL    string // https://127.0.0.1:<port>
 	CAData []byte
+	CAFile string // CAData as a file, e.g. for a kubelet's client CA
 	Dir    string
 
 	tokens map[string]string // identity -> bearer token
@@ -73,6 +91,15 @@ type ControlPlane struct {
 
 // Admin is the identity with full access.
 const Admin = "admin"
+
+// NodeIdentity is the identity of a kubelet (Options.Nodes) for Config and
+// WriteKubeconfig.
+func NodeIdentity(node string) string { return "node/" + node }
+
+// KubernetesServiceIP is the ClusterIP of the kubernetes Service (the first
+// of the service range), which the serving certificate covers: pods reach
+// the API server there.
+const KubernetesServiceIP = "10.96.0.1"
 
 // DefaultServiceAccounts are issued tokens when Options.ServiceAccounts is empty.
 var DefaultServiceAccounts = []string{"kube-system/overlayd", "kube-system/nobody"}
@@ -127,8 +154,11 @@ func Start(opts Options) (cp *ControlPlane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, b := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
-		if b == "kube-controller-manager" && !opts.ControllerManager {
+	if opts.Workloads {
+		opts.ControllerManager = true
+	}
+	for _, b := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
+		if (b == "kube-controller-manager" && !opts.ControllerManager) || (b == "kube-scheduler" && !opts.Workloads) {
 			continue
 		}
 		if _, err := os.Stat(filepath.Join(bins, b)); err != nil {
@@ -154,8 +184,8 @@ func Start(opts Options) (cp *ControlPlane, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("writing certificates: %w", err)
 	}
-	cp.CAData = pki.caPEM
-	tokenFile, err := cp.writeTokens(dir, opts.ServiceAccounts)
+	cp.CAData, cp.CAFile = pki.caPEM, pki.caFile
+	tokenFile, err := cp.writeTokens(dir, opts.ServiceAccounts, opts.Nodes)
 	if err != nil {
 		return nil, err
 	}
@@ -181,23 +211,40 @@ func Start(opts Options) (cp *ControlPlane, err error) {
 	cp.procs = append(cp.procs, etcd)
 
 	cp.URL = "https://127.0.0.1:" + strconv.Itoa(ports[2])
-	apiserver, err := startProcess(filepath.Join(bins, "kube-apiserver"), filepath.Join(logDir, "kube-apiserver.log"),
-		"--etcd-servers="+clientURL,
+	authz := []string{"--authorization-mode=RBAC"}
+	if opts.Workloads {
+		authz = []string{
+			"--authorization-mode=Node,RBAC",
+			"--enable-admission-plugins=NodeRestriction",
+			"--kubelet-client-certificate=" + pki.kubeletClientCert, "--kubelet-client-key=" + pki.kubeletClientKey,
+			// There is no DNS for node names here.
+			"--kubelet-preferred-address-types=InternalIP",
+		}
+	}
+	if opts.ClusterEgress != "" {
+		conf, err := writeEgressConfig(dir, opts.ClusterEgress)
+		if err != nil {
+			return nil, err
+		}
+		authz = append(authz, "--egress-selector-config-file="+conf)
+	}
+	apiserverArgs := append([]string{
+		"--etcd-servers=" + clientURL,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(ports[2]),
-		"--tls-cert-file="+pki.servingCert, "--tls-private-key-file="+pki.servingKey,
-		"--token-auth-file="+tokenFile,
-		"--authorization-mode=RBAC",
+		"--secure-port=" + strconv.Itoa(ports[2]),
+		"--tls-cert-file=" + pki.servingCert, "--tls-private-key-file=" + pki.servingKey,
+		"--token-auth-file=" + tokenFile,
 		"--allow-privileged=true", // as kubeadm and kind run it: node agents such as calico-node are privileged
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+pki.saPublic,
-		"--service-account-signing-key-file="+pki.saSigner,
+		"--service-account-key-file=" + pki.saPublic,
+		"--service-account-signing-key-file=" + pki.saSigner,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 		"--v=1",
-	)
+	}, authz...)
+	apiserver, err := startProcess(filepath.Join(bins, "kube-apiserver"), filepath.Join(logDir, "kube-apiserver.log"), apiserverArgs...)
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +258,55 @@ func Start(opts Options) (cp *ControlPlane, err error) {
 			return nil, err
 		}
 	}
+	if opts.Workloads {
+		if err := cp.startScheduler(bins, dir, logDir); err != nil {
+			return nil, err
+		}
+	}
 	return cp, nil
+}
+
+// workloadControllers are what running pods on kubelets takes, beyond the
+// garbage collector and node IPAM.
+var workloadControllers = []string{
+	"daemonset-controller", "deployment-controller", "replicaset-controller", "job-controller",
+	"serviceaccount-controller", "root-ca-certificate-publisher-controller",
+	"node-lifecycle-controller", "pod-garbage-collector-controller", "namespace-controller",
+	"endpointslice-controller", "taint-eviction-controller", "ttl-after-finished-controller",
+}
+
+func (cp *ControlPlane) startScheduler(bins, dir, logDir string) error {
+	kubeconfig := filepath.Join(dir, "scheduler.kubeconfig")
+	if err := cp.WriteKubeconfig(kubeconfig, Admin); err != nil {
+		return err
+	}
+	p, err := startProcess(filepath.Join(bins, "kube-scheduler"), filepath.Join(logDir, "kube-scheduler.log"),
+		"--kubeconfig="+kubeconfig, "--leader-elect=false", "--secure-port=0", "--v=1")
+	if err != nil {
+		return err
+	}
+	cp.procs = append(cp.procs, p)
+	return nil
+}
+
+// writeEgressConfig writes the API server's egress selector configuration:
+// traffic to the cluster through the HTTP CONNECT proxy at socket.
+func writeEgressConfig(dir, socket string) (string, error) {
+	conf := fmt.Sprintf(`apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+  - name: cluster
+    connection:
+      proxyProtocol: HTTPConnect
+      transport:
+        uds:
+          udsName: %s
+`, socket)
+	path := filepath.Join(dir, "egress-selector.yaml")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		return "", fmt.Errorf("writing the egress selector configuration: %w", err)
+	}
+	return path, nil
 }
 
 func (cp *ControlPlane) startControllerManager(bins, dir, logDir string, opts Options, clusterCIDRs []netip.Prefix) error {
@@ -227,6 +322,10 @@ func (cp *ControlPlane) startControllerManager(bins, dir, logDir string, opts Op
 		"--v=1",
 	}
 	controllers := "garbage-collector-controller"
+	if opts.Workloads {
+		controllers += "," + strings.Join(workloadControllers, ",")
+		args = append(args, "--root-ca-file="+cp.CAFile)
+	}
 	if len(clusterCIDRs) > 0 {
 		controllers += ",node-ipam-controller"
 		args = append(args, "--allocate-node-cidrs", "--cluster-cidr="+opts.ClusterCIDR)
@@ -309,7 +408,7 @@ func (cp *ControlPlane) waitNodeIPAM(kcm *process, want int, timeout time.Durati
 
 // writeTokens writes the static token file: the admin, and each service
 // account identity with the groups a real service account token carries.
-func (cp *ControlPlane) writeTokens(dir string, sas []string) (string, error) {
+func (cp *ControlPlane) writeTokens(dir string, sas, nodes []string) (string, error) {
 	if len(sas) == 0 {
 		sas = DefaultServiceAccounts
 	}
@@ -326,6 +425,9 @@ func (cp *ControlPlane) writeTokens(dir string, sas []string) (string, error) {
 			return "", fmt.Errorf("service account %q: want namespace/name", sa)
 		}
 		add(sa, ServiceAccountUser(ns, name), "system:serviceaccounts,system:serviceaccounts:"+ns+",system:authenticated")
+	}
+	for _, n := range nodes {
+		add(NodeIdentity(n), "system:node:"+n, "system:nodes,system:authenticated")
 	}
 	path := filepath.Join(dir, "tokens.csv")
 	return path, os.WriteFile(path, []byte(b.String()), 0o600)

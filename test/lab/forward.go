@@ -28,6 +28,24 @@ type forwarder struct {
 // connectAPI starts n's forwarder and writes its kubeconfig.
 func (l *Lab) connectAPI(n *Node) error {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(l.opts.APIPort))
+	if err := n.ForwardAPI(addr); err != nil {
+		return err
+	}
+	n.APIServer = "https://" + addr
+	n.Kubeconfig = filepath.Join(n.Dir, "kubeconfig")
+	return n.WriteKubeconfig(n.Kubeconfig, l.opts.KubeIdentity)
+}
+
+// ForwardAPI makes the control plane reachable at addr (host:port) inside
+// the node as well, e.g. at the kubernetes Service's address, where a
+// cluster's kube-proxy would take pods to the API server. addr's IP must
+// be on one of the node's interfaces. The forwarder stops when the lab
+// closes.
+func (n *Node) ForwardAPI(addr string) error {
+	l := n.lab
+	if l.apiAddr == "" {
+		return fmt.Errorf("%s: the lab has no control plane", n.Name)
+	}
 	ln, err := n.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -36,10 +54,7 @@ func (l *Lab) connectAPI(n *Node) error {
 	fw.wg.Add(1)
 	go fw.serve()
 	l.onClose(fw.close)
-
-	n.APIServer = "https://" + addr
-	n.Kubeconfig = filepath.Join(n.Dir, "kubeconfig")
-	return n.WriteKubeconfig(n.Kubeconfig, l.opts.KubeIdentity)
+	return nil
 }
 
 // WriteKubeconfig writes a kubeconfig for identity (controlplane.Admin or a

@@ -33,11 +33,22 @@ type Host struct {
 	IP6 netip.Addr // main IPv6 address, the same for IPv6; the zero Addr if none
 
 	lab     *Lab
+	path    string // set for a namespace the lab did not create (Foreign)
 	deleted atomic.Bool
 }
 
+// Foreign is a Host for a network namespace the lab did not create, found
+// at path (e.g. a pod's that a container runtime made, /proc/<pid>/ns/net):
+// for Do, Dial, Listen, Netlink, Ping and StartPinger. No lab deletes it.
+func Foreign(name, path string) *Host { return &Host{NS: name, path: path} }
+
 // Path is the namespace's bind mount, e.g. for CNI_NETNS.
-func (h *Host) Path() string { return filepath.Join(netnsDir, h.NS) }
+func (h *Host) Path() string {
+	if h.path != "" {
+		return h.path
+	}
+	return filepath.Join(netnsDir, h.NS)
+}
 
 func (h *Host) String() string { return h.NS }
 

@@ -12,6 +12,7 @@ tool (
 	github.com/containernetworking/plugins/plugins/main/bridge
 	github.com/containernetworking/plugins/plugins/main/loopback
 	github.com/containernetworking/plugins/plugins/meta/flannel
+	github.com/containernetworking/plugins/plugins/meta/portmap
 )
 
 require (
@@ -23,6 +24,7 @@ require (
 	github.com/containernetworking/plugins v0.9.1 // indirect
 	github.com/coreos/go-iptables v0.5.0 // indirect
 	github.com/j-keck/arping v0.0.0-20160618110441-2cf9dc699c56 // indirect
+	github.com/mattn/go-shellwords v1.0.3 // indirect
 	github.com/safchain/ethtool v0.0.0-20190326074333-42ed695e3de8 // indirect
 	github.com/sirupsen/logrus v1.0.6 // indirect
 	github.com/vishvananda/netlink v1.1.1-0.20201029203352-d40f9887b852 // indirect
