@@ -16,7 +16,6 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/overlayd/overlayd/backend"
 	"github.com/overlayd/overlayd/netconf"
 	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
@@ -140,8 +139,10 @@ type envCase struct {
 	// MTU key, else the underlay's, less 50; udp: the underlay's less 28;
 	// host-gw: the underlay's).
 	wantMTU int
-	// The tunnel devices each creates; none with host-gw.
-	flanneldDev, overlaydDev string
+	// The tunnel devices each creates (for IPv6: the ...6 ones); none with
+	// host-gw.
+	flanneldDev, overlaydDev   string
+	flanneldDev6, overlaydDev6 string
 }
 
 const (
@@ -187,24 +188,36 @@ var envCases = [][]envCase{{
 }, {
 	{name: "vxlan Network 10.42.0.0/16 SubnetLen 26", netConf: `{"Network": "10.42.0.0/16", "SubnetLen": 26, "Backend": {"Type": "vxlan"}}`,
 		wantMTU: 1450, flanneldDev: "flannel.1", overlaydDev: "overlay.1"},
+}, {
+	// Dual-stack: FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET too, and a
+	// second VXLAN device for IPv6 (40 bytes of IPv6 header instead of 20).
+	{name: "vxlan dual-stack", netConf: netVXLANDual, wantMTU: 1450,
+		flanneldDev: "flannel.1", overlaydDev: "overlay.1", flanneldDev6: "flannel-v6.1", overlaydDev6: "overlay-v6.1"},
+	{name: "vxlan dual-stack DirectRouting", netConf: `{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "vxlan", "DirectRouting": true}}`,
+		wantMTU: 1450, flanneldDev: "flannel.1", overlaydDev: "overlay.1", flanneldDev6: "flannel-v6.1", overlaydDev6: "overlay-v6.1"},
+	{name: "vxlan dual-stack --ip-masq", netConf: netVXLANDual, flags: []string{"--ip-masq"}, wantMTU: 1450,
+		flanneldDev: "flannel.1", overlaydDev: "overlay.1", flanneldDev6: "flannel-v6.1", overlaydDev6: "overlay-v6.1"},
+	{name: "vxlan dual-stack underlay MTU 9000", netConf: netVXLANDual, underlayMTU: 9000, wantMTU: 8950,
+		flanneldDev: "flannel.1", overlaydDev: "overlay.1", flanneldDev6: "flannel-v6.1", overlaydDev6: "overlay-v6.1"},
+	{name: "host-gw dual-stack", netConf: `{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "host-gw"}}`,
+		wantMTU: 1500},
+}, {
+	{name: "vxlan IPv6-only", netConf: `{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "vxlan"}}`,
+		wantMTU: 1450, flanneldDev6: "flannel-v6.1", overlaydDev6: "overlay-v6.1"},
+	{name: "vxlan IPv6-only --ip-masq", netConf: `{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "vxlan"}}`,
+		flags: []string{"--ip-masq"}, wantMTU: 1450, flanneldDev6: "flannel-v6.1", overlaydDev6: "overlay-v6.1"},
+	{name: "host-gw IPv6-only", netConf: `{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "host-gw"}}`,
+		wantMTU: 1500},
 }}
 
-// TODO(dual-stack): cases to add to envCases once overlayd accepts
-// EnableIPv6 (and the lab has an IPv6 underlay): FLANNEL_IPV6_NETWORK and
-// FLANNEL_IPV6_SUBNET must then match flanneld's too. Until then
-// TestSubnetEnvLikeFlanneld asserts that overlayd still refuses them, so the
-// day it does not, the test fails here and these become comparisons.
-var envCasesIPv6TODO = []envCase{
-	{name: "vxlan dual-stack", netConf: `{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "vxlan"}}`},
-	{name: "host-gw dual-stack", netConf: `{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "host-gw"}}`},
-	{name: "vxlan IPv6 only", netConf: `{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "vxlan"}}`},
-}
+const netVXLANDual = `{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "vxlan"}}`
 
 // envRun is what one agent left on a case's node.
 type envRun struct {
 	argv      []string
 	subnetEnv []byte
 	devMTU    int   // 0: no device expected
+	devMTU6   int   // the IPv6 device's; 0: none expected
 	err       error // the agent did not get ready, or something is missing
 }
 
@@ -228,20 +241,17 @@ func TestSubnetEnvLikeFlanneld(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Run(fmt.Sprintf("%s SubnetLen %d", cfg.Network, cfg.SubnetLen), func(t *testing.T) {
+		var nets []string
+		if cfg.EnableIPv4 {
+			nets = append(nets, fmt.Sprintf("%s SubnetLen %d", cfg.Network, cfg.SubnetLen))
+		}
+		if cfg.EnableIPv6 {
+			nets = append(nets, fmt.Sprintf("%s IPv6SubnetLen %d", cfg.IPv6Network, cfg.IPv6SubnetLen))
+		}
+		t.Run(strings.Join(nets, " "), func(t *testing.T) {
 			compareSubnetEnv(t, cases)
 		})
 	}
-	t.Run("EnableIPv6 TODO", func(t *testing.T) {
-		for _, tc := range envCasesIPv6TODO {
-			_, _, err := backend.Load([]byte(tc.netConf)) // as the daemon loads it
-			var nerr *netconf.Error
-			if !errors.As(err, &nerr) || nerr.Key != "EnableIPv6" {
-				t.Errorf("%s: overlayd no longer refuses EnableIPv6 (%v): make envCasesIPv6TODO real cases of envCases", tc.name, err)
-			}
-		}
-		t.Logf("TODO(dual-stack): %d EnableIPv6 cases not compared yet (overlayd refuses EnableIPv6)", len(envCasesIPv6TODO))
-	})
 }
 
 func compareSubnetEnv(t *testing.T, cases []envCase) {
@@ -281,7 +291,7 @@ func compareSubnetEnv(t *testing.T, cases []envCase) {
 		}
 	}
 	for i, tc := range cases {
-		flanneld[i] = readEnvRun(c, c.Lab.Nodes[i], tc.flanneldDev)
+		flanneld[i] = readEnvRun(c, c.Lab.Nodes[i], tc.flanneldDev, tc.flanneldDev6)
 	}
 	var wg sync.WaitGroup
 	for i, n := range c.Lab.Nodes {
@@ -313,7 +323,7 @@ func compareSubnetEnv(t *testing.T, cases []envCase) {
 		}
 	}
 	for i, tc := range cases {
-		overlayd[i] = readEnvRun(c, c.Lab.Nodes[i], tc.overlaydDev)
+		overlayd[i] = readEnvRun(c, c.Lab.Nodes[i], tc.overlaydDev, tc.overlaydDev6)
 	}
 
 	for i, tc := range cases {
@@ -332,15 +342,21 @@ func compareSubnetEnv(t *testing.T, cases []envCase) {
 				t.Errorf("subnet.env differs:\nflanneld:\n%s\noverlayd:\n%s", f.subnetEnv, o.subnetEnv)
 			}
 			// What both should have written, so that equal means right.
-			podCIDR, err := c.WaitPodCIDR(ctx, c.Lab.Nodes[i], time.Second)
+			podCIDRs, err := c.WaitPodCIDRs(ctx, c.Lab.Nodes[i], time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, want := range []string{
-				fmt.Sprintf("FLANNEL_SUBNET=%s/%d\n", podCIDR.Addr().Next(), podCIDR.Bits()),
+			wants := []string{
 				fmt.Sprintf("FLANNEL_MTU=%d\n", tc.wantMTU),
 				fmt.Sprintf("FLANNEL_IPMASQ=%t\n", slices.Contains(tc.flags, "--ip-masq")),
-			} {
+			}
+			if p := podCIDRs.IPv4; p.IsValid() {
+				wants = append(wants, fmt.Sprintf("FLANNEL_SUBNET=%s/%d\n", p.Addr().Next(), p.Bits()))
+			}
+			if p := podCIDRs.IPv6; p.IsValid() {
+				wants = append(wants, fmt.Sprintf("FLANNEL_IPV6_SUBNET=%s/%d\n", p.Addr().Next(), p.Bits()))
+			}
+			for _, want := range wants {
 				if !strings.Contains(string(f.subnetEnv), want) {
 					t.Errorf("flanneld wrote no %q (the case's expectation is wrong?):\n%s", strings.TrimSpace(want), f.subnetEnv)
 				}
@@ -348,12 +364,21 @@ func compareSubnetEnv(t *testing.T, cases []envCase) {
 			if f.devMTU != o.devMTU {
 				t.Errorf("device MTU: flanneld's %s %d, overlayd's %s %d", tc.flanneldDev, f.devMTU, tc.overlaydDev, o.devMTU)
 			}
+			if f.devMTU6 != o.devMTU6 {
+				t.Errorf("IPv6 device MTU: flanneld's %s %d, overlayd's %s %d", tc.flanneldDev6, f.devMTU6, tc.overlaydDev6, o.devMTU6)
+			}
 			if tc.flanneldDev != "" && f.devMTU != tc.wantMTU {
 				t.Errorf("flanneld's %s has MTU %d, its subnet.env says %d", tc.flanneldDev, f.devMTU, tc.wantMTU)
 			}
-			if tc.flanneldDev != "" {
+			switch {
+			case tc.flanneldDev6 != "" && tc.flanneldDev == "":
+				t.Logf("identical subnet.env, IPv6 device MTU %d (%s, %s):\n%s", o.devMTU6, tc.flanneldDev6, tc.overlaydDev6, o.subnetEnv)
+			case tc.flanneldDev6 != "":
+				t.Logf("identical subnet.env, device MTU %d (%s, %s), IPv6 device MTU %d (%s, %s):\n%s", o.devMTU, tc.flanneldDev, tc.overlaydDev,
+					o.devMTU6, tc.flanneldDev6, tc.overlaydDev6, o.subnetEnv)
+			case tc.flanneldDev != "":
 				t.Logf("identical subnet.env, device MTU %d (%s, %s):\n%s", o.devMTU, tc.flanneldDev, tc.overlaydDev, o.subnetEnv)
-			} else {
+			default:
 				t.Logf("identical subnet.env:\n%s", o.subnetEnv)
 			}
 		})
@@ -361,8 +386,9 @@ func compareSubnetEnv(t *testing.T, cases []envCase) {
 }
 
 // readEnvRun waits until the node's agent is ready (flanneld: subnet.env
-// written and its rules in place) and reads its subnet.env and device MTU.
-func readEnvRun(c *harness.Cluster, n *lab.Node, dev string) envRun {
+// written and its rules in place) and reads its subnet.env and the MTUs of
+// its devices.
+func readEnvRun(c *harness.Cluster, n *lab.Node, dev, dev6 string) envRun {
 	p := c.Agents[n.Name]
 	r := envRun{argv: p.Argv}
 	if _, r.err = c.WaitReady(context.Background(), n, envReadyTimeout); r.err != nil {
@@ -371,19 +397,25 @@ func readEnvRun(c *harness.Cluster, n *lab.Node, dev string) envRun {
 	if r.subnetEnv, r.err = os.ReadFile(n.SubnetEnv); r.err != nil {
 		return r
 	}
-	if dev != "" {
-		nl, err := n.Netlink()
+	nl, err := n.Netlink()
+	if err != nil {
+		r.err = err
+		return r
+	}
+	defer nl.Close()
+	for _, d := range []struct {
+		name string
+		mtu  *int
+	}{{dev, &r.devMTU}, {dev6, &r.devMTU6}} {
+		if d.name == "" {
+			continue
+		}
+		link, err := nl.LinkByName(d.name)
 		if err != nil {
-			r.err = err
+			r.err = fmt.Errorf("%s: no %s from %s: %w", n.Name, d.name, p.Name, err)
 			return r
 		}
-		defer nl.Close()
-		link, err := nl.LinkByName(dev)
-		if err != nil {
-			r.err = fmt.Errorf("%s: no %s from %s: %w", n.Name, dev, p.Name, err)
-			return r
-		}
-		r.devMTU = link.Attrs().MTU
+		*d.mtu = link.Attrs().MTU
 	}
 	return r
 }
