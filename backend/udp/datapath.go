@@ -7,11 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/google/renameio/v2"
 	"go.uber.org/zap"
 
 	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/pkg/procs"
 	"github.com/overlayd/overlayd/pkg/udptunnel"
 )
 
@@ -87,8 +89,26 @@ func (d *datapath) Ensure(want backend.DatapathSpec, senders []netip.Addr) error
 	return nil
 }
 
+// handoverTimeout bounds how long a stopping agent waits for its successor
+// to join the datapath: less than the DaemonSet's grace period (10 s), and
+// much more than a successor takes (it attaches at its start, from the
+// warm-start cache).
+const handoverTimeout = 8 * time.Second
+
 // Close implements backend.Datapath: the device stays for the next run.
-func (d *datapath) Close() error { return d.t.Close() }
+// During a surge upgrade the new agent joins the device and the port while
+// this one still serves them; this one lets go only once it has, so the
+// upgrade loses nothing.
+func (d *datapath) Close() error {
+	successor := func() bool {
+		pid, err := procs.Sibling()
+		return err == nil && pid != 0
+	}
+	if d.t.AwaitSuccessor(handoverTimeout, successor) {
+		d.log.Info("another agent on this node has joined the udp datapath; letting go")
+	}
+	return d.t.Close()
+}
 
 func fileExists(path string) bool {
 	_, err := os.Stat(path)

@@ -5,16 +5,10 @@
 package flanneld
 
 import (
-	"bytes"
-	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
-
 	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
+	"github.com/overlayd/overlayd/pkg/procs"
 	"github.com/overlayd/overlayd/pkg/rules"
 )
 
@@ -35,47 +29,6 @@ var Tables = []rules.Table{
 // kernel records "boot".
 const RouteProtocol = unix.RTPROT_BOOT
 
-// ProcDir is where Running looks for processes.
-var ProcDir = "/proc"
-
 // Running returns the pid of a flanneld process in this process's network
-// namespace, 0 if there is none. It sees only the processes of its own PID
-// namespace: in a pod, that takes hostPID (the shipped DaemonSet sets it).
-func Running() (int, error) {
-	self, err := netnsOf(filepath.Join(ProcDir, "self"))
-	if err != nil {
-		return 0, fmt.Errorf("reading this process's network namespace: %w", err)
-	}
-	entries, err := os.ReadDir(ProcDir)
-	if err != nil {
-		return 0, fmt.Errorf("listing processes: %w", err)
-	}
-	me := os.Getpid()
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == me {
-			continue
-		}
-		dir := filepath.Join(ProcDir, e.Name())
-		comm, err := os.ReadFile(filepath.Join(dir, "comm"))
-		if err != nil || string(bytes.TrimSpace(comm)) != "flanneld" {
-			continue // gone meanwhile, or another program
-		}
-		ns, err := netnsOf(dir)
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
-			continue
-		}
-		if err != nil {
-			return 0, err
-		}
-		if ns == self {
-			return pid, nil
-		}
-	}
-	return 0, nil
-}
-
-// netnsOf is the network namespace of the process at dir ("net:[4026531840]").
-func netnsOf(dir string) (string, error) {
-	return os.Readlink(filepath.Join(dir, "ns", "net"))
-}
+// namespace, 0 if there is none (procs.Find).
+func Running() (int, error) { return procs.Find("flanneld") }

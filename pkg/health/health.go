@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/overlayd/overlayd/pkg/reuseport"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
@@ -132,9 +134,13 @@ func write(w http.ResponseWriter, check func() (bool, string)) {
 }
 
 // Serve serves h on addr until ctx ends. The listener is opened before
-// Serve returns, so a bad or busy address is an error at start-up.
+// Serve returns, so a bad address is an error at start-up. It shares the
+// port (SO_REUSEPORT) with another agent of this node: during a surge
+// upgrade the new agent starts while the old one still listens, and a
+// busy port must not keep it from starting.
 func Serve(ctx context.Context, addr string, h http.Handler, log *zap.Logger) error {
-	l, err := net.Listen("tcp", addr)
+	lc := net.ListenConfig{Control: reuseport.Control}
+	l, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}

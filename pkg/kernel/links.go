@@ -12,9 +12,11 @@ import (
 )
 
 // TUNFlags are the flags of the udp backend's TUN device: no packet
-// information header, a virtio-net header for segmentation offloads. They
-// are the flags pkg/udptunnel attaches with; a device with others is replaced.
-const TUNFlags = netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR
+// information header, a virtio-net header for segmentation offloads, and
+// multiple queues, so that a second agent (a surge upgrade) joins the
+// device while the first still serves it. They are the flags pkg/udptunnel
+// attaches with; a device with others is replaced.
+const TUNFlags = netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_MULTI_QUEUE
 
 // OwnedIndex reports whether ifindex is one of overlayd's links.
 func (r *Reconciler) OwnedIndex(ifindex int) bool {

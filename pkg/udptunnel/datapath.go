@@ -82,21 +82,23 @@ type session struct {
 	sendLog, recvLog, readLog, writeLog rateLimit
 }
 
+// startSession listens on the port, then attaches a queue of the device:
+// a queue of ours open means our socket is too (what a predecessor waits
+// for before it lets go, see Tunnel.AwaitSuccessor).
 func startSession(t *Tunnel, device string, port int, bufs *buffers) (*session, error) {
-	dev, ifindex, err := attach(device)
-	if err != nil {
-		return nil, err
-	}
 	bind := conn.NewStdNetBind()
 	receivers, _, err := bind.Open(uint16(port))
 	if err != nil {
-		dev.Close()
 		return nil, fmt.Errorf("listening on UDP port %d: %w", port, err)
 	}
 	if bind.BatchSize() != batchSize {
 		bind.Close()
-		dev.Close()
 		return nil, fmt.Errorf("UDP socket batch size %d, want %d", bind.BatchSize(), batchSize)
+	}
+	dev, ifindex, err := attach(device)
+	if err != nil {
+		bind.Close()
+		return nil, err
 	}
 	s := &session{
 		t: t, log: t.log.With(zap.String("device", device)),

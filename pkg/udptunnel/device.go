@@ -17,9 +17,12 @@ func validDeviceName(name string) error {
 	return nil
 }
 
-// attach opens the existing persistent TUN device name (in the caller's
-// network namespace) with the virtio-net header and offloads enabled, and
-// returns it with its interface index.
+// attach opens a queue of the existing persistent multi-queue TUN device
+// name (in the caller's network namespace) with the virtio-net header and
+// offloads enabled, and returns it with its interface index. Another
+// process may have queues of the same device open (a second agent during a
+// surge upgrade): the kernel spreads the flows routed to the device over
+// the queues, and each agent forwards what it reads.
 func attach(name string) (tun.Device, int, error) {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
@@ -41,9 +44,14 @@ func attach(name string) (tun.Device, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("TUN device %s: %w", name, err)
 	}
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_MULTI_QUEUE)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		if errors.Is(err, unix.EBUSY) {
+		switch {
+		case errors.Is(err, unix.EINVAL):
+			// A single-queue device (made by an earlier release): the
+			// reconciler replaces it, as its flags are not TUNFlags.
+			return nil, 0, fmt.Errorf("attaching to TUN device %s: it is not a multi-queue device: %w", name, err)
+		case errors.Is(err, unix.EBUSY):
 			return nil, 0, fmt.Errorf("attaching to TUN device %s: another process has it open: %w", name, err)
 		}
 		return nil, 0, fmt.Errorf("attaching to TUN device %s: %w", name, err)
@@ -76,4 +84,18 @@ func attach(name string) (tun.Device, int, error) {
 		return nil, 0, fmt.Errorf("TUN device %s: %w", name, err)
 	}
 	return dev, link.Attrs().Index, nil
+}
+
+// queues is the number of queues of the TUN device that processes have
+// open: more than one while another agent has joined.
+func queues(name string) (int, error) {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("TUN device %s: %w", name, err)
+	}
+	t, ok := link.(*netlink.Tuntap)
+	if !ok {
+		return 0, fmt.Errorf("device %s is a %s, not a TUN device", name, link.Type())
+	}
+	return t.Queues, nil
 }

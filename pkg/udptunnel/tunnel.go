@@ -28,6 +28,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
@@ -171,6 +172,37 @@ func (t *Tunnel) Stats() Stats {
 	t.mu.Unlock()
 	return s
 }
+
+// AwaitSuccessor waits, up to timeout, until another process has joined
+// the device this tunnel serves (a second queue open, and so its socket
+// bound: startSession), as long as successor reports one running. It
+// returns at once when the tunnel is not attached or no successor runs,
+// and reports whether one joined. A surge upgrade calls it before Close,
+// so that no packet finds a device nobody reads.
+func (t *Tunnel) AwaitSuccessor(timeout time.Duration, successor func() bool) bool {
+	t.mu.Lock()
+	s := t.session
+	t.mu.Unlock()
+	if s == nil || s.dead() {
+		return false
+	}
+	deadline := time.Now().Add(timeout)
+	for successor() {
+		if n, err := queues(s.device); err == nil && n > 1 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			t.log.Warn("another agent runs on this node but has not joined the datapath; letting go anyway",
+				zap.String("device", s.device), zap.Duration("waited", timeout))
+			return false
+		}
+		time.Sleep(successorPoll)
+	}
+	return false
+}
+
+// successorPoll is how often AwaitSuccessor looks.
+const successorPoll = 10 * time.Millisecond
 
 // Close stops the datapath and releases the device and socket. The device
 // itself, its addresses and routes stay: a new Tunnel (or process)

@@ -413,21 +413,77 @@ func TestRestartKeepsDeviceAndResumes(t *testing.T) {
 	}
 }
 
-// A device another process holds cannot be attached; Ensure says so
-// instead of hanging or stealing it, and succeeds once it is released.
-func TestSecondAttachIsRefused(t *testing.T) {
-	c := newCluster(t, "busy", overlayUDP)
-	first := c.startTunnel(0, c.spec(0))
-	second := New(zap.NewNop())
-	defer second.Close()
-	spec := c.spec(0)
-	spec.Port = 8286 // the port is free; only the device is taken
-	err := kernel.InNamespace(c.nodes[0].handle, func() error { return second.Ensure(spec) })
-	if err == nil || !strings.Contains(err.Error(), "another process") {
-		t.Fatalf("second Ensure: %v, want a busy-device error", err)
+// A second agent on the node (a surge upgrade) joins the device and the
+// port while the first still serves them: both attach (two queues), both
+// forward a share of the flows, the first's AwaitSuccessor sees the second
+// and returns, and after the first lets go the second carries everything.
+func TestSecondAgentJoins(t *testing.T) {
+	c := newCluster(t, "join", overlayUDP)
+	ts := c.startTunnels()
+	first := ts[0]
+	c.waitPing(0, 1)
+	await := func(timeout time.Duration, successor bool) (joined bool) {
+		t.Helper()
+		if err := kernel.InNamespace(c.nodes[0].handle, func() error {
+			joined = first.AwaitSuccessor(timeout, func() bool { return successor })
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return joined
+	}
+	if await(time.Second, false) {
+		t.Fatal("AwaitSuccessor reported a successor while none runs")
+	}
+	start := time.Now()
+	if await(200*time.Millisecond, true) {
+		t.Fatal("AwaitSuccessor reported a successor that never joined")
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("AwaitSuccessor returned after %v, before its timeout, with a successor running that had not joined", d)
+	}
+
+	second := c.startTunnel(0, c.spec(0)) // the same device and port
+	if err := kernel.InNamespace(c.nodes[0].handle, func() error {
+		n, err := queues(device)
+		if err == nil && n != 2 {
+			err = fmt.Errorf("%d queues open, want 2", n)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Many flows, so that the kernel spreads them over both queues.
+	dst := netip.AddrPortFrom(c.nodes[1].podAddr, 9)
+	for port := 20000; port < 20064; port++ {
+		conn, err := udpSocket(c.nodes[0].pHandle, netip.AddrPortFrom(c.nodes[0].podAddr, uint16(port)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.WriteToUDPAddrPort([]byte("flow"), dst)
+		conn.Close()
+	}
+	waitFor(t, "both agents forward flows", 5*time.Second, func() bool {
+		return first.Stats().TxPackets > 0 && second.Stats().TxPackets > 0
+	})
+	if !await(time.Second, true) {
+		t.Fatal("AwaitSuccessor did not see the second agent that joined")
 	}
 	first.Close()
-	c.ensure(0, second, spec)
+	before := second.Stats().TxPackets
+	c.waitPing(0, 1)
+	c.waitPing(1, 0)
+	if second.Stats().TxPackets <= before {
+		t.Fatal("after the first agent let go, the second forwarded nothing")
+	}
+}
+
+// The tunnel port and the health port are shared with SO_REUSEPORT; the
+// tunnel's through wireguard-go's socket options.
+func TestReusePort(t *testing.T) {
+	if !reusePortEnabled {
+		t.Fatal("wireguardControlFns does not resolve to wireguard-go's conn.controlFns (renamed upstream?): StdNetBind's sockets lack SO_REUSEPORT")
+	}
 }
 
 func TestEnsureRejectsBadSpec(t *testing.T) {

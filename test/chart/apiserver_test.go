@@ -2,6 +2,7 @@ package chart
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -41,6 +42,7 @@ nodeSelector:
 updateStrategy:
   type: RollingUpdate
   rollingUpdate:
+    maxSurge: 0
     maxUnavailable: 10%
 extraEnv:
   - name: IPTABLES_MODE
@@ -131,8 +133,11 @@ func TestServiceMonitor(t *testing.T) {
 	}
 	containers, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
 	c := containers[0].(map[string]any)
-	if !containsAll(yamlString(c["args"]), "--metrics-addr=0.0.0.0:9500") || !containsAll(yamlString(c["ports"]), "containerPort: 9500", "name: metrics") {
-		t.Errorf("the overlayd container does not serve metrics on 9500: %s %s", yamlString(c["args"]), yamlString(c["ports"]))
+	if !containsAll(yamlString(c["args"]), "--metrics-addr=0.0.0.0:9500") || fmt.Sprint(ports[0].(map[string]any)["targetPort"]) != "9500" {
+		t.Errorf("the overlayd container does not serve metrics on 9500, or the Service targets another port: %s %v", yamlString(c["args"]), ports)
+	}
+	if c["ports"] != nil {
+		t.Errorf("the overlayd container declares ports %s: with hostNetwork they are host ports, and a surge pod cannot be scheduled beside it", yamlString(c["ports"]))
 	}
 }
 

@@ -31,6 +31,8 @@ func TestBadValuesRefused(t *testing.T) {
 		{valueSet{name: "tolerations not a list", set: []string{"tolerations=all"}}, []string{"/tolerations"}},
 		{valueSet{name: "value of no one", set: []string{"netconf.Network=10.1.0.0/16"}}, []string{"netconf"}},
 		{valueSet{name: "canal in lease mode", set: []string{"canal.enabled=true", "netConf.LeaseMode=lease"}}, []string{"canal.enabled", "netConf.LeaseMode"}},
+		{valueSet{name: "surge and unavailability", set: []string{"updateStrategy.rollingUpdate.maxUnavailable=10%"}},
+			[]string{"updateStrategy.rollingUpdate", "maxSurge", "maxUnavailable"}},
 		{valueSet{name: "ServiceMonitor without metrics", set: []string{"metrics.serviceMonitor.enabled=true"}}, []string{"metrics.serviceMonitor.enabled", "metrics.enabled"}},
 	}
 	for _, tc := range cases {

@@ -100,8 +100,12 @@ func TestDeploy(t *testing.T) {
 
 	step("rollout restart on vxlan loses nothing", func(t *testing.T) {
 		ps := ring(t, pods)
+		surged := watchSurge(ctx, t, c)
 		kubectl(t, c, "-n", namespace, "rollout", "restart", "daemonset/overlayd")
 		waitRollout(t, c, "overlayd")
+		if n := surged(); n < 2 {
+			t.Errorf("at most %d overlayd pod per node during the rollout: the new pods did not start beside the old ones (maxSurge)", n)
+		}
 		for _, s := range stopRing(t, ps) {
 			if s.Lost > noLoss {
 				t.Errorf("lost %d packets during the rollout restart (%s)", s.Lost, s)
@@ -170,6 +174,20 @@ func TestDeploy(t *testing.T) {
 		meshReachable(t, pods, 30*time.Second)
 		if out := helm(t, c, "history", "overlayd", "--namespace", namespace); !strings.Contains(out, "upgrade-complete") && !strings.Contains(out, "Upgrade complete") {
 			t.Errorf("helm history: %s", out)
+		}
+
+		// The userspace datapath is handed from the old pod to the new one.
+		ps = ring(t, pods)
+		surged := watchSurge(ctx, t, c)
+		kubectl(t, c, "-n", namespace, "rollout", "restart", "daemonset/overlayd")
+		waitRollout(t, c, "overlayd")
+		if n := surged(); n < 2 {
+			t.Errorf("udp: at most %d overlayd pod per node during the rollout (maxSurge)", n)
+		}
+		for _, s := range stopRing(t, ps) {
+			if s.Lost > noLoss {
+				t.Errorf("udp: lost %d packets during the rollout restart (%s)", s.Lost, s)
+			}
 		}
 
 		helm(t, c, "uninstall", "overlayd", "--namespace", namespace, "--wait", "--timeout=4m")

@@ -286,3 +286,32 @@ func readyz(n *nodes.Node) (int, string, error) {
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body), nil
 }
+
+// watchSurge watches the overlayd pods until the returned function is
+// called, which returns the most seen at once on one node.
+func watchSurge(ctx context.Context, t *testing.T, c *nodes.Cluster) func() int {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	most := make(chan int, 1)
+	go func() {
+		best := 0
+		for ctx.Err() == nil {
+			list, err := c.Admin.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=overlayd"})
+			if err == nil {
+				perNode := map[string]int{}
+				for _, p := range list.Items {
+					if p.Spec.NodeName != "" {
+						perNode[p.Spec.NodeName]++
+						best = max(best, perNode[p.Spec.NodeName])
+					}
+				}
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		most <- best
+	}()
+	return func() int { cancel(); return <-most }
+}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -48,7 +49,12 @@ var (
 // leases call for; each breakage is repaired by the running agent; a node
 // deleted from the API disappears from every peer.
 func testBackend(t *testing.T, backend string, breakages ...breakage) {
-	c := newCluster(t, clusterOptions{Nodes: 3, PodsPerNode: 2, NetConf: netConf(backend)})
+	testBackendConf(t, netConf(backend), breakages...)
+}
+
+// testBackendConf is testBackend with a whole net-conf.json.
+func testBackendConf(t *testing.T, conf string, breakages ...breakage) *cluster {
+	c := newCluster(t, clusterOptions{Nodes: 3, PodsPerNode: 2, NetConf: conf})
 	c.requireFullMesh(c.Pods)
 	c.requireKernelStateMatchesLeases()
 
@@ -87,6 +93,7 @@ func testBackend(t *testing.T, backend string, breakages ...breakage) {
 		}
 		c.requireFullMesh(append(c.PodsOn(n1), c.PodsOn(n2)...))
 	})
+	return c
 }
 
 func TestVXLAN(t *testing.T) {
@@ -201,36 +208,7 @@ func TestRestartLoss(t *testing.T) {
 			c := newCluster(t, clusterOptions{Nodes: 2, NetConf: netConf(tc.backend)})
 			c.requireFullMesh(c.Pods)
 			src, dst := c.PodsOn(c.node(0))[0], c.PodsOn(c.node(1))[0]
-			pinger, err := src.StartPinger(dst.IP, 10*time.Millisecond)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			// settle waits until replies flow again after a restart, so that
-			// every loss is charged to the restart that caused it.
-			settle := func() PingCounts {
-				if err := pinger.WaitReceived(ctx, pinger.Stats().Received+30); err != nil {
-					t.Fatalf("pinger: %v (%s)", err, pinger.Stats())
-				}
-				s := pinger.Stats()
-				return PingCounts{s.Sent, s.Received}
-			}
-			before := settle()
-			for _, step := range []struct {
-				node int
-				sig  syscall.Signal
-			}{{0, syscall.SIGTERM}, {1, syscall.SIGTERM}, {0, syscall.SIGKILL}, {1, syscall.SIGKILL}} {
-				restartAgent(t, c, c.node(step.node), step.sig)
-				after := settle()
-				lost := (after.sent - before.sent) - (after.received - before.received)
-				t.Logf("%s: restart of the agent on %s by %v: %d of %d pings lost", tc.backend, c.node(step.node).Name, step.sig, lost, after.sent-before.sent)
-				if lost > tc.maxLostPerStep {
-					t.Errorf("restart by %v lost %d pings; at most %d allowed", step.sig, lost, tc.maxLostPerStep)
-				}
-				before = after
-			}
-			t.Logf("%s: ping at 100/s across 4 agent restarts: %s", tc.backend, pinger.Stop())
+			restartLoss(t, c, []netip.Addr{dst.IP}, src, tc.maxLostPerStep)
 			if tc.backend == "udp" {
 				for _, n := range c.Lab.Nodes {
 					if !strings.Contains(c.Agents[n.Name].Log(), "udp datapath resumed from the previous run's peer table") {
@@ -239,6 +217,55 @@ func TestRestartLoss(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// restartLoss pings each of dsts from src at 100/s while the agents on
+// the first two nodes are restarted in turn, by SIGTERM and by SIGKILL, and
+// fails if a restart loses more than maxLostPerStep pings to any of them.
+func restartLoss(t *testing.T, c *cluster, dsts []netip.Addr, src *lab.Pod, maxLostPerStep int) {
+	t.Helper()
+	var pingers []*lab.Pinger
+	for _, dst := range dsts {
+		p, err := src.StartPinger(dst, 10*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pingers = append(pingers, p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// settle waits until replies flow again after a restart, so that every
+	// loss is charged to the restart that caused it.
+	settle := func() []PingCounts {
+		var out []PingCounts
+		for _, p := range pingers {
+			if err := p.WaitReceived(ctx, p.Stats().Received+30); err != nil {
+				t.Fatalf("pinger to %s: %v (%s)", p.To, err, p.Stats())
+			}
+			s := p.Stats()
+			out = append(out, PingCounts{s.Sent, s.Received})
+		}
+		return out
+	}
+	before := settle()
+	for _, step := range []struct {
+		node int
+		sig  syscall.Signal
+	}{{0, syscall.SIGTERM}, {1, syscall.SIGTERM}, {0, syscall.SIGKILL}, {1, syscall.SIGKILL}} {
+		restartAgent(t, c, c.node(step.node), step.sig)
+		after := settle()
+		for i, p := range pingers {
+			lost := (after[i].sent - before[i].sent) - (after[i].received - before[i].received)
+			t.Logf("restart of the agent on %s by %v: %d of %d pings to %s lost", c.node(step.node).Name, step.sig, lost, after[i].sent-before[i].sent, p.To)
+			if lost > maxLostPerStep {
+				t.Errorf("restart by %v lost %d pings to %s; at most %d allowed", step.sig, lost, p.To, maxLostPerStep)
+			}
+		}
+		before = after
+	}
+	for _, p := range pingers {
+		t.Logf("ping to %s at 100/s across 4 agent restarts: %s", p.To, p.Stop())
 	}
 }
 

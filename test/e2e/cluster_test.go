@@ -130,15 +130,41 @@ func (c *cluster) waitReady(n *lab.Node) {
 	}
 }
 
-// requireFullMesh asserts that every pod reaches every other pod.
+// requireFullMesh asserts that every pod reaches every other pod, over
+// each address family the pods have.
 func (c *cluster) requireFullMesh(pods []*lab.Pod) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m := lab.CheckMatrix(ctx, pods, 20*time.Second)
-	if !m.OK() {
-		c.t.Fatalf("pods cannot all reach each other:\n%s", m)
+	for _, v6 := range podFamilies(pods) {
+		m := lab.CheckMatrixFamily(ctx, pods, 20*time.Second, v6)
+		if !m.OK() {
+			c.t.Fatalf("pods cannot all reach each other over %s:\n%s", familyName(v6), m)
+		}
 	}
+}
+
+// podFamilies are the address families any of the pods has (v6: IPv6).
+func podFamilies(pods []*lab.Pod) []bool {
+	var v4, v6 bool
+	for _, p := range pods {
+		v4, v6 = v4 || p.IP.IsValid(), v6 || p.IP6.IsValid()
+	}
+	var out []bool
+	if v4 {
+		out = append(out, false)
+	}
+	if v6 {
+		out = append(out, true)
+	}
+	return out
+}
+
+func familyName(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
 
 // ipJSON runs `ip -j` inside a node and decodes the result.

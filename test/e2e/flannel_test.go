@@ -32,11 +32,21 @@ const flannelPrefix = "flannel.alpha.coreos.com"
 // agent's subnet.env. Every pod reaches every other: 12 of 12 ordered
 // pairs, on each backend both have.
 func TestMixedFlannelCluster(t *testing.T) {
-	for _, backend := range []string{"vxlan", "host-gw", "udp"} {
-		t.Run(backend, func(t *testing.T) {
+	for _, tc := range []struct {
+		name, backend, conf string
+		dualStack           bool
+	}{
+		{"vxlan", "vxlan", netConf("vxlan"), false},
+		{"host-gw", "host-gw", netConf("host-gw"), false},
+		{"udp", "udp", netConf("udp"), false},
+		{"vxlan dual-stack", "vxlan", netConfDual("vxlan"), true},
+		{"host-gw dual-stack", "host-gw", netConfDual("host-gw"), true},
+	} {
+		backend := tc.backend
+		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
 			c := newCluster(t, clusterOptions{
-				Nodes: 4, NetConf: netConf(backend), CNIPods: true,
+				Nodes: 4, NetConf: tc.conf, CNIPods: true,
 				Args:          []string{"--kube-annotation-prefix", flannelPrefix},
 				FlanneldNodes: []string{"node-3", "node-4"},
 			})
@@ -54,7 +64,14 @@ func TestMixedFlannelCluster(t *testing.T) {
 				if got := c.Agents[n.Name].Name; got != want {
 					t.Fatalf("%s runs %s, want %s", n.Name, got, want)
 				}
-				if dev := devices[want]; dev != "" {
+				devs := []string{devices[want]}
+				if tc.dualStack && backend == "vxlan" {
+					devs = append(devs, map[string]string{harness.Overlayd: "overlay-v6.1", harness.Flanneld: "flannel-v6.1"}[want])
+				}
+				for _, dev := range devs {
+					if dev == "" {
+						continue
+					}
 					if _, err := n.Exec(context.Background(), "ip", "link", "show", dev); err != nil {
 						t.Errorf("%s (%s): no %s: %v", n.Name, want, dev, err)
 					}
@@ -63,19 +80,25 @@ func TestMixedFlannelCluster(t *testing.T) {
 			t.Logf("%s: published:\n%s", backend, flannelAnnotations(t, c))
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			m := lab.CheckMatrix(ctx, c.Pods, 30*time.Second)
 			pairs := len(c.Pods) * (len(c.Pods) - 1)
 			if pairs != 12 {
 				t.Fatalf("%d pods, %d pairs; want 4 pods, 12 pairs", len(c.Pods), pairs)
 			}
-			if failed := m.Failed(); len(failed) > 0 {
-				for _, n := range c.Lab.Nodes {
-					t.Logf("%s", nodeNetworkState(n))
-				}
-				t.Fatalf("%s: %d of %d pairs reach each other:\n%s", backend, pairs-len(failed), pairs, m)
+			families := []bool{false}
+			if tc.dualStack {
+				families = append(families, true)
 			}
-			t.Logf("%s: %d of %d pairs reach each other (overlayd node-1, node-2; flanneld node-3, node-4), %s",
-				backend, pairs, pairs, time.Since(start).Round(time.Millisecond))
+			for _, v6 := range families {
+				m := lab.CheckMatrixFamily(ctx, c.Pods, 30*time.Second, v6)
+				if failed := m.Failed(); len(failed) > 0 {
+					for _, n := range c.Lab.Nodes {
+						t.Logf("%s", nodeNetworkState(n))
+					}
+					t.Fatalf("%s: %d of %d pairs reach each other over %s:\n%s", tc.name, pairs-len(failed), pairs, familyName(v6), m)
+				}
+				t.Logf("%s: %d of %d pairs reach each other over %s (overlayd node-1, node-2; flanneld node-3, node-4), %s",
+					tc.name, pairs, pairs, familyName(v6), time.Since(start).Round(time.Millisecond))
+			}
 		})
 	}
 }
@@ -113,8 +136,9 @@ func nodeNetworkState(n *lab.Node) string {
 	fmt.Fprintf(&b, "--- %s (%s):\n", n.Name, n.IP)
 	for _, argv := range [][]string{
 		{"ip", "-d", "link", "show"},
-		{"ip", "-4", "addr", "show"},
+		{"ip", "addr", "show"},
 		{"ip", "route", "show"},
+		{"ip", "-6", "route", "show"},
 		{"ip", "neigh", "show"},
 		{"bridge", "fdb", "show"},
 		{"iptables-save"},

@@ -24,11 +24,37 @@ const annotationPrefix = "overlayd.io/"
 // published.
 type peerLease struct {
 	node        string
-	subnet      netip.Prefix
+	subnet      netip.Prefix // IPv4; invalid on an IPv6-only node
 	publicIP    netip.Addr
 	backendType string
 	vtepMAC     string
 	vni, port   int
+	// IPv6, in a cluster with IPv6: invalid otherwise.
+	subnet6   netip.Prefix
+	publicIP6 netip.Addr
+	vtepMAC6  string
+}
+
+// family is one address family of a lease: the fields of
+// wantKernelState's per-family work.
+type leaseFamily struct {
+	v6       bool
+	subnet   netip.Prefix
+	publicIP netip.Addr
+	vtepMAC  string
+	dev      string // the vxlan device of the family
+}
+
+// families are the lease's address families that are complete.
+func (l peerLease) families() []leaseFamily {
+	var out []leaseFamily
+	if l.subnet.IsValid() && l.publicIP.IsValid() {
+		out = append(out, leaseFamily{false, l.subnet, l.publicIP, l.vtepMAC, l.vxlanDevice()})
+	}
+	if l.subnet6.IsValid() && l.publicIP6.IsValid() {
+		out = append(out, leaseFamily{true, l.subnet6, l.publicIP6, l.vtepMAC6, l.vxlanDevice6()})
+	}
+	return out
 }
 
 // vxlanDevice is the device that carries traffic of the peer's VNI and port.
@@ -38,6 +64,16 @@ func (l peerLease) vxlanDevice() string {
 		port = vxlan.DefaultPort
 	}
 	return vxlan.DeviceName(l.vni, port)
+}
+
+// vxlanDevice6 is the IPv6 device that carries traffic of the peer's VNI
+// and port.
+func (l peerLease) vxlanDevice6() string {
+	port := l.port
+	if port == 0 {
+		port = vxlan.DefaultPort
+	}
+	return vxlan.DeviceName6(l.vni, port)
 }
 
 // leases reads the lease of every node that has published one from the
@@ -50,16 +86,27 @@ func (c *cluster) leases() map[string]peerLease {
 	}
 	out := map[string]peerLease{}
 	for _, a := range all {
-		if !a.Subnet.IsValid() || !a.PublicIP.IsValid() {
+		v4 := a.Subnet.IsValid() && a.PublicIP.IsValid()
+		v6 := a.IPv6Subnet.IsValid() && a.PublicIPv6.IsValid()
+		if !v4 && !v6 {
 			continue
 		}
-		l := peerLease{node: a.Node, subnet: a.Subnet, publicIP: a.PublicIP, backendType: a.BackendType}
+		l := peerLease{node: a.Node, backendType: a.BackendType}
 		var data struct {
 			VNI, Port int
 			VtepMAC   string
 		}
-		if json.Unmarshal([]byte(a.BackendData), &data) == nil {
-			l.vtepMAC, l.vni, l.port = data.VtepMAC, data.VNI, data.Port
+		if v4 {
+			l.subnet, l.publicIP = a.Subnet, a.PublicIP
+			if json.Unmarshal([]byte(a.BackendData), &data) == nil {
+				l.vtepMAC, l.vni, l.port = data.VtepMAC, data.VNI, data.Port
+			}
+		}
+		if v6 {
+			l.subnet6, l.publicIP6 = a.IPv6Subnet, a.PublicIPv6
+			if json.Unmarshal([]byte(a.BackendV6Data), &data) == nil {
+				l.vtepMAC6, l.vni, l.port = data.VtepMAC, data.VNI, data.Port
+			}
 		}
 		out[a.Node] = l
 	}
@@ -89,8 +136,10 @@ type fdbEntry struct {
 }
 
 // overlaydRoutes lists the node's routes with overlayd's protocol.
+// overlaydRoutes are the routes overlayd made, of both families.
 func overlaydRoutes(t *testing.T, n *lab.Node) []ipRoute {
-	return ipJSON[ipRoute](t, n, "route", "show", "proto", "79")
+	return append(ipJSON[ipRoute](t, n, "route", "show", "proto", "79"),
+		ipJSON[ipRoute](t, n, "-6", "route", "show", "proto", "79")...)
 }
 
 type ipLink struct {
@@ -124,7 +173,7 @@ func kernelSnapshot(t *testing.T, n *lab.Node) (lines []string, ok bool) {
 			continue
 		}
 		lines = append(lines, "link "+l.Name)
-		if strings.HasPrefix(l.Name, "overlay.") {
+		if strings.HasPrefix(l.Name, "overlay.") || strings.HasPrefix(l.Name, "overlay-v6.") {
 			vxlanDevs = append(vxlanDevs, l.Name)
 		}
 	}
@@ -192,7 +241,9 @@ func wantKernelState(self peerLease, leases map[string]peerLease, onLink func(ne
 	links := map[string]bool{}
 	switch self.backendType {
 	case "vxlan":
-		links[self.vxlanDevice()] = true
+		for _, f := range self.families() {
+			links[f.dev] = true
+		}
 	case "udp":
 		links["overlay0"] = true
 	}
@@ -201,26 +252,30 @@ func wantKernelState(self peerLease, leases map[string]peerLease, onLink func(ne
 		if name == self.node {
 			continue
 		}
-		switch l.backendType {
-		case "vxlan":
-			if directRouting && self.backendType == "vxlan" && onLink(l.publicIP) {
-				lines = append(lines, fmt.Sprintf("route %s via %s dev eth0", l.subnet, l.publicIP))
-				continue
+		for _, f := range l.families() {
+			if !self.has(f.v6) {
+				continue // the peer's family this node does not have
 			}
-			dev := l.vxlanDevice()
-			links[dev] = true
-			vtep := l.subnet.Addr()
-			lines = append(lines,
-				fmt.Sprintf("route %s via %s dev %s onlink", l.subnet, vtep, dev),
-				fmt.Sprintf("neigh %s lladdr %s dev %s", vtep, l.vtepMAC, dev),
-				fmt.Sprintf("fdb %s dst %s dev %s", l.vtepMAC, l.publicIP, dev))
-		case "host-gw":
-			if onLink(l.publicIP) {
-				lines = append(lines, fmt.Sprintf("route %s via %s dev eth0", l.subnet, l.publicIP))
+			switch l.backendType {
+			case "vxlan":
+				if directRouting && self.backendType == "vxlan" && onLink(f.publicIP) {
+					lines = append(lines, fmt.Sprintf("route %s via %s dev eth0", f.subnet, f.publicIP))
+					continue
+				}
+				links[f.dev] = true
+				vtep := f.subnet.Addr()
+				lines = append(lines,
+					fmt.Sprintf("route %s via %s dev %s onlink", f.subnet, vtep, f.dev),
+					fmt.Sprintf("neigh %s lladdr %s dev %s", vtep, f.vtepMAC, f.dev),
+					fmt.Sprintf("fdb %s dst %s dev %s", f.vtepMAC, f.publicIP, f.dev))
+			case "host-gw":
+				if onLink(f.publicIP) {
+					lines = append(lines, fmt.Sprintf("route %s via %s dev eth0", f.subnet, f.publicIP))
+				}
+			case "udp":
+				links["overlay0"] = true
+				lines = append(lines, fmt.Sprintf("route %s dev overlay0", f.subnet))
 			}
-		case "udp":
-			links["overlay0"] = true
-			lines = append(lines, fmt.Sprintf("route %s dev overlay0", l.subnet))
 		}
 	}
 	for l := range links {
@@ -250,10 +305,18 @@ func (c *cluster) requireKernelStateMatchesLeases() {
 	}
 }
 
-// segmentOf is the underlay segment of a node address.
+// has reports whether the lease has the family (v6: IPv6).
+func (l peerLease) has(v6 bool) bool {
+	if v6 {
+		return l.subnet6.IsValid() && l.publicIP6.IsValid()
+	}
+	return l.subnet.IsValid() && l.publicIP.IsValid()
+}
+
+// segmentOf is the underlay segment of a node address, of either family.
 func (c *cluster) segmentOf(a netip.Addr) int {
 	for _, n := range c.Lab.Nodes {
-		if n.IP == a {
+		if n.IP == a || n.IP6 == a {
 			return n.Segment
 		}
 	}

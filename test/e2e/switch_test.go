@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -83,11 +84,16 @@ func rollOut(t *testing.T, c *cluster, steps ...switchStep) (sent, lost int) {
 	for i := range c.Lab.Nodes {
 		src := c.PodsOn(c.node(i))[0]
 		dst := c.PodsOn(c.node((i + 1) % len(c.Lab.Nodes)))[0]
-		p, err := src.StartPinger(dst.IP, 10*time.Millisecond)
-		if err != nil {
-			t.Fatal(err)
+		for _, to := range []netip.Addr{dst.IP, dst.IP6} { // each family the pods have
+			if !to.IsValid() {
+				continue
+			}
+			p, err := src.StartPinger(to, 10*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pingers = append(pingers, p)
 		}
-		pingers = append(pingers, p)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -119,8 +119,16 @@ func TestDaemonSet(t *testing.T) {
 		t.Errorf("tolerations %s do not tolerate every taint", yamlString(spec.Tolerations))
 	}
 	if u := ds.Spec.UpdateStrategy; u.Type != appsv1.RollingUpdateDaemonSetStrategyType || u.RollingUpdate == nil ||
-		u.RollingUpdate.MaxUnavailable == nil || u.RollingUpdate.MaxUnavailable.String() != "1" {
-		t.Errorf("update strategy %s, want RollingUpdate with maxUnavailable 1", yamlString(u))
+		u.RollingUpdate.MaxUnavailable == nil || u.RollingUpdate.MaxUnavailable.String() != "0" ||
+		u.RollingUpdate.MaxSurge == nil || u.RollingUpdate.MaxSurge.String() != "1" {
+		t.Errorf("update strategy %s, want RollingUpdate with maxSurge 1 and maxUnavailable 0", yamlString(u))
+	}
+	// With hostNetwork a declared port is a host port: the surge pod of an
+	// update could not be scheduled beside the running one.
+	for _, ct := range spec.Containers {
+		if len(ct.Ports) > 0 {
+			t.Errorf("container %s declares ports %s; a surge pod could not be scheduled beside it", ct.Name, yamlString(ct.Ports))
+		}
 	}
 	if sc := c.SecurityContext; sc == nil || sc.Capabilities == nil ||
 		!slices.Contains(sc.Capabilities.Add, "NET_ADMIN") || !slices.Contains(sc.Capabilities.Add, "NET_RAW") {

@@ -1,4 +1,4 @@
-package flanneld
+package procs
 
 import (
 	"context"
@@ -12,11 +12,11 @@ import (
 	"github.com/overlayd/overlayd/test/netnstest"
 )
 
-// startNamed starts a process whose name (comm) is flanneld, in the network
+// startNamed starts a process whose name (comm) is name, in the network
 // namespace ns ("" for this one), and stops it when the test ends.
-func startNamed(t *testing.T, ns string) int {
+func startNamed(t *testing.T, name, ns string) int {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "flanneld")
+	bin := filepath.Join(t.TempDir(), name)
 	if err := os.Symlink("/bin/sleep", bin); err != nil {
 		t.Fatal(err)
 	}
@@ -34,11 +34,11 @@ func startNamed(t *testing.T, ns string) int {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		comm, _ := os.ReadFile(filepath.Join("/proc", itoa(cmd.Process.Pid), "comm"))
-		if string(comm) == "flanneld\n" {
+		if string(comm) == name+"\n" {
 			return cmd.Process.Pid
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("process %d never became flanneld (comm %q)", cmd.Process.Pid, comm)
+			t.Fatalf("process %d never became %s (comm %q)", cmd.Process.Pid, name, comm)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -46,18 +46,21 @@ func startNamed(t *testing.T, ns string) int {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// Running finds a flanneld in this network namespace and none in another.
-func TestRunning(t *testing.T) {
-	if pid, err := Running(); err != nil || pid != 0 {
+// Find finds a process of the name in this network namespace, and none
+// in another or of another name.
+func TestFind(t *testing.T) {
+	const name = "ovl-find-test"
+	if pid, err := Find(name); err != nil || pid != 0 {
 		t.Fatalf("before: pid %d, %v", pid, err)
 	}
 	other, _ := netnstest.New(t, "ovlF", "other")
-	startNamed(t, other)
-	if pid, err := Running(); err != nil || pid != 0 {
-		t.Fatalf("a flanneld in another namespace counted: pid %d, %v", pid, err)
+	startNamed(t, name, other)
+	startNamed(t, "ovl-other-name", "")
+	if pid, err := Find(name); err != nil || pid != 0 {
+		t.Fatalf("a process in another namespace, or of another name, counted: pid %d, %v", pid, err)
 	}
-	want := startNamed(t, "")
-	if pid, err := Running(); err != nil || pid != want {
-		t.Fatalf("Running() = %d, %v; want %d", pid, err, want)
+	want := startNamed(t, name, "")
+	if pid, err := Find(name); err != nil || pid != want {
+		t.Fatalf("Find(%q) = %d, %v; want %d", name, pid, err, want)
 	}
 }
