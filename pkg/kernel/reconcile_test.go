@@ -480,4 +480,15 @@ func TestApplyIPv6(t *testing.T) {
 	ipIn(t, name, "link", "del", "overlay-v6.1")
 	mustApply(t, r, want)
 	check("device deleted")
+
+	// A live switch from host-gw: the route to the peer's subnet goes
+	// through the underlay until the vxlan one replaces it, in place.
+	ipIn(t, name, "-6", "route", "replace", "fd00:10:244:2::/64", "via", "fd00:198:18::12", "dev", "eth0", "proto", "79")
+	if ch := mustApply(t, r, want); ch.Updated[EntryRoute] != 1 {
+		t.Errorf("replacing the host-gw route changed %+v, want one route updated", ch)
+	}
+	check("replaced a route through the underlay")
+	if got := ipIn(t, name, "-6", "route", "show", "fd00:10:244:2::/128"); strings.TrimSpace(got) != "" {
+		t.Errorf("the temporary route to the gateway is left:\n%s", got)
+	}
 }

@@ -3,6 +3,7 @@ package kernel
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -40,7 +41,7 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 		if exists && routeMatches(cur, rt) {
 			continue
 		}
-		if err := r.h.RouteReplace(&rt); err != nil {
+		if err := r.replaceRoute(&rt); err != nil {
 			fail(fmt.Errorf("setting route %s: %w", w, err))
 			continue
 		}
@@ -52,6 +53,34 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 		countSet(ch, EntryRoute, exists)
 	}
 	return ensured{wanted: len(keep), prune: func() { r.pruneRoutes(have, keep, ch, fail) }}, nil
+}
+
+// replaceRoute puts rt in place of the route to its destination. The
+// kernel refuses an IPv6 onlink route whose gateway lies in its own
+// destination (vxlan's: the peer's VTEP address is its subnet's first) while
+// the route it replaces goes through another device: it checks the gateway
+// against the table, finds that very route and reports "Nexthop has invalid
+// gateway or device mismatch" (EINVAL). A host route to the gateway through
+// rt's device, there only for the moment of the replace, satisfies the
+// check, so the destination is never unrouted (as a delete and add would
+// leave it). The host route is overlayd's, so a crash in between leaves
+// nothing foreign behind: the next pass removes it.
+func (r *Reconciler) replaceRoute(rt *netlink.Route) error {
+	err := r.h.RouteReplace(rt)
+	if !errors.Is(err, unix.EINVAL) || rt.Flags&int(netlink.FLAG_ONLINK) == 0 || rt.Gw == nil || rt.Gw.To4() != nil || !rt.Dst.Contains(rt.Gw) {
+		return err
+	}
+	bits := 8 * len(rt.Gw)
+	host := netlink.Route{LinkIndex: rt.LinkIndex, Dst: &net.IPNet{IP: rt.Gw, Mask: net.CIDRMask(bits, bits)},
+		Protocol: RouteProtocol, Table: rt.Table, Scope: netlink.SCOPE_LINK, Type: unix.RTN_UNICAST}
+	if herr := r.h.RouteAdd(&host); herr != nil {
+		return err
+	}
+	err = r.h.RouteReplace(rt)
+	if derr := r.h.RouteDel(&host); derr != nil && !errors.Is(derr, unix.ESRCH) {
+		r.log.Warn("cannot remove the temporary route to a gateway", zap.Stringer("dst", host.Dst), zap.Error(derr))
+	}
+	return err
 }
 
 // listRoutes returns overlayd's routes (by protocol) in the main table.
