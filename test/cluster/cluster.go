@@ -120,6 +120,9 @@ type Options struct {
 	// RBAC is applied as admin before anything else; default RBACManifest
 	// of the repository (RepoRoot).
 	RBAC []byte
+	// APIServerArgs are further kube-apiserver flags
+	// (controlplane.Options.APIServerArgs).
+	APIServerArgs []string
 	// ControlPlaneLogDir receives the control plane's logs; default inside
 	// its temporary directory.
 	ControlPlaneLogDir string
@@ -236,7 +239,7 @@ func (c *Cluster) build(ctx context.Context) error {
 // Options.AssignPodCIDRs kube-controller-manager with node IPAM over the
 // networks of Options.NetConf (IPv4 first), then applies the RBAC manifest.
 func (c *Cluster) StartControlPlane(ctx context.Context) error {
-	cpOpts := controlplane.Options{LogDir: c.opts.ControlPlaneLogDir}
+	cpOpts := controlplane.Options{LogDir: c.opts.ControlPlaneLogDir, APIServerArgs: c.opts.APIServerArgs}
 	if !c.opts.AssignPodCIDRs {
 		var networks []string
 		for _, n := range c.networks() {

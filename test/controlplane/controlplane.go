@@ -75,6 +75,10 @@ type Options struct {
 	// "cluster": logs, exec, port-forward), e.g. a proxy into network
 	// namespaces the API server's own cannot reach.
 	ClusterEgress string
+	// APIServerArgs are further kube-apiserver flags, after the harness's
+	// own, e.g. "--watch-cache-sizes=nodes#0" to serve Node watches from
+	// etcd, so that a compaction (Compact) expires them.
+	APIServerArgs []string
 }
 
 // ControlPlane is a running etcd + kube-apiserver.
@@ -84,9 +88,10 @@ type ControlPlane struct {
 	CAFile string // CAData as a file, e.g. for a kubelet's client CA
 	Dir    string
 
-	tokens map[string]string // identity -> bearer token
-	procs  []*process
-	once   sync.Once
+	tokens  map[string]string // identity -> bearer token
+	etcdURL string
+	procs   []*process
+	once    sync.Once
 }
 
 // Admin is the identity with full access.
@@ -209,6 +214,7 @@ func Start(opts Options) (cp *ControlPlane, err error) {
 		return nil, err
 	}
 	cp.procs = append(cp.procs, etcd)
+	cp.etcdURL = clientURL
 
 	cp.URL = "https://127.0.0.1:" + strconv.Itoa(ports[2])
 	authz := []string{"--authorization-mode=RBAC"}
@@ -244,6 +250,7 @@ func Start(opts Options) (cp *ControlPlane, err error) {
 		"--profiling=false",
 		"--v=1",
 	}, authz...)
+	apiserverArgs = append(apiserverArgs, opts.APIServerArgs...)
 	apiserver, err := startProcess(filepath.Join(bins, "kube-apiserver"), filepath.Join(logDir, "kube-apiserver.log"), apiserverArgs...)
 	if err != nil {
 		return nil, err

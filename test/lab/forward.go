@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,12 +17,15 @@ import (
 // socket was created inside the node and stays there; the dials happen on
 // ordinary threads, in the host namespace.
 type forwarder struct {
-	ln     net.Listener
+	node   *Node
+	addr   string
+	ln     net.Listener // guarded by mu
 	target string
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	closed bool
+	cut    bool // CutAPI: every connection is reset
 	wg     sync.WaitGroup
 }
 
@@ -50,11 +54,66 @@ func (n *Node) ForwardAPI(addr string) error {
 	if err != nil {
 		return err
 	}
-	fw := &forwarder{ln: ln, target: l.apiAddr, conns: map[net.Conn]struct{}{}}
+	fw := &forwarder{node: n, addr: addr, ln: ln, target: l.apiAddr, conns: map[net.Conn]struct{}{}}
 	fw.wg.Add(1)
-	go fw.serve()
+	go fw.serve(ln)
 	l.onClose(fw.close)
+	l.mu.Lock()
+	n.forwarders = append(n.forwarders, fw)
+	l.mu.Unlock()
 	return nil
+}
+
+// CutAPI cuts the node off the control plane, as an API server that went
+// down would: every connection through the node's forwarders is reset and
+// new ones are refused (nothing listens), until RestoreAPI.
+func (n *Node) CutAPI() error { return n.setAPICut(true) }
+
+// RestoreAPI ends CutAPI: the forwarders listen again.
+func (n *Node) RestoreAPI() error { return n.setAPICut(false) }
+
+func (n *Node) setAPICut(cut bool) error {
+	n.lab.mu.Lock()
+	fws := n.forwarders
+	n.lab.mu.Unlock()
+	var errs []error
+	for _, fw := range fws {
+		errs = append(errs, fw.setCut(cut))
+	}
+	return errors.Join(errs...)
+}
+
+func (fw *forwarder) setCut(cut bool) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.closed || fw.cut == cut {
+		return nil
+	}
+	if cut {
+		fw.cut = true
+		fw.ln.Close()
+		for c := range fw.conns {
+			reset(c)
+		}
+		return nil
+	}
+	ln, err := fw.node.Listen("tcp", fw.addr)
+	if err != nil {
+		return fmt.Errorf("%s: listening on %s again: %w", fw.node.Name, fw.addr, err)
+	}
+	fw.ln, fw.cut = ln, false
+	fw.wg.Add(1)
+	go fw.serve(ln)
+	return nil
+}
+
+// reset closes c with a TCP reset rather than a FIN, as a broken path
+// looks to the client.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
 }
 
 // WriteKubeconfig writes a kubeconfig for identity (controlplane.Admin or a
@@ -71,12 +130,12 @@ func (n *Node) WriteKubeconfig(path, identity string) error {
 	return nil
 }
 
-func (fw *forwarder) serve() {
+func (fw *forwarder) serve(ln net.Listener) {
 	defer fw.wg.Done()
 	for {
-		c, err := fw.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
-			return // closed
+			return // closed, or cut
 		}
 		if !fw.add(c) {
 			c.Close()
@@ -122,6 +181,10 @@ func (fw *forwarder) add(c net.Conn) bool {
 	if fw.closed {
 		return false
 	}
+	if fw.cut {
+		reset(c)
+		return false
+	}
 	fw.conns[c] = struct{}{}
 	return true
 }
@@ -139,8 +202,9 @@ func (fw *forwarder) close() {
 	for c := range fw.conns {
 		c.Close()
 	}
+	ln := fw.ln
 	fw.mu.Unlock()
-	fw.ln.Close()
+	ln.Close()
 	fw.wg.Wait()
 }
 

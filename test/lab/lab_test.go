@@ -338,6 +338,31 @@ func TestAPIForwarder(t *testing.T) {
 	if !apierrors.IsForbidden(err) {
 		t.Fatalf("list nodes as overlayd from inside the node: %v, want forbidden", err)
 	}
+
+	// CutAPI resets an open connection and refuses new ones (as nothing
+	// listening does); RestoreAPI ends that.
+	conn, err := n.Dial(ctx, "tcp", "127.0.0.1:6443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := n.CutAPI(); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("an open connection survived CutAPI: read %v", err)
+	}
+	cfg.Timeout = 5 * time.Second
+	if _, err = kubernetes.NewForConfigOrDie(cfg).CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("list nodes while cut off: %v, want connection refused", err)
+	}
+	if err := n.RestoreAPI(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err = kubernetes.NewForConfigOrDie(cfg).CoreV1().Nodes().List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Fatalf("list nodes after RestoreAPI: %v, want the API server's answer (forbidden)", err)
+	}
 }
 
 func helperKubeClient() int {

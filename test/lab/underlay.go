@@ -41,6 +41,7 @@ type Node struct {
 	podMode    string // "", "direct" or "cni": set by the first pod
 	podSubnets podSubnets
 	usedIPs    map[netip.Addr]bool
+	forwarders []*forwarder
 }
 
 // segment is one L2 segment of the underlay, both families.
