@@ -5,7 +5,9 @@
 //
 //   - throughput: test/bench BenchmarkThroughput (vxlan, host-gw, udp);
 //   - convergence: test/bench BenchmarkConvergence (1000 and 5000 peers);
-//   - snapshot: subnet/kube BenchmarkSnapshot (the lease store at 5000 nodes).
+//   - snapshot: subnet/kube BenchmarkSnapshot (the lease store at 5000 nodes);
+//   - apiserver: test/bench BenchmarkAPIServerCost (what a Node update costs
+//     the API server per agent, podCIDR mode against Lease mode).
 //
 // Run from the repository root, as root, after `make build test-bins
 // cni-bins`.
@@ -51,7 +53,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.overlayd, "overlayd", "bin/overlayd", "overlayd binary the cluster benchmarks run")
-	flag.StringVar(&o.only, "only", "throughput,convergence,snapshot", "benchmarks to run, comma-separated")
+	flag.StringVar(&o.only, "only", "throughput,convergence,snapshot,apiserver", "benchmarks to run, comma-separated")
 	flag.IntVar(&o.rounds, "rounds", 5, "throughput rounds; each runs every backend once")
 	flag.IntVar(&o.iperfSeconds, "iperf-seconds", 10, "length of one iperf3 run")
 	flag.IntVar(&o.churn, "churn", 5, "peers added and deleted one at a time, per peer count")
@@ -101,6 +103,8 @@ func run(o options) error {
 			env = append(env, "OVERLAYD_BENCH_PEERS="+o.peers)
 		case "snapshot":
 			args = []string{"./subnet/kube/", "-bench", "^BenchmarkSnapshot$", "-benchtime", fmt.Sprintf("%dx", o.snapshotRuns)}
+		case "apiserver":
+			args = []string{"./test/bench/", "-bench", "^BenchmarkAPIServerCost$", "-benchtime", "1x"}
 		default:
 			return fmt.Errorf("-only: unknown benchmark %q", name)
 		}
@@ -124,6 +128,11 @@ func run(o options) error {
 			}
 		case "snapshot":
 			s.snapshot = parseSnapshot(out)
+		case "apiserver":
+			s.apiserver = &bench.APIServerCost{}
+			if rerr := bench.ReadResult(resultsDir, bench.APIServerCostFile, s.apiserver); rerr != nil {
+				s.apiserver = nil
+			}
 		}
 	}
 	s.print(os.Stdout)
@@ -229,6 +238,7 @@ type summary struct {
 	throughput  *bench.Throughput
 	convergence *bench.Convergence
 	snapshot    *snapshot
+	apiserver   *bench.APIServerCost
 }
 
 func (s *summary) print(out io.Writer) {
@@ -274,6 +284,22 @@ func (s *summary) print(out io.Writer) {
 		w.Flush()
 	} else {
 		fmt.Fprintln(out, "\nLease store at scale: not measured")
+	}
+
+	if a := s.apiserver; a != nil && len(a.Modes) > 0 {
+		fmt.Fprintf(out, "\nAPI server cost of a Node status update (a kubelet heartbeat), per agent, from the API server's\n")
+		fmt.Fprintf(out, "apiserver_watch_events_total and apiserver_watch_events_sizes (kubelet-size Nodes, protobuf)\n")
+		for _, m := range a.Modes {
+			lease := ""
+			if m.LeaseEventBytes > 0 {
+				lease = fmt.Sprintf("; a Lease event: %.0f bytes", m.LeaseEventBytes)
+			}
+			fmt.Fprintf(w, "  %s mode\t%.2f events, %.0f bytes per update per agent\t(%d updates, %d peers%s)\n",
+				m.Mode, m.EventsPerUpdate, m.BytesPerUpdate, m.Updates, m.Peers, lease)
+		}
+		w.Flush()
+	} else {
+		fmt.Fprintln(out, "\nAPI server cost of a Node update: not measured")
 	}
 
 	if c := s.convergence; c != nil && len(c.Sizes) > 0 {

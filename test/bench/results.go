@@ -13,6 +13,9 @@
 //     route, neighbour and FDB entry is in the kernel, time for one new or
 //     deleted peer to reach the kernel (-benchtime Nx: N samples), memory,
 //     and the cost of a reconcile that changes nothing.
+//   - BenchmarkAPIServerCost: the watch events and bytes the API server
+//     sends one agent for a Node status update, podCIDR mode against Lease
+//     mode, from the API server's own metrics.
 //
 // Run by hand (root, `make build test-bins cni-bins` first):
 //
