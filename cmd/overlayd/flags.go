@@ -42,6 +42,7 @@ type options struct {
 	healthzIP            string
 	healthzPort          int
 	metricsAddr          string
+	profiling            bool
 	resyncPeriod         time.Duration
 	logLevel             string
 	logFormat            string
@@ -97,6 +98,7 @@ func newFlagSet(o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.healthzIP, "healthz-ip", "0.0.0.0", "address of the /healthz, /readyz and /metrics server")
 	fs.IntVar(&o.healthzPort, "healthz-port", 0, "port of the /healthz, /readyz and /metrics server; 0 disables it")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "extra address (host:port) serving only /metrics; /metrics is always on the healthz server too")
+	fs.BoolVar(&o.profiling, "profiling", false, "serve Go's runtime profiles (heap, CPU) under /debug/pprof/ on the healthz server")
 	fs.DurationVar(&o.resyncPeriod, "resync-period", 30*time.Second, "how often the kernel state is compared with the desired state even without events")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: "+strings.Join(logging.Levels, ", "))
 	fs.StringVar(&o.logFormat, "log-format", "console", "log format: "+strings.Join(logging.Formats, ", "))
@@ -237,6 +239,9 @@ func (o *options) validate() error {
 	}
 	if errs := validation.IsDNS1123Label(o.leaseNamespace); len(errs) > 0 {
 		return fmt.Errorf("--lease-namespace %q is not a valid namespace: %s", o.leaseNamespace, errs[0])
+	}
+	if o.profiling && o.healthzPort == 0 {
+		return errors.New("--profiling: the profiles are served on the healthz server; set --healthz-port")
 	}
 	if o.metricsAddr != "" {
 		if _, _, err := net.SplitHostPort(o.metricsAddr); err != nil {

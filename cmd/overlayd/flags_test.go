@@ -83,6 +83,7 @@ func TestBadValuesAreOneLineErrors(t *testing.T) {
 		{[]string{"-v=-1"}, nil, "-v -1: must be 0 or more"},
 		{[]string{"-v=loud"}, nil, "-v"},
 		{[]string{"--healthz-port=70000"}, nil, "--healthz-port 70000"},
+		{[]string{"--profiling"}, nil, "--profiling: the profiles are served on the healthz server; set --healthz-port"},
 		{[]string{"--healthz-ip=localhost"}, nil, `--healthz-ip "localhost" is not an IP address`},
 		{[]string{"--public-ip=10.0.0"}, nil, `--public-ip "10.0.0" is not an IPv4 address`},
 		{[]string{"--public-ipv6=10.0.0.1"}, nil, "--public-ipv6"},

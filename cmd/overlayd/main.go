@@ -133,10 +133,14 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	status := health.NewStatus(3*o.resyncPeriod+30*time.Second, health.Lease, health.Datapath, health.Rules)
 	if o.healthzPort != 0 {
 		addr := net.JoinHostPort(o.healthzIP, strconv.Itoa(o.healthzPort))
-		if err := health.Serve(ctx, addr, health.Handler(status, metrics.Registry), log); err != nil {
+		h := health.Handler(status, metrics.Registry)
+		if o.profiling {
+			h = health.Profiling(h)
+		}
+		if err := health.Serve(ctx, addr, h, log); err != nil {
 			return err
 		}
-		log.Info("serving /healthz, /readyz and /metrics", zap.String("addr", addr))
+		log.Info("serving /healthz, /readyz and /metrics", zap.String("addr", addr), zap.Bool("profiling", o.profiling))
 	}
 	if o.metricsAddr != "" {
 		if err := health.Serve(ctx, o.metricsAddr, health.MetricsHandler(metrics.Registry), log); err != nil {

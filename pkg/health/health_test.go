@@ -68,3 +68,16 @@ func TestMetricsServed(t *testing.T) {
 		t.Fatalf("%d %q", code, body)
 	}
 }
+
+func TestProfilingBesideHealth(t *testing.T) {
+	h := Profiling(Handler(NewStatus(time.Minute), nil))
+	if code, body := get(t, h, "/debug/pprof/heap?debug=1"); code != http.StatusOK || !strings.Contains(body, "heap profile") {
+		t.Fatalf("heap profile: %d %.80q", code, body)
+	}
+	if code, _ := get(t, h, "/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz behind the profiles: %d", code)
+	}
+	if code, _ := get(t, Handler(NewStatus(time.Minute), nil), "/debug/pprof/heap"); code != http.StatusNotFound {
+		t.Fatalf("profiles served without Profiling: %d", code)
+	}
+}
