@@ -118,7 +118,8 @@ fuzz:
 ## bench: prints figures, never fails on a time (hack/bench): pod-to-pod
 ## throughput of vxlan, host-gw and udp on the real daemon, the lease store at
 ## 5000 nodes, agent convergence at 1000 and 5000 peers, the API server's cost of
-## a Node update per agent in podCIDR and Lease mode. BENCH_FLAGS passes
+## a Node update per agent in podCIDR and Lease mode, the agent's CPU for one
+## changed peer at 1000, 5000 and 10 000 peers. BENCH_FLAGS passes
 ## options, e.g. BENCH_FLAGS="-only throughput -rounds 3" (go run ./hack/bench -h).
 BENCH_FLAGS ?=
 bench: build test-bins cni-bins deps

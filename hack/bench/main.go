@@ -7,7 +7,9 @@
 //   - convergence: test/bench BenchmarkConvergence (1000 and 5000 peers);
 //   - snapshot: subnet/kube BenchmarkSnapshot (the lease store at 5000 nodes);
 //   - apiserver: test/bench BenchmarkAPIServerCost (what a Node update costs
-//     the API server per agent, podCIDR mode against Lease mode).
+//     the API server per agent, podCIDR mode against Lease mode);
+//   - passcost: test/bench BenchmarkPassAfterOneChange (the agent's CPU for
+//     one changed peer at 1000, 5000 and 10 000 peers).
 //
 // Run from the repository root, as root, after `make build test-bins
 // cni-bins`.
@@ -53,7 +55,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.overlayd, "overlayd", "bin/overlayd", "overlayd binary the cluster benchmarks run")
-	flag.StringVar(&o.only, "only", "throughput,convergence,snapshot,apiserver", "benchmarks to run, comma-separated")
+	flag.StringVar(&o.only, "only", "throughput,convergence,snapshot,apiserver,passcost", "benchmarks to run, comma-separated")
 	flag.IntVar(&o.rounds, "rounds", 5, "throughput rounds; each runs every backend once")
 	flag.IntVar(&o.iperfSeconds, "iperf-seconds", 10, "length of one iperf3 run")
 	flag.IntVar(&o.churn, "churn", 5, "peers added and deleted one at a time, per peer count")
@@ -105,6 +107,8 @@ func run(o options) error {
 			args = []string{"./subnet/kube/", "-bench", "^BenchmarkSnapshot$", "-benchtime", fmt.Sprintf("%dx", o.snapshotRuns)}
 		case "apiserver":
 			args = []string{"./test/bench/", "-bench", "^BenchmarkAPIServerCost$", "-benchtime", "1x"}
+		case "passcost":
+			args = []string{"./test/bench/", "-bench", "^BenchmarkPassAfterOneChange$", "-benchtime", fmt.Sprintf("%dx", o.churn*2)}
 		default:
 			return fmt.Errorf("-only: unknown benchmark %q", name)
 		}
@@ -128,6 +132,11 @@ func run(o options) error {
 			}
 		case "snapshot":
 			s.snapshot = parseSnapshot(out)
+		case "passcost":
+			s.passCost = &bench.PassCost{}
+			if rerr := bench.ReadResult(resultsDir, bench.PassCostFile, s.passCost); rerr != nil {
+				s.passCost = nil
+			}
 		case "apiserver":
 			s.apiserver = &bench.APIServerCost{}
 			if rerr := bench.ReadResult(resultsDir, bench.APIServerCostFile, s.apiserver); rerr != nil {
@@ -239,6 +248,7 @@ type summary struct {
 	convergence *bench.Convergence
 	snapshot    *snapshot
 	apiserver   *bench.APIServerCost
+	passCost    *bench.PassCost
 }
 
 func (s *summary) print(out io.Writer) {
@@ -300,6 +310,21 @@ func (s *summary) print(out io.Writer) {
 		w.Flush()
 	} else {
 		fmt.Fprintln(out, "\nAPI server cost of a Node update: not measured")
+	}
+
+	if p := s.passCost; p != nil && len(p.Sizes) > 0 {
+		fmt.Fprintf(out, "\nOne changed peer (its public IP moved): the agent's CPU until the passes it brought ended\n")
+		for _, z := range p.Sizes {
+			lo, hi := bench.Spread(z.CPUMs)
+			fmt.Fprintf(w, "  N = %d\t%.0f ms CPU (%.0f - %.0f, n=%d)\t%.0f passes, %.0f ms\n", z.Peers, bench.Median(z.CPUMs), lo, hi, len(z.CPUMs),
+				bench.Median(z.Passes), bench.Median(z.PassMs))
+		}
+		first, last := p.Sizes[0], p.Sizes[len(p.Sizes)-1]
+		growth := bench.Median(last.CPUMs) / bench.Median(first.CPUMs)
+		fmt.Fprintf(w, "  N = %d against N = %d\t%.1fx\t%s\n", last.Peers, first.Peers, growth, target(growth <= 1.5, "target: flat"))
+		w.Flush()
+	} else {
+		fmt.Fprintln(out, "\nOne changed peer: not measured")
 	}
 
 	if c := s.convergence; c != nil && len(c.Sizes) > 0 {
