@@ -32,7 +32,9 @@ import (
 // it (nftables mode: nothing of overlayd's in iptables-save, its table in
 // nftables; iptables mode: its chains), and restarting every overlayd
 // leaves the engine's filter table and ipsets as they were and the policy
-// enforced. Deleting the policy makes every pair reachable again.
+// enforced; in iptables mode kube-router's jump stays above overlayd's in
+// FORWARD. Deleting the policy makes every pair reachable again, and
+// stopping overlayd leaves the engine's rules and sets alone.
 //
 // kube-router v2.1.0 is a test binary only, run inside the lab's node
 // namespaces and never shipped: the Go module proxy serves it with the
@@ -114,8 +116,10 @@ func testPolicyEngine(t *testing.T, nftables bool) {
 					t.Errorf("%s %s: no overlayd table in nftables:\n%s", n.Name, when, rs)
 				}
 			} else {
-				if !strings.Contains(filter, "-j OVERLAYD-FWD") {
-					t.Errorf("%s %s: no overlayd forward chain in iptables mode:\n%s", n.Name, when, filter)
+				// kube-router's jump decides first: overlayd's ACCEPT is the fallback.
+				engine, ours := strings.Index(filter, "-j KUBE-ROUTER-FORWARD"), strings.Index(filter, "-j OVERLAYD-FWD")
+				if ours < 0 || ours < engine {
+					t.Errorf("%s %s: overlayd's forward jump missing or above kube-router's:\n%s", n.Name, when, filter)
 				}
 				if strings.Contains(rs, "table inet overlayd") {
 					t.Errorf("%s %s: an overlayd nftables table in iptables mode:\n%s", n.Name, when, rs)
@@ -176,8 +180,16 @@ func testPolicyEngine(t *testing.T, nftables bool) {
 
 	// Restart every overlayd and let each reconcile again: the engine's
 	// rules and sets stay as they were, and keep deciding.
+	// The filter table but overlayd's chain and jump, and the ipsets but
+	// overlayd's (its ingress filter's, in iptables mode).
 	engineState := func(n *lab.Node) string {
-		return foreignFilter(iptablesSave(t, n, "filter")) + "\n" + run2(t, n, "ipset", "save")
+		var sets []string
+		for _, l := range strings.Split(run2(t, n, "ipset", "save"), "\n") {
+			if !strings.Contains(l, " overlayd-") {
+				sets = append(sets, l)
+			}
+		}
+		return foreignFilter(iptablesSave(t, n, "filter")) + "\n" + strings.Join(sets, "\n")
 	}
 	before := map[string]string{}
 	for _, n := range c.Lab.Nodes {
@@ -219,6 +231,21 @@ func testPolicyEngine(t *testing.T, nftables bool) {
 		return err == nil, fmt.Sprint(err)
 	})
 	c.requireFullMesh(c.Pods)
+
+	// Stopping overlayd leaves the engine's state as it is.
+	for _, n := range c.Lab.Nodes {
+		before[n.Name] = engineState(n)
+	}
+	for _, n := range c.Lab.Nodes {
+		if err := c.Agents[n.Name].Stop(); err != nil {
+			t.Errorf("stopping overlayd on %s: %v", n.Name, err)
+		}
+	}
+	for _, n := range c.Lab.Nodes {
+		if got := engineState(n); got != before[n.Name] {
+			t.Errorf("%s: kube-router's rules or sets changed when overlayd stopped:\nbefore:\n%s\nafter:\n%s", n.Name, before[n.Name], got)
+		}
+	}
 }
 
 // rejectedTo sums the packet counters of kube-router's REJECT rules for
