@@ -191,14 +191,30 @@ func testPolicyEngine(t *testing.T, nftables bool) {
 		}
 		return foreignFilter(iptablesSave(t, n, "filter")) + "\n" + strings.Join(sets, "\n")
 	}
-	before := map[string]string{}
-	for _, n := range c.Lab.Nodes {
-		before[n.Name] = engineState(n)
-		chains, sets := strings.Count(before[n.Name], "\n:KUBE-"), strings.Count(before[n.Name], "\ncreate ")
-		if chains == 0 || sets == 0 {
-			t.Fatalf("%s: kube-router's state has %d chains and %d ipsets:\n%s", n.Name, chains, sets, before[n.Name])
+	// kube-router's settled state, once a full sync has also removed the
+	// chains of the sync before: its three top-level chains, its default
+	// policy chain, a chain per policy and per local pod, and a source and
+	// a destination set per policy (ingress from pods). Taken only once
+	// it holds, so that what changes after is not kube-router's own work.
+	settled := func(policies int) map[string]string {
+		t.Helper()
+		state := map[string]string{}
+		for _, n := range c.Lab.Nodes {
+			want := fmt.Sprintf("%d pod chains, %d policy chains, %d ipsets", len(c.PodsOn(n)), 1+policies, 2*policies)
+			harness.Eventually(t, 60*time.Second, n.Name+": kube-router settled", func() (bool, string) {
+				state[n.Name] = engineState(n)
+				got := fmt.Sprintf("%d pod chains, %d policy chains, %d ipsets",
+					strings.Count(state[n.Name], "\n:KUBE-POD-FW-"), strings.Count(state[n.Name], "\n:KUBE-NWPLCY-"),
+					strings.Count(state[n.Name], "\ncreate KUBE-"))
+				return got == want && strings.Count(state[n.Name], "\n:KUBE-ROUTER-") == 3, got + "; want " + want + ":\n" + state[n.Name]
+			})
 		}
-		t.Logf("%s: kube-router holds %d chains and %d ipsets", n.Name, chains, sets)
+		return state
+	}
+	before := settled(1)
+	for _, n := range c.Lab.Nodes {
+		t.Logf("%s: kube-router holds %d chains and %d ipsets", n.Name,
+			strings.Count(before[n.Name], "\n:KUBE-"), strings.Count(before[n.Name], "\ncreate KUBE-"))
 	}
 	for _, n := range c.Lab.Nodes {
 		c.restartAgentWithArgs(n, args...)
@@ -233,9 +249,7 @@ func testPolicyEngine(t *testing.T, nftables bool) {
 	c.requireFullMesh(c.Pods)
 
 	// Stopping overlayd leaves the engine's state as it is.
-	for _, n := range c.Lab.Nodes {
-		before[n.Name] = engineState(n)
-	}
+	before = settled(0)
 	for _, n := range c.Lab.Nodes {
 		if err := c.Agents[n.Name].Stop(); err != nil {
 			t.Errorf("stopping overlayd on %s: %v", n.Name, err)
