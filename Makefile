@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X github.com/overlayd/overlayd/pkg/version.Version=$(VERSION)
 TOOLS_BIN := $(CURDIR)/hack/tools/bin
 K8S_BINS  := kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
-TEST_BINS := $(TOOLS_BIN)/etcd $(addprefix $(TOOLS_BIN)/,$(K8S_BINS)) $(TOOLS_BIN)/flanneld
+TEST_BINS := $(TOOLS_BIN)/etcd $(addprefix $(TOOLS_BIN)/,$(K8S_BINS)) $(TOOLS_BIN)/flanneld $(TOOLS_BIN)/kube-router
 # containerd, runc and the Debian parts of the test images (hack/install-node-deps.sh)
 NODE_DEPS := $(TOOLS_BIN)/node
 HELM      := $(TOOLS_BIN)/helm
@@ -17,6 +17,7 @@ HELM_LDFLAGS := -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
   $(foreach p,lint/rules chartutil,-X helm.sh/helm/v3/pkg/$(p).k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/$(p).k8sVersionMinor=$(HELM_K8S_MINOR))
 K8S_VERSION := $(shell awk '$$1=="k8s.io/kubernetes" {print $$2}' hack/tools/go.mod)
 FLANNEL_VERSION := $(shell awk '$$1=="github.com/flannel-io/flannel" {print $$2}' hack/tools/flannel/go.mod)
+KUBE_ROUTER_VERSION := $(shell awk '$$1=="github.com/cloudnativelabs/kube-router/v2" {print $$2}' hack/tools/kube-router/go.mod)
 # One package at a time: the end-to-end, demo and benchmark-like tests measure
 # packet loss and must not compete for the CPU with each other.
 TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
@@ -24,7 +25,7 @@ TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
 export OVERLAYD_TEST_BIN_DIR := $(TOOLS_BIN)
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: all build test fuzz deps test-bins cni-bins flannel-bin node-deps helm-bin manifests lint bench demo clean
+.PHONY: all build test fuzz deps test-bins cni-bins flannel-bin policy-engine-bin node-deps helm-bin manifests lint bench demo clean
 
 all: build
 
@@ -37,7 +38,8 @@ deps:
 	@hack/install-deps.sh
 
 ## test-bins: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl
-##            pinned in hack/tools, and flanneld pinned in hack/tools/flannel
+##            pinned in hack/tools, flanneld pinned in hack/tools/flannel and kube-router pinned
+##            in hack/tools/kube-router
 test-bins: $(TEST_BINS)
 
 $(TOOLS_BIN)/etcd: hack/tools/go.mod hack/tools/go.sum
@@ -53,6 +55,16 @@ flannel-bin: $(TOOLS_BIN)/flanneld
 # cgo stays on: flanneld's udp backend is partly C.
 $(TOOLS_BIN)/flanneld: hack/tools/flannel/go.mod hack/tools/flannel/go.sum hack/tools/flannel/tencentvpc-stub/go.mod $(wildcard hack/tools/flannel/tencentvpc-stub/*/*.go)
 	cd hack/tools/flannel && $(GO) build -trimpath -ldflags "-X github.com/flannel-io/flannel/pkg/version.Version=$(FLANNEL_VERSION)" -o $@ github.com/flannel-io/flannel
+
+## policy-engine-bin: a real NetworkPolicy engine, kube-router's network policy controller
+##                    (version in hack/tools/kube-router/go.mod), for the Canal-style pairing
+##                    tests (test/e2e/policy_engine_test.go); a test binary only, never shipped
+policy-engine-bin: $(TOOLS_BIN)/kube-router
+
+# A test binary run inside the lab's node namespaces only; why this engine and version (the
+# module proxy's advisory about v2.1.0) is in hack/tools/kube-router/go.mod.
+$(TOOLS_BIN)/kube-router: hack/tools/kube-router/go.mod hack/tools/kube-router/go.sum
+	cd hack/tools/kube-router && $(GO) build -trimpath -ldflags "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$(KUBE_ROUTER_VERSION)" -o $@ github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
 
 CNI_BIN     := $(TOOLS_BIN)/cni
 CNI_PLUGINS := bridge host-local loopback flannel portmap

@@ -10,6 +10,7 @@ declare -A pkgs=(
   [ping]=iputils-ping
   [iperf3]=iperf3
   [nft]=nftables
+  [ipset]=ipset # kube-router, the policy engine of test/e2e/policy_engine_test.go
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do

@@ -140,7 +140,10 @@ func foreignFilter(dump string) string {
 // (its own chain, jumped to from the top of FORWARD, dropping traffic to
 // one pod) keeps deciding: traffic to that pod is dropped across nodes while
 // the other pods are reachable, and its chain and position are untouched by
-// overlayd starting, resyncing and stopping.
+// overlayd starting, resyncing and stopping. The rules are hand-written:
+// what overlayd must leave alone and let decide, whoever wrote them; a real
+// engine deciding real NetworkPolicy beside overlayd is
+// TestPolicyEngineEnforcesNetworkPolicy.
 func TestPolicyEngineCoexistence(t *testing.T) {
 	var denied netip.Addr
 	policy := map[string]string{}

@@ -24,7 +24,8 @@ func nftRuleset(t *testing.T, n *lab.Node) string {
 // address, pod to pod keeps the pod's address, a foreign table dropping
 // traffic to one pod still drops it and is left as it is, a masquerade rule
 // of ours deleted with nft comes back within the resync, and iptables-save
-// shows nothing of overlayd's.
+// shows nothing of overlayd's. The foreign table is hand-written; a real
+// policy engine beside nftables mode is TestPolicyEngineEnforcesNetworkPolicy.
 func TestNFTablesMode(t *testing.T) {
 	const conf = `{"Network": "10.244.0.0/16", "EnableNFTables": true, "Backend": {"Type": "vxlan"}}`
 	c := newCluster(t, clusterOptions{Nodes: 2, PodsPerNode: 2, ExternalHost: true, NetConf: conf,
