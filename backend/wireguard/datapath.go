@@ -1,0 +1,183 @@
+package wireguard
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+	"golang.zx2c4.com/wireguard/wgctrl"
+
+	"github.com/overlayd/overlayd/backend"
+	"github.com/overlayd/overlayd/pkg/metrics"
+)
+
+// datapathInfo says which datapath each WireGuard device runs on.
+var datapathInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	Namespace: metrics.Namespace,
+	Name:      "wireguard_datapath",
+	Help:      "1 for the datapath (kernel or userspace) each WireGuard device of this node runs on.",
+}, []string{"device", "datapath"})
+
+func init() { metrics.MustRegister(datapathInfo) }
+
+// datapath configures the WireGuard devices, kernel or userspace, through
+// one wgctrl client; for a userspace device it also runs wireguard-go.
+type datapath struct {
+	log *zap.Logger
+
+	mu        sync.Mutex
+	client    *wgctrl.Client
+	user      map[string]*userDevice
+	reported  map[string]bool // device -> userspace, as last reported
+	conflicts string
+}
+
+func openDatapath(env backend.DatapathEnv) (backend.Datapath, error) {
+	return &datapath{log: env.Log, user: map[string]*userDevice{}, reported: map[string]bool{}}, nil
+}
+
+// Ensure implements backend.Datapath. The devices themselves are the kernel
+// reconciler's (a wireguard link, or a TUN for userspace); here they get
+// their keys and peers, and a userspace one its wireguard-go.
+func (d *datapath) Ensure(want backend.DatapathSpec, _ []netip.Addr) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if want == nil {
+		d.stopExcept(nil)
+		return nil
+	}
+	spec, ok := want.(*Spec)
+	if !ok {
+		return fmt.Errorf("wireguard datapath given a %T", want)
+	}
+	if d.client == nil {
+		// Opened in the agent's network namespace, as the devices are.
+		c, err := wgctrl.New()
+		if err != nil {
+			return fmt.Errorf("opening wgctrl: %w", err)
+		}
+		d.client = c
+	}
+	var errs []string
+	for _, name := range slices.Sorted(maps.Keys(spec.Devices)) {
+		if err := d.ensureDevice(spec.Devices[name]); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	d.stopExcept(spec.Devices)
+	if c := strings.Join(spec.Conflicts, "; "); c != d.conflicts {
+		if c != "" {
+			d.log.Warn("peers left out of the WireGuard devices", zap.Strings("conflicts", spec.Conflicts))
+		}
+		d.conflicts = c
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func (d *datapath) ensureDevice(ds *DeviceSpec) error {
+	wgName := ds.Name
+	if ds.Userspace {
+		link, err := netlink.LinkByName(ds.Name)
+		if err != nil {
+			return fmt.Errorf("TUN device %s: %w", ds.Name, err)
+		}
+		u := d.user[ds.Name]
+		if u != nil && !u.alive(link.Attrs().Index) {
+			u.close()
+			delete(d.user, ds.Name)
+			u = nil
+		}
+		if u == nil {
+			if u, err = startUserDevice(ds.Name, d.log.With(zap.String("device", ds.Name))); err != nil {
+				return err
+			}
+			d.user[ds.Name] = u
+		}
+		wgName = u.sock
+	} else if u := d.user[ds.Name]; u != nil { // switched to the kernel's device
+		u.close()
+		delete(d.user, ds.Name)
+	}
+	changed, err := configure(d.client, wgName, ds)
+	if err != nil {
+		return err
+	}
+	if was, ok := d.reported[ds.Name]; !ok || was != ds.Userspace {
+		dp, other := "kernel", "userspace"
+		if ds.Userspace {
+			dp, other = other, dp
+		}
+		d.log.Info("WireGuard device configured", zap.String("device", ds.Name), zap.String("datapath", dp),
+			zap.String("why", ds.Why), zap.Int("port", ds.Port), zap.Int("peers", len(ds.Peers)))
+		datapathInfo.WithLabelValues(ds.Name, dp).Set(1)
+		datapathInfo.DeleteLabelValues(ds.Name, other)
+		d.reported[ds.Name] = ds.Userspace
+	} else if changed {
+		d.log.Debug("WireGuard peers updated", zap.String("device", ds.Name), zap.Int("peers", len(ds.Peers)))
+	}
+	return nil
+}
+
+// stopExcept stops the userspace devices not in keep, and forgets the
+// reports of devices no longer wanted.
+func (d *datapath) stopExcept(keep map[string]*DeviceSpec) {
+	for name, u := range d.user {
+		if ds := keep[name]; ds == nil || !ds.Userspace {
+			if err := u.close(); err != nil {
+				d.log.Info("closing WireGuard userspace device", zap.String("device", name), zap.Error(err))
+			}
+			delete(d.user, name)
+		}
+	}
+	for name, userspace := range d.reported {
+		if keep[name] == nil {
+			dp := "kernel"
+			if userspace {
+				dp = "userspace"
+			}
+			datapathInfo.DeleteLabelValues(name, dp)
+			delete(d.reported, name)
+		}
+	}
+}
+
+// Report implements backend.DatapathReporter: each device's datapath, for
+// /readyz.
+func (d *datapath) Report() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var parts []string
+	for _, name := range slices.Sorted(maps.Keys(d.reported)) {
+		dp := "kernel"
+		if d.reported[name] {
+			dp = "userspace (wireguard-go)"
+		}
+		parts = append(parts, name+" "+dp)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "wireguard: " + strings.Join(parts, ", ")
+}
+
+// Close implements backend.Datapath: a userspace device stops (its TUN
+// stays, dropping what is routed to it until the next agent attaches); a
+// kernel device keeps forwarding.
+func (d *datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopExcept(nil)
+	if d.client != nil {
+		return d.client.Close()
+	}
+	return nil
+}
