@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -15,7 +16,9 @@ import (
 // the same for both datapaths: the device's peers are diffed against what
 // it has, stale peers removed, and only what differs is sent, so the
 // sessions of unchanged peers go on. It reports whether it changed anything.
-func configure(c *wgctrl.Client, wgName string, want *DeviceSpec) (bool, error) {
+//
+// A peer no longer wanted that still sends lingers (stale): see lingering.
+func configure(c *wgctrl.Client, wgName string, want *DeviceSpec, stale lingering, now time.Time) (bool, error) {
 	have, err := c.Device(wgName)
 	if err != nil {
 		return false, fmt.Errorf("reading WireGuard device %s: %w", want.Name, err)
@@ -27,14 +30,25 @@ func configure(c *wgctrl.Client, wgName string, want *DeviceSpec) (bool, error) 
 	if have.ListenPort != want.Port {
 		cfg.ListenPort = &want.Port
 	}
+	claimed := map[netip.Prefix]bool{}
+	for _, p := range want.Peers {
+		for _, a := range p.AllowedIPs {
+			claimed[a] = true
+		}
+	}
 	havePeers := make(map[wgtypes.Key]wgtypes.Peer, len(have.Peers))
 	for _, p := range have.Peers {
 		havePeers[p.PublicKey] = p
-		if _, ok := want.Peers[p.PublicKey]; !ok {
-			// Removals first: a new key of a peer takes over the old one's
-			// allowed IPs in the same call.
-			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, Remove: true})
+		if _, ok := want.Peers[p.PublicKey]; ok {
+			delete(stale, p.PublicKey)
+			continue
 		}
+		if stale.keep(p, claimed, now) {
+			continue
+		}
+		// Removals first: a new key of a peer takes over the old one's
+		// allowed IPs in the same call.
+		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, Remove: true})
 	}
 	keys := make([]wgtypes.Key, 0, len(want.Peers))
 	for k := range want.Peers {
@@ -63,6 +77,56 @@ func configure(c *wgctrl.Client, wgName string, want *DeviceSpec) (bool, error) 
 		return false, fmt.Errorf("configuring WireGuard device %s (%d peer changes): %w", want.Name, len(cfg.Peers), err)
 	}
 	return true, nil
+}
+
+// A peer that switched to another backend publishes no key any more, but
+// it still reaches this node with wireguard (the backend this node
+// publishes) until it sees this node switch too: removed at once, its
+// packets would be dropped. So a peer no longer wanted stays on the device,
+// receive-only (traffic to its subnet is routed by the backend it now
+// publishes), while it still sends: it goes once nothing has arrived from it
+// for lingerQuiet, or after lingerMax, at the first pass after that. A
+// peer's old key after a key change sends nothing and goes at the next
+// pass; its allowed IPs moved to the new key, so it goes at once.
+const (
+	lingerQuiet = 3 * time.Second
+	lingerMax   = 2 * time.Minute
+)
+
+// lingering are the unwanted peers still on a device, by key.
+type lingering map[wgtypes.Key]*staleSeen
+
+type staleSeen struct {
+	since, lastRx time.Time
+	rx            int64
+}
+
+// keep reports whether the unwanted peer p stays for now. One whose allowed
+// IPs are all claimed by wanted peers (its subnet moved to another key)
+// could carry nothing: it goes.
+func (l lingering) keep(p wgtypes.Peer, claimed map[netip.Prefix]bool, now time.Time) bool {
+	free := 0
+	for _, n := range p.AllowedIPs {
+		if pfx, ok := prefixOf(n); ok && !claimed[pfx] {
+			free++
+		}
+	}
+	if free == 0 {
+		delete(l, p.PublicKey)
+		return false
+	}
+	s := l[p.PublicKey]
+	if s == nil {
+		s = &staleSeen{since: now, lastRx: now, rx: p.ReceiveBytes}
+		l[p.PublicKey] = s
+	} else if p.ReceiveBytes != s.rx {
+		s.rx, s.lastRx = p.ReceiveBytes, now
+	}
+	if now.Sub(s.lastRx) < lingerQuiet && now.Sub(s.since) < lingerMax {
+		return true
+	}
+	delete(l, p.PublicKey)
+	return false
 }
 
 // peerMatches reports whether the device's peer h is as wanted.

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
@@ -30,16 +31,18 @@ func init() { metrics.MustRegister(datapathInfo) }
 // one wgctrl client; for a userspace device it also runs wireguard-go.
 type datapath struct {
 	log *zap.Logger
+	now func() time.Time
 
 	mu        sync.Mutex
 	client    *wgctrl.Client
 	user      map[string]*userDevice
-	reported  map[string]bool // device -> userspace, as last reported
+	stale     map[string]lingering // by device
+	reported  map[string]bool      // device -> userspace, as last reported
 	conflicts string
 }
 
 func openDatapath(env backend.DatapathEnv) (backend.Datapath, error) {
-	return &datapath{log: env.Log, user: map[string]*userDevice{}, reported: map[string]bool{}}, nil
+	return &datapath{log: env.Log, now: time.Now, user: map[string]*userDevice{}, stale: map[string]lingering{}, reported: map[string]bool{}}, nil
 }
 
 // Ensure implements backend.Datapath. The devices themselves are the kernel
@@ -107,7 +110,10 @@ func (d *datapath) ensureDevice(ds *DeviceSpec) error {
 		u.close()
 		delete(d.user, ds.Name)
 	}
-	changed, err := configure(d.client, wgName, ds)
+	if d.stale[ds.Name] == nil {
+		d.stale[ds.Name] = lingering{}
+	}
+	changed, err := configure(d.client, wgName, ds, d.stale[ds.Name], d.now())
 	if err != nil {
 		return err
 	}
@@ -140,6 +146,7 @@ func (d *datapath) stopExcept(keep map[string]*DeviceSpec) {
 	}
 	for name, userspace := range d.reported {
 		if keep[name] == nil {
+			delete(d.stale, name)
 			dp := "kernel"
 			if userspace {
 				dp = "userspace"

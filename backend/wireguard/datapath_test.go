@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap/zaptest"
@@ -126,7 +127,7 @@ func (n *testNode) device() *wgtypes.Device {
 			return err
 		}
 		defer c.Close()
-		name, err := socketName(DeviceName)
+		name, err := SocketName(DeviceName)
 		if err != nil {
 			return err
 		}
@@ -203,7 +204,14 @@ func TestUserspaceDatapathAndKeyChange(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// No peers: the stale one goes.
+	// No peers: the stale one lingers receive-only while it may still
+	// send (a peer switching backends), then goes.
+	a.apply()
+	if dev = a.device(); len(dev.Peers) != 1 {
+		t.Fatalf("peers %+v: the peer just removed should linger", dev.Peers)
+	}
+	later := time.Now().Add(lingerQuiet + time.Second)
+	a.dp.(*datapath).now = func() time.Time { return later }
 	a.apply()
 	if dev = a.device(); len(dev.Peers) != 0 {
 		t.Fatalf("peers %+v left on a device that wants none", dev.Peers)
@@ -216,7 +224,7 @@ func TestControlSocketsDifferPerNamespace(t *testing.T) {
 	nodes := newPair(t, `{"Type":"wireguard","Datapath":"userspace"}`)
 	var names [2]string
 	for i, n := range nodes {
-		if err := kernel.InNamespace(n.h, func() (err error) { names[i], err = socketName(DeviceName); return }); err != nil {
+		if err := kernel.InNamespace(n.h, func() (err error) { names[i], err = SocketName(DeviceName); return }); err != nil {
 			t.Fatal(err)
 		}
 	}

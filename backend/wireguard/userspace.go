@@ -38,13 +38,13 @@ type userDevice struct {
 	ns      netns.NsHandle
 }
 
-// socketName is the name of the control socket of the TUN device name:
+// SocketName is the name of the control socket of the TUN device name:
 // wgctrl and wireguard-go keep it in /var/run/wireguard/<name>.sock, one
 // directory for every network namespace of the host, so the name carries
 // the namespace's inode and agents of several nodes on one host (the lab)
 // never take each other's socket. It is read in the calling thread's
 // namespace.
-func socketName(name string) (string, error) {
+func SocketName(name string) (string, error) {
 	var st unix.Stat_t
 	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
 		return "", fmt.Errorf("reading this network namespace's inode: %w", err)
@@ -56,7 +56,7 @@ func socketName(name string) (string, error) {
 // calling thread's network namespace. The device starts with no key and no
 // peers: it sends nothing until configure gives it them.
 func startUserDevice(name string, log *zap.Logger) (*userDevice, error) {
-	sock, err := socketName(name)
+	sock, err := SocketName(name)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,9 +31,14 @@ func (c *Cluster) AgentArgv(n *lab.Node) []string {
 		"--net-config-path", c.NetConfPath(n),
 		"--subnet-file", n.SubnetEnv,
 		"--healthz-ip", "127.0.0.1", "--healthz-port", strconv.Itoa(HealthzPort),
+		"--wireguard-key-file", WireGuardKeyFile(n),
 	}
 	return slices.Concat(args, c.opts.Args, c.opts.NodeArgs[n.Name])
 }
+
+// WireGuardKeyFile is the node's WireGuard private key file: one per node,
+// as every node of the lab shares the host's file system.
+func WireGuardKeyFile(n *lab.Node) string { return filepath.Join(n.Dir, "wgkey") }
 
 // AgentProgram is what the node's agent runs, or runs when it next
 // starts: Overlayd or Flanneld.
@@ -101,7 +107,7 @@ func (c *Cluster) StartAgent(n *lab.Node) (*lab.Process, error) {
 	}
 	env := []string{"NODE_NAME=" + n.Name}
 	if program == Flanneld {
-		env = append(env, "PATH="+sbinPath()) // flanneld runs iptables
+		env = append(env, "PATH="+sbinPath(), "WIREGUARD_KEY_FILE="+WireGuardKeyFile(n)) // flanneld runs iptables
 	}
 	p, err := n.StartWithEnv(program, env, argv...)
 	if err != nil {
