@@ -127,9 +127,11 @@ func (n *testNode) device() *wgtypes.Device {
 			return err
 		}
 		defer c.Close()
-		name, err := SocketName(DeviceName)
-		if err != nil {
-			return err
+		name := DeviceName // a kernel device
+		if n.dp.(*datapath).user[DeviceName] != nil {
+			if name, err = SocketName(DeviceName); err != nil {
+				return err
+			}
 		}
 		dev, err = c.Device(name)
 		return err
