@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -39,10 +40,14 @@ type datapath struct {
 	stale     map[string]lingering // by device
 	reported  map[string]bool      // device -> userspace, as last reported
 	conflicts string
+	cache     warmCache
 }
 
 func openDatapath(env backend.DatapathEnv) (backend.Datapath, error) {
-	return &datapath{log: env.Log, now: time.Now, user: map[string]*userDevice{}, stale: map[string]lingering{}, reported: map[string]bool{}}, nil
+	d := &datapath{log: env.Log, now: time.Now, user: map[string]*userDevice{}, stale: map[string]lingering{}, reported: map[string]bool{},
+		cache: warmCache{path: filepath.Join(env.StateDir, cacheFile)}}
+	d.warmStart()
+	return d, nil
 }
 
 // Ensure implements backend.Datapath. The devices themselves are the kernel
@@ -53,19 +58,15 @@ func (d *datapath) Ensure(want backend.DatapathSpec, _ []netip.Addr) error {
 	defer d.mu.Unlock()
 	if want == nil {
 		d.stopExcept(nil)
+		d.cache.remove()
 		return nil
 	}
 	spec, ok := want.(*Spec)
 	if !ok {
 		return fmt.Errorf("wireguard datapath given a %T", want)
 	}
-	if d.client == nil {
-		// Opened in the agent's network namespace, as the devices are.
-		c, err := wgctrl.New()
-		if err != nil {
-			return fmt.Errorf("opening wgctrl: %w", err)
-		}
-		d.client = c
+	if err := d.openClient(); err != nil {
+		return err
 	}
 	var errs []string
 	for _, name := range slices.Sorted(maps.Keys(spec.Devices)) {
@@ -83,11 +84,27 @@ func (d *datapath) Ensure(want backend.DatapathSpec, _ []netip.Addr) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("%s", strings.Join(errs, "; "))
 	}
+	d.cache.save(spec, d.log)
+	return nil
+}
+
+// openClient opens the wgctrl client once, in the agent's network
+// namespace, as the devices are.
+func (d *datapath) openClient() error {
+	if d.client != nil {
+		return nil
+	}
+	c, err := wgctrl.New()
+	if err != nil {
+		return fmt.Errorf("opening wgctrl: %w", err)
+	}
+	d.client = c
 	return nil
 }
 
 func (d *datapath) ensureDevice(ds *DeviceSpec) error {
 	wgName := ds.Name
+	var fresh *userDevice
 	if ds.Userspace {
 		link, err := netlink.LinkByName(ds.Name)
 		if err != nil {
@@ -104,6 +121,7 @@ func (d *datapath) ensureDevice(ds *DeviceSpec) error {
 				return err
 			}
 			d.user[ds.Name] = u
+			fresh = u
 		}
 		wgName = u.sock
 	} else if u := d.user[ds.Name]; u != nil { // switched to the kernel's device
@@ -116,6 +134,9 @@ func (d *datapath) ensureDevice(ds *DeviceSpec) error {
 	changed, err := configure(d.client, wgName, ds, d.stale[ds.Name], d.now())
 	if err != nil {
 		return err
+	}
+	if fresh != nil {
+		fresh.greet(ds.Peers)
 	}
 	if was, ok := d.reported[ds.Name]; !ok || was != ds.Userspace {
 		dp, other := "kernel", "userspace"

@@ -37,6 +37,7 @@ type DeviceSpec struct {
 	// WireGuard device Name.
 	Userspace  bool
 	Port       int
+	KeyFile    string // where PrivateKey is kept, for a warm start
 	PrivateKey Secret
 	PSK        Secret // zero: none
 	Keepalive  time.Duration
@@ -85,7 +86,7 @@ func (s *Spec) Merge(o backend.DatapathSpec) error {
 			s.Devices[name] = (&Spec{Devices: map[string]*DeviceSpec{name: od}}).Clone().(*Spec).Devices[name]
 			continue
 		}
-		if d.Userspace != od.Userspace || d.Port != od.Port || d.PrivateKey != od.PrivateKey || d.PSK != od.PSK || d.Keepalive != od.Keepalive {
+		if d.Userspace != od.Userspace || d.Port != od.Port || d.KeyFile != od.KeyFile || d.PrivateKey != od.PrivateKey || d.PSK != od.PSK || d.Keepalive != od.Keepalive {
 			return fmt.Errorf("wireguard device %s wanted with two configurations (port %d and %d)", name, d.Port, od.Port)
 		}
 		for k, p := range od.Peers {

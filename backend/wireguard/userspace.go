@@ -11,6 +11,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/vishvananda/netns"
 
@@ -102,6 +103,19 @@ func startUserDevice(name string, log *zap.Logger) (*userDevice, error) {
 		return nil, fmt.Errorf("bringing up WireGuard device %s: %w", name, err)
 	}
 	return &userDevice{dev: dev, uapi: l, sock: sock, ifindex: ifindex, ns: ns}, nil
+}
+
+// greet starts a handshake with each of peers. A new wireguard-go (a
+// restarted agent) has no sessions, while its peers still hold the previous
+// process's: a peer that only answers would go on sending with those, which
+// nothing here can decrypt, until WireGuard's own 15 s timeout makes it
+// handshake again.
+func (u *userDevice) greet(peers map[wgtypes.Key]PeerSpec) {
+	for k := range peers {
+		if p := u.dev.LookupPeer(device.NoisePublicKey(k)); p != nil {
+			p.SendHandshakeInitiation(false)
+		}
+	}
 }
 
 // alive reports whether the device still runs on the TUN device of ifindex

@@ -228,7 +228,7 @@ func (b *wgBackend) Local(n backend.Node, st *backend.State) error {
 		}
 		st.AddIngressPort(d.port)
 		spec := &DeviceSpec{
-			Name: d.name, Userspace: userspace, Port: d.port,
+			Name: d.name, Userspace: userspace, Port: d.port, KeyFile: b.keyFile,
 			PrivateKey: Secret{key}, PSK: Secret{b.psk},
 			Keepalive: time.Duration(b.opts.PersistentKeepaliveInterval) * time.Second,
 			Peers:     map[wgtypes.Key]PeerSpec{},
