@@ -41,11 +41,13 @@ type datapath struct {
 	reported  map[string]bool      // device -> userspace, as last reported
 	conflicts string
 	cache     warmCache
+	standby   map[string]*DeviceSpec // devices another agent still runs (standby.go)
+	closed    bool
 }
 
 func openDatapath(env backend.DatapathEnv) (backend.Datapath, error) {
 	d := &datapath{log: env.Log, now: time.Now, user: map[string]*userDevice{}, stale: map[string]lingering{}, reported: map[string]bool{},
-		cache: warmCache{path: filepath.Join(env.StateDir, cacheFile)}}
+		standby: map[string]*DeviceSpec{}, cache: warmCache{path: filepath.Join(env.StateDir, cacheFile)}}
 	d.warmStart()
 	return d, nil
 }
@@ -116,6 +118,12 @@ func (d *datapath) ensureDevice(ds *DeviceSpec) error {
 			delete(d.user, ds.Name)
 			u = nil
 		}
+		if u == nil && heldElsewhere(ds.Name) {
+			d.standBy(ds)
+			d.report(ds)
+			return nil
+		}
+		delete(d.standby, ds.Name)
 		if u == nil {
 			if u, err = startUserDevice(ds.Name, d.log.With(zap.String("device", ds.Name))); err != nil {
 				return err
@@ -138,6 +146,15 @@ func (d *datapath) ensureDevice(ds *DeviceSpec) error {
 	if fresh != nil {
 		fresh.greet(ds.Peers)
 	}
+	if !d.report(ds) && changed {
+		d.log.Debug("WireGuard peers updated", zap.String("device", ds.Name), zap.Int("peers", len(ds.Peers)))
+	}
+	return nil
+}
+
+// report logs and exports the device's datapath when it is new or changed,
+// and says whether it did.
+func (d *datapath) report(ds *DeviceSpec) bool {
 	if was, ok := d.reported[ds.Name]; !ok || was != ds.Userspace {
 		dp, other := "kernel", "userspace"
 		if ds.Userspace {
@@ -148,15 +165,19 @@ func (d *datapath) ensureDevice(ds *DeviceSpec) error {
 		datapathInfo.WithLabelValues(ds.Name, dp).Set(1)
 		datapathInfo.DeleteLabelValues(ds.Name, other)
 		d.reported[ds.Name] = ds.Userspace
-	} else if changed {
-		d.log.Debug("WireGuard peers updated", zap.String("device", ds.Name), zap.Int("peers", len(ds.Peers)))
+		return true
 	}
-	return nil
+	return false
 }
 
 // stopExcept stops the userspace devices not in keep, and forgets the
 // reports of devices no longer wanted.
 func (d *datapath) stopExcept(keep map[string]*DeviceSpec) {
+	for name := range d.standby {
+		if ds := keep[name]; ds == nil || !ds.Userspace {
+			delete(d.standby, name)
+		}
+	}
 	for name, u := range d.user {
 		if ds := keep[name]; ds == nil || !ds.Userspace {
 			if err := u.close(); err != nil {
@@ -189,6 +210,9 @@ func (d *datapath) Report() string {
 		if d.reported[name] {
 			dp = "userspace (wireguard-go)"
 		}
+		if d.standby[name] != nil {
+			dp += ", standing by: another agent still runs it"
+		}
 		parts = append(parts, name+" "+dp)
 	}
 	if len(parts) == 0 {
@@ -203,6 +227,7 @@ func (d *datapath) Report() string {
 func (d *datapath) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.closed = true
 	d.stopExcept(nil)
 	if d.client != nil {
 		return d.client.Close()

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -232,5 +233,45 @@ func TestControlSocketsDifferPerNamespace(t *testing.T) {
 	}
 	if names[0] == names[1] {
 		t.Fatalf("both namespaces' devices use the socket %s", names[0])
+	}
+}
+
+// A second agent on a node (a surge upgrade) stands by while the first runs
+// wireguard-go, ready all the same, and takes the device over as soon as
+// the first lets go: traffic flows again.
+func TestSecondAgentStandsByThenTakesOver(t *testing.T) {
+	nodes := newPair(t, `{"Type":"wireguard","Datapath":"userspace"}`)
+	a, b := nodes[0], nodes[1]
+	a.apply(b)
+	b.apply(a)
+	if err := a.ping(b); err != nil {
+		t.Fatal(err)
+	}
+	first := a.dp
+	second, err := openDatapath(backend.DatapathEnv{StateDir: t.TempDir(), Log: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kernel.InNamespace(a.h, second.Close) })
+	a.dp = second
+	a.apply(b) // no error: standing by is ready
+	if r := second.(*datapath).Report(); !strings.Contains(r, "standing by") {
+		t.Fatalf("the second agent's report %q does not say it stands by", r)
+	}
+	if err := kernel.InNamespace(a.h, first.Close); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Contains(second.(*datapath).Report(), "standing by") {
+		if time.Now().After(deadline) {
+			t.Fatal("the second agent never took the device over")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := a.ping(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ping(a); err != nil {
+		t.Fatal(err)
 	}
 }

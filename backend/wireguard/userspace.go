@@ -25,12 +25,10 @@ import (
 //
 // Its UDP sockets are wireguard-go's StdNetBind, which pkg/udptunnel's
 // reuseport.go gives SO_REUSEPORT in every process that links it (this
-// one). That is harmless here: a restarted agent binds while the old
-// process's sockets may still close, and nothing else shares the port. Two
-// agents at once (a surge upgrade) would each handshake on their own queue
-// and the kernel would split the peers' datagrams between them, so the
-// wireguard datapath does no surge handover: the old agent lets go at once
-// and its successor's handshakes take over (docs: backends.md).
+// one). That is harmless here: only one agent runs wireguard-go on a node
+// at a time (a second one stands by, standby.go), so no two sockets share
+// the port for long; at most a stopping agent's socket is still closing
+// while its successor binds, which the option allows.
 type userDevice struct {
 	dev     *device.Device
 	uapi    net.Listener
