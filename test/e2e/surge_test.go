@@ -16,7 +16,7 @@ import (
 const surges = 10
 
 // maxWireGuardSurgeLoss: the gap between the old agent's wireguard-go
-// stopping and the new one's running and handshaking is some 20-70 ms on
+// stopping and the new one's running and handshaking is some 50-160 ms on
 // this 2-core lab under load (up to 16 pings each way at 100/s), longer
 // when the machine is busier.
 const maxWireGuardSurgeLoss = 50
