@@ -14,6 +14,7 @@ import (
 
 	"github.com/overlayd/overlayd/backend"
 	"github.com/overlayd/overlayd/netconf"
+	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/subnet"
 )
 
@@ -150,3 +151,27 @@ func mustKey(t *testing.T) wgtypes.Key {
 }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// flanneld's kernel WireGuard devices are adopted under overlayd's names;
+// nothing else is.
+func TestTakeOverFlanneldDevices(t *testing.T) {
+	b, err := New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := b.(backend.Adopter)
+	for _, tc := range []struct {
+		link kernel.LinkInfo
+		want string
+	}{
+		{kernel.LinkInfo{Name: "flannel-wg", Type: "wireguard"}, DeviceName},
+		{kernel.LinkInfo{Name: "flannel-wg-v6", Type: "wireguard"}, DeviceName6},
+		{kernel.LinkInfo{Name: "flannel-wg", Type: "tuntap"}, ""},
+		{kernel.LinkInfo{Name: "wg0", Type: "wireguard"}, ""},
+	} {
+		to, ok := a.TakeOver(tc.link)
+		if ok != (tc.want != "") || to.Rename != tc.want || to.Remove {
+			t.Errorf("%+v: %+v %v, want a rename to %q", tc.link, to, ok, tc.want)
+		}
+	}
+}
