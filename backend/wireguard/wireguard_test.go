@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -14,6 +16,7 @@ import (
 
 	"github.com/overlayd/overlayd/backend"
 	"github.com/overlayd/overlayd/netconf"
+	"github.com/overlayd/overlayd/pkg/ip"
 	"github.com/overlayd/overlayd/pkg/kernel"
 	"github.com/overlayd/overlayd/subnet"
 )
@@ -172,6 +175,56 @@ func TestTakeOverFlanneldDevices(t *testing.T) {
 		to, ok := a.TakeOver(tc.link)
 		if ok != (tc.want != "") || to.Rename != tc.want || to.Remove {
 			t.Errorf("%+v: %+v %v, want a rename to %q", tc.link, to, ok, tc.want)
+		}
+	}
+}
+
+// The Modes: separate is a device per family, each peer on both; the
+// single-device modes put both of a peer's subnets on one device, reached
+// over the family the mode says.
+func TestModes(t *testing.T) {
+	SetKeyFile(filepath.Join(t.TempDir(), "wgkey"))
+	defer SetKeyFile("")
+	peerKey := mustKey(t).PublicKey()
+	data := func(port int) json.RawMessage {
+		return json.RawMessage(fmt.Sprintf(`{"PublicKey":%q,"Port":%d}`, peerKey, port))
+	}
+	n := backend.Node{
+		Name: "n1", Network: mustPrefix("10.244.0.0/16"), IPv6Network: mustPrefix("fd00:10:244::/56"),
+		Lease: subnet.Lease{Subnet: mustPrefix("10.244.1.0/24"), IPv6Subnet: mustPrefix("fd00:10:244:1::/64")},
+		Underlay: &ip.External{Iface: ip.Interface{Name: "eth0", MTU: 1500},
+			Addr: netip.MustParseAddr("198.18.0.11"), Addr6: netip.MustParseAddr("fd00:198:18::11")},
+	}
+	peer := subnet.Lease{Node: "n2", Subnet: mustPrefix("10.244.2.0/24"), IPv6Subnet: mustPrefix("fd00:10:244:2::/64"),
+		Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("198.18.0.12"), PublicIPv6: netip.MustParseAddr("fd00:198:18::12"),
+			BackendType: Type, BackendData: data(51820), BackendV6Data: data(51821)}}
+	for mode, want := range map[string]map[string]PeerSpec{
+		"separate": {
+			DeviceName:  {Endpoint: netip.MustParseAddrPort("198.18.0.12:51820"), AllowedIPs: []netip.Prefix{peer.Subnet}},
+			DeviceName6: {Endpoint: netip.MustParseAddrPort("[fd00:198:18::12]:51821"), AllowedIPs: []netip.Prefix{peer.IPv6Subnet}},
+		},
+		"ipv4": {DeviceName: {Endpoint: netip.MustParseAddrPort("198.18.0.12:51820"), AllowedIPs: []netip.Prefix{peer.Subnet, peer.IPv6Subnet}}},
+		"ipv6": {DeviceName: {Endpoint: netip.MustParseAddrPort("[fd00:198:18::12]:51821"), AllowedIPs: []netip.Prefix{peer.Subnet, peer.IPv6Subnet}}},
+		// The peer's IPv4 address is not private: flanneld's auto chooses IPv4.
+		"auto": {DeviceName: {Endpoint: netip.MustParseAddrPort("198.18.0.12:51820"), AllowedIPs: []netip.Prefix{peer.Subnet, peer.IPv6Subnet}}},
+	} {
+		b, err := New(json.RawMessage(fmt.Sprintf(`{"Mode":%q,"Datapath":"userspace"}`, mode)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st backend.State
+		if err := b.Peer(n, peer, &st); err != nil {
+			t.Fatalf("%s: %v", mode, err)
+		}
+		spec := st.Datapath(Type).(*Spec)
+		if len(spec.Devices) != len(want) {
+			t.Errorf("%s: devices %v, want %d", mode, slices.Sorted(maps.Keys(spec.Devices)), len(want))
+		}
+		for dev, wp := range want {
+			d := spec.Devices[dev]
+			if d == nil || !samePeer(d.Peers[peerKey], wp) {
+				t.Errorf("%s: %s has %+v, want the peer %+v", mode, dev, d, wp)
+			}
 		}
 	}
 }
