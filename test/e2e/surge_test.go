@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
 )
 
@@ -68,7 +69,7 @@ func TestSurgeUpgrade(t *testing.T) {
 			for i := range surges {
 				old := c.Agents[n1.Name]
 				oldLog := len(old.Log())
-				next, err := n1.StartWithEnv(fmt.Sprintf("overlayd-surge%d", i+1), []string{"NODE_NAME=" + n1.Name}, c.AgentArgv(n1)...)
+				next, err := n1.StartWithEnv(fmt.Sprintf("overlayd-surge%d", i+1), harness.AgentEnv(n1), c.AgentArgv(n1)...)
 				if err != nil {
 					t.Fatal(err)
 				}
