@@ -275,3 +275,25 @@ func TestSecondAgentStandsByThenTakesOver(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// With a PSK, nodes sharing it reach each other; a node with another PSK
+// does not, and its traffic is not sent in the clear either.
+func TestPresharedKey(t *testing.T) {
+	psk1, psk2 := mustKey(t), mustKey(t)
+	nodes := newPair(t, `{"Type":"wireguard","Datapath":"userspace","PSK":"`+psk1.String()+`"}`)
+	a, b := nodes[0], nodes[1]
+	a.apply(b)
+	b.apply(a)
+	if err := a.ping(b); err != nil {
+		t.Fatal(err)
+	}
+	if dev := a.device(); len(dev.Peers) != 1 || dev.Peers[0].PresharedKey != psk1 {
+		t.Fatalf("the device's peer does not have the PSK")
+	}
+	b.newBackend(`{"Type":"wireguard","Datapath":"userspace","PSK":"`+psk2.String()+`"}`, filepath.Join(t.TempDir(), "wgkey"))
+	a.apply(b)
+	b.apply(a)
+	if err := b.ping(a); err == nil {
+		t.Fatal("nodes with different PSKs reached each other")
+	}
+}
