@@ -14,6 +14,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/overlayd/overlayd/backend/wireguard"
 	harness "github.com/overlayd/overlayd/test/cluster"
@@ -140,6 +142,8 @@ func TestWireGuard(t *testing.T) {
 		}
 	}
 
+	t.Run("peer without a key", func(t *testing.T) { keylessPeer(t, c, n1) })
+
 	t.Run("key file removed and the agent restarted", func(t *testing.T) {
 		n3 := c.node(1) // node 3 has been deleted from the API
 		old := c.publishedKeys()[n3.Name]
@@ -160,6 +164,59 @@ func TestWireGuard(t *testing.T) {
 		c.requireWireGuardPeersMatchLeases() // the old key is on no peer
 		c.requireFullMesh(append(c.PodsOn(n1), c.PodsOn(n3)...))
 	})
+}
+
+// keylessPeer registers a Node that publishes wireguard without a usable
+// key: every agent skips it and counts it (no_wireguard_key), gives its
+// subnet no route of its own, and a ping from a pod to it, marked, never
+// crosses the underlay in the clear: the cluster network's route takes it
+// into the WireGuard device, which has no peer for it.
+func keylessPeer(t *testing.T, c *cluster, n1 *lab.Node) {
+	ctx := context.Background()
+	const skipped = `overlayd_peers_skipped_total{reason="no_wireguard_key"}`
+	before := metricValue(t, c, n1, skipped)
+	ghost := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "keyless", Annotations: map[string]string{
+			annotationPrefix + "kube-subnet-manager": "true",
+			annotationPrefix + "backend-type":        wireguard.Type,
+			annotationPrefix + "backend-data":        `{"PublicKey":"","Port":51820}`,
+			annotationPrefix + "public-ip":           "198.18.0.250",
+		}},
+		Spec: corev1.NodeSpec{PodCIDR: "10.244.201.0/24", PodCIDRs: []string{"10.244.201.0/24"}},
+	}
+	if _, err := c.Admin.CoreV1().Nodes().Create(ctx, ghost, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Admin.CoreV1().Nodes().Delete(ctx, ghost.Name, metav1.DeleteOptions{})
+	harness.Eventually(t, 30*time.Second, n1.Name+" counts the keyless peer skipped", func() (bool, string) {
+		v := metricValue(t, c, n1, skipped)
+		return v > before, fmt.Sprint(v)
+	})
+	if hasRoute(t, n1, "10.244.201.0/24") {
+		t.Fatalf("%s routes the keyless peer's subnet", n1.Name)
+	}
+	// Without the route for the cluster network its packets would follow the
+	// node's default route, onto the underlay.
+	if out, err := n1.Exec(ctx, "ip", "route", "get", "10.244.201.2"); err != nil || !strings.Contains(out, "dev "+wireguard.DeviceName) {
+		t.Fatalf("%s does not route the keyless peer's subnet into %s (%v): %s", n1.Name, wireguard.DeviceName, err, out)
+	}
+	capture, err := n1.StartCapture("eth0", marker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := c.PodsOn(n1)[0]
+	out, err := src.Exec(ctx, "ping", "-c", "20", "-i", "0.02", "-W", "1", "-p", hex.EncodeToString(marker), "10.244.201.2")
+	frames, matches, cerr := capture.Stop()
+	if cerr != nil {
+		t.Fatal(cerr)
+	}
+	t.Logf("20 marked pings to the keyless peer's subnet: %d frames on %s's underlay, %d with the marker", frames, n1.Name, matches)
+	if err == nil {
+		t.Fatalf("the keyless peer's subnet answered:\n%s", out)
+	}
+	if matches != 0 {
+		t.Fatalf("%d frames to the keyless peer crossed the underlay in the clear", matches)
+	}
 }
 
 func readKey(t *testing.T, n *lab.Node) string {
