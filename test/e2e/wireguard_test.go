@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -236,7 +237,8 @@ var marker = []byte("overlayd-marker!")
 
 // TestWireGuardEncrypts captures the underlay of a node while its pod pings
 // a pod on another node with a marker payload (ping -p): under vxlan the
-// marker crosses the underlay, under wireguard never.
+// marker crosses the underlay, under wireguard never, also not while the
+// agents restart (SIGKILL) or the nodes change their keys.
 func TestWireGuardEncrypts(t *testing.T) {
 	for _, tc := range []struct {
 		backend string
@@ -245,31 +247,88 @@ func TestWireGuardEncrypts(t *testing.T) {
 		t.Run(tc.backend, func(t *testing.T) {
 			c := newCluster(t, clusterOptions{Nodes: 2, NetConf: netConf(tc.backend)})
 			c.requireFullMesh(c.Pods)
-			src, dst := c.PodsOn(c.node(0))[0], c.PodsOn(c.node(1))[0]
-			capture, err := c.node(0).StartCapture("eth0", marker)
-			if err != nil {
-				t.Fatal(err)
-			}
-			const pings = 50
-			out, err := src.Exec(context.Background(), "ping", "-c", fmt.Sprint(pings), "-i", "0.02", "-W", "2", "-p", hex.EncodeToString(marker), dst.IP.String())
-			frames, matches, cerr := capture.Stop()
-			if err != nil {
-				t.Fatalf("ping: %v\n%s", err, out)
-			}
-			if cerr != nil {
-				t.Fatal(cerr)
-			}
-			t.Logf("%s: %d pings with the marker; %d frames on %s's underlay, %d carrying the marker", tc.backend, pings, frames, c.node(0).Name, matches)
+			frames, matches := markedPings(t, c, 50, nil)
+			t.Logf("%s: 50 pings with the marker; %d frames on %s's underlay, %d carrying the marker", tc.backend, frames, c.node(0).Name, matches)
 			switch {
-			case frames < 2*pings:
-				t.Fatalf("the capture saw %d frames for %d pings and their replies: it missed the traffic", frames, pings)
-			case tc.clear && matches < 2*pings:
-				t.Fatalf("under %s %d frames carried the marker; want the %d pings and replies, in the clear", tc.backend, matches, 2*pings)
+			case frames < 2*50:
+				t.Fatalf("the capture saw %d frames for 50 pings and their replies: it missed the traffic", frames)
+			case tc.clear && matches < 2*50:
+				t.Fatalf("under %s %d frames carried the marker; want the 50 pings and replies, in the clear", tc.backend, matches)
 			case !tc.clear && matches != 0:
 				t.Fatalf("under %s %d frames carried the marker in the clear", tc.backend, matches)
 			}
+			if tc.clear {
+				return
+			}
+			for _, step := range []struct {
+				name string
+				do   func(n *lab.Node)
+			}{
+				{"agents killed and restarted", func(n *lab.Node) { restartAgent(t, c, n, syscall.SIGKILL) }},
+				{"every node's key changed in turn", func(n *lab.Node) {
+					if err := c.Agents[n.Name].Stop(); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.Remove(harness.WireGuardKeyFile(n)); err != nil {
+						t.Fatal(err)
+					}
+					if err := c.Agents[n.Name].Start(); err != nil {
+						t.Fatal(err)
+					}
+					c.waitReady(n)
+				}},
+			} {
+				frames, matches := markedPings(t, c, 300, func() {
+					for _, n := range c.Lab.Nodes {
+						step.do(n)
+					}
+				})
+				t.Logf("%s: 300 pings with the marker at 100/s; %d frames on the underlay, %d carrying the marker", step.name, frames, matches)
+				if matches != 0 {
+					t.Fatalf("%s: %d frames carried the marker in the clear", step.name, matches)
+				}
+				c.requireFullMesh(c.Pods)
+			}
 		})
 	}
+}
+
+// markedPings pings from the first node's pod to the second's, count times
+// at 50/s (100/s with during) with the marker as payload, while capturing
+// the first node's underlay, and runs during meanwhile; it returns the
+// frames captured and those carrying the marker.
+func markedPings(t *testing.T, c *cluster, count int, during func()) (frames, matches int) {
+	t.Helper()
+	src, dst := c.PodsOn(c.node(0))[0], c.PodsOn(c.node(1))[0]
+	capture, err := c.node(0).StartCapture("eth0", marker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	interval := "0.02"
+	if during != nil {
+		interval = "0.01"
+	}
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := src.Exec(context.Background(), "ping", "-c", fmt.Sprint(count), "-i", interval, "-W", "1", "-p", hex.EncodeToString(marker), dst.IP.String())
+		done <- result{out, err}
+	}()
+	if during != nil {
+		during()
+	}
+	r := <-done
+	frames, matches, cerr := capture.Stop()
+	if cerr != nil {
+		t.Fatal(cerr)
+	}
+	if r.err != nil && during == nil { // pings lost while agents restart are expected
+		t.Fatalf("ping: %v\n%s", r.err, r.out)
+	}
+	return frames, matches
 }
 
 // TestSwitchWireGuardLive: vxlan → wireguard → vxlan on a running cluster
