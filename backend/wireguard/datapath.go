@@ -1,6 +1,7 @@
 package wireguard
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -70,10 +71,10 @@ func (d *datapath) Ensure(want backend.DatapathSpec, _ []netip.Addr) error {
 	if err := d.openClient(); err != nil {
 		return err
 	}
-	var errs []string
+	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(spec.Devices)) {
 		if err := d.ensureDevice(spec.Devices[name]); err != nil {
-			errs = append(errs, err.Error())
+			errs = append(errs, err)
 		}
 	}
 	d.stopExcept(spec.Devices)
@@ -84,7 +85,7 @@ func (d *datapath) Ensure(want backend.DatapathSpec, _ []netip.Addr) error {
 		d.conflicts = c
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%s", strings.Join(errs, "; "))
+		return errors.Join(errs...)
 	}
 	d.cache.save(spec, d.log)
 	return nil
