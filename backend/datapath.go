@@ -33,6 +33,26 @@ type Datapath interface {
 	Close() error
 }
 
+// DatapathReporter is a Datapath that says how it runs (e.g. WireGuard's
+// kernel or userspace device), for the datapath condition of /readyz.
+type DatapathReporter interface {
+	// Report is one line for operators; "" for nothing to say.
+	Report() string
+}
+
+// Reports are the reports of the datapaths that have one, in name order.
+func (d Datapaths) Reports() []string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(d)) {
+		if r, ok := d[name].(DatapathReporter); ok {
+			if s := r.Report(); s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
 // DatapathEnv is what a datapath is opened with.
 type DatapathEnv struct {
 	// StateDir holds files a datapath keeps across restarts (beside

@@ -92,7 +92,11 @@ func (l *Loop) pass(ctx context.Context) error {
 	errs := l.apply(want)
 	if len(errs) == 0 {
 		l.lastState = &want
-		l.cfg.Status.Set(health.Datapath, true, fmt.Sprintf("%d peers", len(peers)))
+		detail := fmt.Sprintf("%d peers", len(peers))
+		for _, r := range l.cfg.Datapaths.Reports() {
+			detail += "; " + r
+		}
+		l.cfg.Status.Set(health.Datapath, true, detail)
 		// Publish only what this node is now able to receive.
 		if err := l.publish(ctx); err != nil {
 			errs = append(errs, err)

@@ -28,6 +28,7 @@ type options struct {
 	kubeAPIURL           string
 	netConfigPath        string
 	subnetFile           string
+	wireguardKeyFile     string
 	ifaces               stringList
 	ifaceRegex           stringList
 	ifaceCanReach        string
@@ -84,6 +85,7 @@ func newFlagSet(o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.kubeAPIURL, "kube-api-url", "", "Kubernetes API server URL, overriding the kubeconfig's")
 	fs.StringVar(&o.netConfigPath, "net-config-path", "/etc/kube-overlayd/net-conf.json", "path to net-conf.json; reloaded when it changes")
 	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "file the CNI flannel plugin reads the node's subnet from")
+	fs.StringVar(&o.wireguardKeyFile, "wireguard-key-file", "", "the wireguard backend's private key file, created (mode 0400) when missing; empty means WIREGUARD_KEY_FILE, else /run/flannel/wgkey (flanneld's)")
 	fs.Var(&o.ifaces, "iface", "interface (name or address) for traffic between nodes; repeat to try several in order")
 	fs.Var(&o.ifaceRegex, "iface-regex", "regular expression matched against interface addresses, then names; repeat to try several in order")
 	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "use the interface the kernel routes this address through")

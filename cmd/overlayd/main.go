@@ -22,6 +22,7 @@ import (
 	_ "github.com/overlayd/overlayd/backend/hostgw"
 	_ "github.com/overlayd/overlayd/backend/udp"
 	_ "github.com/overlayd/overlayd/backend/vxlan"
+	"github.com/overlayd/overlayd/backend/wireguard"
 	"github.com/overlayd/overlayd/pkg/health"
 	"github.com/overlayd/overlayd/pkg/ip"
 	"github.com/overlayd/overlayd/pkg/kernel"
@@ -71,6 +72,9 @@ func main() {
 
 func run(ctx context.Context, o *options, log *zap.Logger) error {
 	log.Info("starting overlayd", zap.String("version", version.Version))
+	if o.wireguardKeyFile != "" {
+		wireguard.SetKeyFile(o.wireguardKeyFile)
+	}
 	// Userspace datapaths resume first: they forward nothing until opened.
 	datapaths, err := backend.OpenDatapaths(backend.DatapathEnv{StateDir: filepath.Dir(o.subnetFile), Log: log.Named("datapath")})
 	if err != nil {

@@ -3,7 +3,7 @@
 // their output, and ends with one summary table. It fails only when a
 // benchmark fails to run, never on a figure.
 //
-//   - throughput: test/bench BenchmarkThroughput (vxlan, host-gw, udp);
+//   - throughput: test/bench BenchmarkThroughput (vxlan, host-gw, udp, wireguard);
 //   - convergence: test/bench BenchmarkConvergence (1000 and 5000 peers);
 //   - snapshot: subnet/kube BenchmarkSnapshot (the lease store at 5000 nodes);
 //   - apiserver: test/bench BenchmarkAPIServerCost (what a Node update costs
@@ -271,8 +271,11 @@ func (s *summary) print(out io.Writer) {
 				}
 			}
 			vs := fmt.Sprintf("%.1f%%", 100*med/refMed)
-			if b.Backend == "udp" {
+			switch b.Backend {
+			case "udp":
 				vs += target(100*med/refMed >= 25, "target >= 25%")
+			case "wireguard":
+				vs += target(100*med/refMed >= 30, "target >= 30%")
 			}
 			retr := make([]float64, len(b.Retransmits))
 			for i, r := range b.Retransmits {

@@ -119,6 +119,8 @@ func (r *Reconciler) linkMatches(cur netlink.Link, w Link) bool {
 	case KindTUN:
 		tun, ok := cur.(*netlink.Tuntap)
 		return ok && tun.Mode == netlink.TUNTAP_MODE_TUN && tun.Flags&TUNFlags == TUNFlags
+	case KindWireGuard:
+		return cur.Type() == string(KindWireGuard)
 	}
 	return false
 }
@@ -146,6 +148,9 @@ func (r *Reconciler) createLink(w Link) (netlink.Link, error) {
 		// its address and its routes; the datapath re-attaches.
 		attrs.HardwareAddr = nil
 		l = &netlink.Tuntap{LinkAttrs: attrs, Mode: netlink.TUNTAP_MODE_TUN, Flags: TUNFlags}
+	case KindWireGuard:
+		attrs.HardwareAddr = nil // a layer 3 device
+		l = &netlink.Wireguard{LinkAttrs: attrs}
 	default:
 		return nil, fmt.Errorf("creating %s: unknown link kind %q", w.Name, w.Kind)
 	}

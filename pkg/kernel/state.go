@@ -36,6 +36,9 @@ type LinkKind string
 const (
 	KindVXLAN LinkKind = "vxlan"
 	KindTUN   LinkKind = "tun"
+	// KindWireGuard is the kernel's WireGuard device; its keys and peers
+	// are its datapath's (backend/wireguard), configured through wgctrl.
+	KindWireGuard LinkKind = "wireguard"
 )
 
 // Link is a device overlayd owns.

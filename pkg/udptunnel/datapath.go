@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/overlayd/overlayd/pkg/tunqueue"
+
 	"go.uber.org/zap"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
@@ -95,7 +97,7 @@ func startSession(t *Tunnel, device string, port int, bufs *buffers) (*session, 
 		bind.Close()
 		return nil, fmt.Errorf("UDP socket batch size %d, want %d", bind.BatchSize(), batchSize)
 	}
-	dev, ifindex, err := attach(device)
+	dev, ifindex, err := tunqueue.Attach(device)
 	if err != nil {
 		bind.Close()
 		return nil, err

@@ -30,6 +30,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/overlayd/overlayd/pkg/tunqueue"
+
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
 )
@@ -97,7 +99,7 @@ func (t *Tunnel) Ensure(spec *Spec) error {
 		t.stopLocked()
 		return nil
 	}
-	if err := validDeviceName(spec.Device); err != nil {
+	if err := tunqueue.ValidDeviceName(spec.Device); err != nil {
 		return fmt.Errorf("udptunnel: Spec.Device: %w", err)
 	}
 	if spec.Port < 1 || spec.Port > 65535 {
@@ -188,7 +190,7 @@ func (t *Tunnel) AwaitSuccessor(timeout time.Duration, successor func() bool) bo
 	}
 	deadline := time.Now().Add(timeout)
 	for successor() {
-		if n, err := queues(s.device); err == nil && n > 1 {
+		if n, err := tunqueue.Queues(s.device); err == nil && n > 1 {
 			return true
 		}
 		if time.Now().After(deadline) {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/overlayd/overlayd/pkg/tunqueue"
+
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -445,7 +447,7 @@ func TestSecondAgentJoins(t *testing.T) {
 
 	second := c.startTunnel(0, c.spec(0)) // the same device and port
 	if err := kernel.InNamespace(c.nodes[0].handle, func() error {
-		n, err := queues(device)
+		n, err := tunqueue.Queues(device)
 		if err == nil && n != 2 {
 			err = fmt.Errorf("%d queues open, want 2", n)
 		}

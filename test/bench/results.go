@@ -4,7 +4,7 @@
 // cannot reach another).
 //
 //   - BenchmarkThroughput: pod-to-pod TCP throughput (iperf3, one stream)
-//     between two lab nodes for vxlan, host-gw and udp, each a real overlayd
+//     between two lab nodes for vxlan, host-gw, udp and wireguard, each a real overlayd
 //     binary on real namespace nodes with pods attached by the real CNI
 //     plugins; backends alternate within every round (-benchtime Nx: N
 //     rounds).

@@ -15,10 +15,10 @@ import (
 )
 
 // throughputBackends are compared; the first is the reference.
-var throughputBackends = []string{"vxlan", "host-gw", "udp"}
+var throughputBackends = []string{"vxlan", "host-gw", "udp", "wireguard"}
 
 // overlayDevice is the device each backend carries pod traffic through.
-var overlayDevice = map[string]string{"vxlan": vxlanDev, "udp": "overlay0"}
+var overlayDevice = map[string]string{"vxlan": vxlanDev, "udp": "overlay0", "wireguard": "overlay-wg"}
 
 // iperfSeconds is the measured length of one iperf3 run
 // (OVERLAYD_BENCH_IPERF_SECONDS overrides it).

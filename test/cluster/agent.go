@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,6 +35,18 @@ func (c *Cluster) AgentArgv(n *lab.Node) []string {
 	return slices.Concat(args, c.opts.Args, c.opts.NodeArgs[n.Name])
 }
 
+// WireGuardKeyFile is the node's WireGuard private key file: one per node,
+// as every node of the lab shares the host's file system.
+func WireGuardKeyFile(n *lab.Node) string { return filepath.Join(n.Dir, "wgkey") }
+
+// AgentEnv is the environment of the node's agent, overlayd or flanneld,
+// as the DaemonSet gives it: NODE_NAME, and the node's own WireGuard key
+// file in WIREGUARD_KEY_FILE, which both read (so the two get the same
+// flags).
+func AgentEnv(n *lab.Node) []string {
+	return []string{"NODE_NAME=" + n.Name, "WIREGUARD_KEY_FILE=" + WireGuardKeyFile(n)}
+}
+
 // AgentProgram is what the node's agent runs, or runs when it next
 // starts: Overlayd or Flanneld.
 func (c *Cluster) AgentProgram(n *lab.Node) string {
@@ -57,7 +70,7 @@ func (c *Cluster) UseAgent(n *lab.Node, program string) error {
 	return nil
 }
 
-// StartAgent starts the node's agent with NODE_NAME set, as the DaemonSet
+// StartAgent starts the node's agent with AgentEnv, as the DaemonSet
 // does: overlayd (AgentArgv) or, on a flanneld node, flanneld
 // (FlanneldArgv) once the node's Node has a podCIDR (flanneld exits at once
 // without one). A stopped agent is started again with its current command
@@ -99,7 +112,7 @@ func (c *Cluster) StartAgent(n *lab.Node) (*lab.Process, error) {
 		c.Agents[n.Name] = p
 		return p, nil
 	}
-	env := []string{"NODE_NAME=" + n.Name}
+	env := AgentEnv(n)
 	if program == Flanneld {
 		env = append(env, "PATH="+sbinPath()) // flanneld runs iptables
 	}

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/overlayd/overlayd/backend/wireguard"
 	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
 )
@@ -57,6 +58,7 @@ func TestDualStack(t *testing.T) {
 	}{
 		{"vxlan", []breakage{route6Deleted, fdb6Deleted, neigh6Deleted, device6Deleted}},
 		{"host-gw", []breakage{route6Deleted}},
+		{"wireguard", []breakage{route6Deleted, wireGuardDevice6Deleted}},
 	} {
 		t.Run(tc.backend, func(t *testing.T) {
 			c := testBackendConf(t, netConfDual(tc.backend), tc.breakages...)
@@ -80,7 +82,8 @@ func peerWithoutIPv6(t *testing.T, c *cluster, backend string, pods []*lab.Pod) 
 	ctx := context.Background()
 	n1 := c.node(0)
 	before := metricValue(t, c, n1, `overlayd_peers_skipped_total{reason="missing_family"}`)
-	data := map[string]string{"vxlan": `{"VNI":1,"VtepMAC":"0a:58:c6:12:00:fa"}`, "host-gw": "null"}[backend]
+	data := map[string]string{"vxlan": `{"VNI":1,"VtepMAC":"0a:58:c6:12:00:fa"}`, "host-gw": "null",
+		"wireguard": `{"PublicKey":"` + ghostKey + `","Port":51820}`}[backend]
 	ghost := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: "ghost", Annotations: map[string]string{
 			annotationPrefix + "kube-subnet-manager": "true",
@@ -125,11 +128,14 @@ func hasRoute6(t *testing.T, n *lab.Node, dst string) bool {
 // overlayd's, exactly the IPv6 state the leases call for, and the IPv6
 // route deleted by hand is repaired.
 func TestIPv6Only(t *testing.T) {
-	for _, backend := range []string{"vxlan", "host-gw"} {
+	for _, backend := range []string{"vxlan", "host-gw", "wireguard"} {
 		t.Run(backend, func(t *testing.T) {
 			breakages := []breakage{route6Deleted}
-			if backend == "vxlan" {
+			switch backend {
+			case "vxlan":
 				breakages = append(breakages, fdb6Deleted, device6Deleted)
+			case "wireguard":
+				breakages = append(breakages, wireGuardDevice6Deleted)
 			}
 			c := testBackendConf(t, netConfIPv6Only(backend), breakages...)
 			for _, p := range c.Pods {
@@ -143,6 +149,9 @@ func TestIPv6Only(t *testing.T) {
 				}
 				if backend == "vxlan" && !linkGone(t, n, "overlay.1") {
 					t.Errorf("%s: an IPv4 vxlan device in an IPv6-only cluster", n.Name)
+				}
+				if backend == "wireguard" && !linkGone(t, n, wireguard.DeviceName) {
+					t.Errorf("%s: an IPv4 WireGuard device in an IPv6-only cluster", n.Name)
 				}
 			}
 		})

@@ -248,6 +248,24 @@ func wantKernelState(self peerLease, leases map[string]peerLease, onLink func(ne
 		links["overlay0"] = true
 	}
 	var lines []string
+	// wireguard's devices and their routes for the whole cluster network,
+	// wanted for the node's own backend or for a peer's.
+	wireguardDev := func(v6 bool) string {
+		dev, network := "overlay-wg", clusterCIDR
+		if v6 {
+			dev, network = "overlay-wg-v6", clusterCIDR6
+		}
+		if !links[dev] {
+			links[dev] = true
+			lines = append(lines, fmt.Sprintf("route %s dev %s", network, dev))
+		}
+		return dev
+	}
+	if self.backendType == "wireguard" {
+		for _, f := range self.families() {
+			wireguardDev(f.v6)
+		}
+	}
 	for name, l := range leases {
 		if name == self.node {
 			continue
@@ -275,6 +293,8 @@ func wantKernelState(self peerLease, leases map[string]peerLease, onLink func(ne
 			case "udp":
 				links["overlay0"] = true
 				lines = append(lines, fmt.Sprintf("route %s dev overlay0", f.subnet))
+			case "wireguard":
+				lines = append(lines, fmt.Sprintf("route %s dev %s", f.subnet, wireguardDev(f.v6)))
 			}
 		}
 	}

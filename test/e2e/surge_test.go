@@ -9,11 +9,18 @@ import (
 	"testing"
 	"time"
 
+	harness "github.com/overlayd/overlayd/test/cluster"
 	"github.com/overlayd/overlayd/test/lab"
 )
 
 // surges is how many upgrades in a row each backend goes through.
 const surges = 10
+
+// maxWireGuardSurgeLoss: the gap between the old agent's wireguard-go
+// stopping and the new one's running and handshaking is some 50-160 ms on
+// this 2-core lab under load (up to 16 pings each way at 100/s), longer
+// when the machine is busier.
+const maxWireGuardSurgeLoss = 50
 
 // kernelChange is what an agent logs when it changes the node's kernel
 // state or traffic rules: two agents that agree never log it.
@@ -24,11 +31,15 @@ var kernelChange = regexp.MustCompile(`\t(added|removed|updated|created|replacin
 // one, which is stopped by SIGTERM 3 s later. Under a 100/s ping each way
 // between pods on nodes 1 and 2, nothing is lost on udp (the new agent
 // joins the TUN device and the UDP port, the old one lets go once it has),
-// vxlan and host-gw. While both run they agree: neither changes anything
+// vxlan and host-gw. On wireguard in userspace (this kernel has no
+// WireGuard) two wireguard-go instances cannot share the device: the new
+// agent stands by, ready, and takes the device over when the old one lets
+// go, so a surge loses what is sent in that gap, as a restart does: at most
+// maxWireGuardSurgeLoss pings of both directions. While both run they agree: neither changes anything
 // in the kernel (no change logged), and the kernel state is afterwards
 // exactly what the leases call for.
 func TestSurgeUpgrade(t *testing.T) {
-	for _, backend := range []string{"udp", "vxlan", "host-gw"} {
+	for _, backend := range []string{"udp", "vxlan", "host-gw", "wireguard"} {
 		t.Run(backend, func(t *testing.T) {
 			c := newCluster(t, clusterOptions{Nodes: 2, NetConf: netConf(backend)})
 			c.requireFullMesh(c.Pods)
@@ -58,7 +69,7 @@ func TestSurgeUpgrade(t *testing.T) {
 			for i := range surges {
 				old := c.Agents[n1.Name]
 				oldLog := len(old.Log())
-				next, err := n1.StartWithEnv(fmt.Sprintf("overlayd-surge%d", i+1), []string{"NODE_NAME=" + n1.Name}, c.AgentArgv(n1)...)
+				next, err := n1.StartWithEnv(fmt.Sprintf("overlayd-surge%d", i+1), harness.AgentEnv(n1), c.AgentArgv(n1)...)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -80,14 +91,21 @@ func TestSurgeUpgrade(t *testing.T) {
 				sent, recv := counts()
 				lost := (sent - sent0) - (recv - recv0)
 				t.Logf("%s surge %d: %d of %d pings lost", backend, i+1, lost, sent-sent0)
-				if lost != 0 {
-					t.Errorf("%s surge %d: %d of %d pings lost; want none", backend, i+1, lost, sent-sent0)
+				allowed := 0
+				if backend == "wireguard" {
+					allowed = maxWireGuardSurgeLoss
+				}
+				if lost > allowed {
+					t.Errorf("%s surge %d: %d of %d pings lost; want at most %d", backend, i+1, lost, sent-sent0, allowed)
 				}
 				sent0, recv0 = sent, recv
 				for who, log := range map[string]string{"old": overlap, "new": next.Log()} {
 					if m := kernelChanges(log); len(m) > 0 {
 						t.Errorf("surge %d: the %s agent changed kernel state while both ran:\n%s", i+1, who, strings.Join(m, "\n"))
 					}
+				}
+				if backend == "wireguard" && !containsAll(next.Log(), "standing by until it lets go", "the previous agent let go of the WireGuard device") {
+					t.Errorf("surge %d: the new agent did not stand by and then take the WireGuard device over:\n%s", i+1, next.Tail(2000))
 				}
 				if backend == "udp" && !strings.Contains(old.Log(), "has joined the udp datapath; letting go") {
 					t.Errorf("surge %d: the old agent did not wait for the new one to join the udp datapath:\n%s", i+1, old.Tail(2000))

@@ -196,7 +196,7 @@ func TestWaitsWhileFlanneldRuns(t *testing.T) {
 	// port of its own).
 	const port = harness.HealthzPort + 1
 	argv := append(c.AgentArgv(n1), "--healthz-port", fmt.Sprint(port))
-	ov, err := n1.StartWithEnv("overlayd-beside", []string{"NODE_NAME=" + n1.Name}, argv...)
+	ov, err := n1.StartWithEnv("overlayd-beside", harness.AgentEnv(n1), argv...)
 	if err != nil {
 		t.Fatal(err)
 	}

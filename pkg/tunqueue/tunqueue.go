@@ -1,4 +1,8 @@
-package udptunnel
+// Package tunqueue opens a queue of a persistent multi-queue TUN device with
+// the virtio-net header and segmentation offloads, as wireguard-go's tun
+// package drives it: the userspace datapaths (udp's, WireGuard's) move
+// packets through it in batches.
+package tunqueue
 
 import (
 	"errors"
@@ -10,20 +14,21 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 )
 
-func validDeviceName(name string) error {
+// ValidDeviceName checks a device name against the kernel's limit.
+func ValidDeviceName(name string) error {
 	if name == "" || len(name) >= unix.IFNAMSIZ {
 		return fmt.Errorf("device name %q: want 1-%d characters", name, unix.IFNAMSIZ-1)
 	}
 	return nil
 }
 
-// attach opens a queue of the existing persistent multi-queue TUN device
+// Attach opens a queue of the existing persistent multi-queue TUN device
 // name (in the caller's network namespace) with the virtio-net header and
 // offloads enabled, and returns it with its interface index. Another
 // process may have queues of the same device open (a second agent during a
 // surge upgrade): the kernel spreads the flows routed to the device over
 // the queues, and each agent forwards what it reads.
-func attach(name string) (tun.Device, int, error) {
+func Attach(name string) (tun.Device, int, error) {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		return nil, 0, fmt.Errorf("TUN device %s: %w", name, err)
@@ -86,9 +91,9 @@ func attach(name string) (tun.Device, int, error) {
 	return dev, link.Attrs().Index, nil
 }
 
-// queues is the number of queues of the TUN device that processes have
+// Queues is the number of queues of the TUN device that processes have
 // open: more than one while another agent has joined.
-func queues(name string) (int, error) {
+func Queues(name string) (int, error) {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		return 0, fmt.Errorf("TUN device %s: %w", name, err)
