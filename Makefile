@@ -166,13 +166,16 @@ dev-cluster-down:
 	hack/dev-cluster.sh down $(DEV_CLUSTER_BIN) $(DEV_CLUSTER_DIR)
 
 BACKEND ?= vxlan
+FAMILY  ?= ipv4
 
 ## demo: a local cluster without containers: real control plane, 3 nodes x 2 pods as network
-##       namespaces, overlayd on every node; prints leases and a connectivity matrix, removes
-##       everything on exit (BACKEND=vxlan|host-gw|udp; DEMO_HOLD=0|1; needs root)
+##       namespaces, overlayd on every node; prints leases and a connectivity matrix (one per
+##       address family), removes everything on exit (BACKEND=vxlan|host-gw|udp;
+##       FAMILY=ipv4|dual|ipv6: IPv4, dual-stack or IPv6-only, udp only ipv4; DEMO_HOLD=0|1;
+##       needs root)
 demo: build test-bins cni-bins deps
 	$(GO) build -trimpath -o bin/overlayd-demo ./hack/demo
-	bin/overlayd-demo --backend=$(BACKEND) --overlayd=bin/overlayd
+	bin/overlayd-demo --backend=$(BACKEND) --family=$(FAMILY) --overlayd=bin/overlayd
 
 clean:
 	rm -rf bin
