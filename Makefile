@@ -117,8 +117,10 @@ fuzz:
 
 ## bench: prints figures, never fails on a time (hack/bench): pod-to-pod
 ## throughput of vxlan, host-gw and udp on the real daemon, the lease store at
-## 5000 nodes, agent convergence at 1000 and 5000 peers. BENCH_FLAGS passes
-## options, e.g. BENCH_FLAGS="-only throughput -rounds 3" (go run ./hack/bench -h).
+## 5000 nodes, agent convergence at 1000 and 5000 peers, IPv4-only and
+## dual-stack side by side. BENCH_FLAGS passes options, e.g.
+## BENCH_FLAGS="-only throughput -rounds 3" or "-only convergence -peers 5000"
+## (go run ./hack/bench -h).
 BENCH_FLAGS ?=
 bench: build test-bins cni-bins deps
 	$(GO) run ./hack/bench -overlayd $(CURDIR)/bin/overlayd $(BENCH_FLAGS)
