@@ -16,7 +16,7 @@ import (
 func TestSummaryDualStack(t *testing.T) {
 	size := func(family string, peers int, converged float64, rssMiB int64) bench.ConvergenceSize {
 		return bench.ConvergenceSize{
-			Family: family, Peers: peers, ConvergedSec: converged, ColdStartsSec: []float64{converged},
+			Family: family, Peers: peers, ConvergedSec: converged, ColdStartsSec: []float64{converged}, ColdStartCPUSec: converged / 2,
 			VmRSSKiB: rssMiB * 1024, VmHWMKiB: rssMiB * 1024, NoopReconcileMs: 10, LoadAverage: "1.00",
 		}
 	}
@@ -32,6 +32,7 @@ func TestSummaryDualStack(t *testing.T) {
 	t.Log(text)
 	for _, want := range []string{
 		`N = 1000: cold start to all entries \(median\)\s+1\.00 s\s+1\.60 s\s+1\.60x  \[target <= 1\.5x: NOT MET\]`,
+		`N = 1000: agent CPU to all entries \(median\)\s+0\.50 s\s+0\.80 s\s+1\.60x\n`, // a figure, no target
 		`N = 1000: agent VmRSS\s+40\.0 MiB\s+48\.0 MiB\s+1\.20x  \[target <= 1\.5x: met\]`,
 		`N = 5000: cold start to all entries \(median\)\s+2\.00 s\s+2\.50 s\s+1\.25x  \[target <= 1\.5x: met\]`,
 		`N = 5000: agent VmRSS\s+50\.0 MiB\s+80\.0 MiB\s+1\.60x  \[target <= 1\.5x: NOT MET\]`,

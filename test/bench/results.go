@@ -79,6 +79,7 @@ type ConvergenceSize struct {
 	FirstEntrySec   float64   // agent start to the first overlayd route in the kernel (median)
 	ConvergedSec    float64   // agent start to every route, neighbour and FDB entry (median)
 	ColdStartsSec   []float64 // each cold start's ConvergedSec
+	ColdStartCPUSec float64   // agent CPU seconds from start to every entry (median)
 	WarmRestartSec  float64   // restart with everything in place, to /readyz
 	WarmRestartDiff int       // kernel entries the warm restart changed (want 0)
 	AddMs           []float64 // Node created -> its route, neighbour and FDB entry (of each family) in the kernel
