@@ -134,10 +134,12 @@ fuzz:
 
 ## bench: prints figures, never fails on a time (hack/bench): pod-to-pod
 ## throughput of vxlan, host-gw and udp on the real daemon, the lease store at
-## 5000 nodes, agent convergence at 1000 and 5000 peers, the API server's cost of
-## a Node update per agent in podCIDR and Lease mode, the agent's CPU for one
-## changed peer at 1000, 5000 and 10 000 peers. BENCH_FLAGS passes
-## options, e.g. BENCH_FLAGS="-only throughput -rounds 3" (go run ./hack/bench -h).
+## 5000 nodes, agent convergence at 1000 and 5000 peers, IPv4-only and
+## dual-stack side by side, the API server's cost of a Node update per agent in
+## podCIDR and Lease mode, the agent's CPU for one changed peer at 1000, 5000 and
+## 10 000 peers. BENCH_FLAGS passes options, e.g.
+## BENCH_FLAGS="-only throughput -rounds 3" or "-only convergence -peers 5000"
+## (go run ./hack/bench -h).
 BENCH_FLAGS ?=
 bench: build test-bins cni-bins deps
 	$(GO) run ./hack/bench -overlayd $(CURDIR)/bin/overlayd $(BENCH_FLAGS)
@@ -185,13 +187,16 @@ dev-cluster-down:
 	hack/dev-cluster.sh down $(DEV_CLUSTER_BIN) $(DEV_CLUSTER_DIR)
 
 BACKEND ?= vxlan
+FAMILY  ?= ipv4
 
 ## demo: a local cluster without containers: real control plane, 3 nodes x 2 pods as network
-##       namespaces, overlayd on every node; prints leases and a connectivity matrix, removes
-##       everything on exit (BACKEND=vxlan|host-gw|udp; DEMO_HOLD=0|1; needs root)
+##       namespaces, overlayd on every node; prints leases and a connectivity matrix (one per
+##       address family), removes everything on exit (BACKEND=vxlan|host-gw|udp;
+##       FAMILY=ipv4|dual|ipv6: IPv4, dual-stack or IPv6-only, udp only ipv4; DEMO_HOLD=0|1;
+##       needs root)
 demo: build test-bins cni-bins deps
 	$(GO) build -trimpath -o bin/overlayd-demo ./hack/demo
-	bin/overlayd-demo --backend=$(BACKEND) --overlayd=bin/overlayd
+	bin/overlayd-demo --backend=$(BACKEND) --family=$(FAMILY) --overlayd=bin/overlayd
 
 clean:
 	rm -rf bin

@@ -4,7 +4,8 @@
 // benchmark fails to run, never on a figure.
 //
 //   - throughput: test/bench BenchmarkThroughput (vxlan, host-gw, udp, wireguard);
-//   - convergence: test/bench BenchmarkConvergence (1000 and 5000 peers);
+//   - convergence: test/bench BenchmarkConvergence (1000 and 5000 peers, an
+//     IPv4-only cluster, then a dual-stack one, compared side by side);
 //   - snapshot: subnet/kube BenchmarkSnapshot (the lease store at 5000 nodes);
 //   - apiserver: test/bench BenchmarkAPIServerCost (what a Node update costs
 //     the API server per agent, podCIDR mode against Lease mode);
@@ -49,6 +50,8 @@ type options struct {
 	iperfSeconds int
 	churn        int
 	peers        string
+	families     string
+	coldStarts   int
 	snapshotRuns int
 }
 
@@ -60,6 +63,8 @@ func main() {
 	flag.IntVar(&o.iperfSeconds, "iperf-seconds", 10, "length of one iperf3 run")
 	flag.IntVar(&o.churn, "churn", 5, "peers added and deleted one at a time, per peer count")
 	flag.StringVar(&o.peers, "peers", "1000,5000", "peer counts of the convergence benchmark")
+	flag.StringVar(&o.families, "families", bench.FamilyIPv4+","+bench.FamilyDual, "clusters of the convergence benchmark: ipv4 (IPv4-only), dual (dual-stack), or both to compare them")
+	flag.IntVar(&o.coldStarts, "cold-starts", 3, "cold starts per peer count and family of the convergence benchmark (the median is shown)")
 	flag.IntVar(&o.snapshotRuns, "snapshot-runs", 3, "runs of the lease store snapshot probe")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -102,7 +107,8 @@ func run(o options) error {
 			env = append(env, "OVERLAYD_BENCH_IPERF_SECONDS="+strconv.Itoa(o.iperfSeconds))
 		case "convergence":
 			args = []string{"./test/bench/", "-bench", "^BenchmarkConvergence$", "-benchtime", fmt.Sprintf("%dx", o.churn)}
-			env = append(env, "OVERLAYD_BENCH_PEERS="+o.peers)
+			env = append(env, "OVERLAYD_BENCH_PEERS="+o.peers, "OVERLAYD_BENCH_FAMILIES="+o.families,
+				"OVERLAYD_BENCH_COLD_STARTS="+strconv.Itoa(o.coldStarts))
 		case "snapshot":
 			args = []string{"./subnet/kube/", "-bench", "^BenchmarkSnapshot$", "-benchtime", fmt.Sprintf("%dx", o.snapshotRuns)}
 		case "apiserver":
@@ -331,7 +337,8 @@ func (s *summary) print(out io.Writer) {
 	}
 
 	if c := s.convergence; c != nil && len(c.Sizes) > 0 {
-		fmt.Fprintf(out, "\nConvergence: one real overlayd agent (vxlan), N peer Nodes of kubelet size in a real API server\n")
+		fmt.Fprintf(out, "\nConvergence: one real overlayd agent (vxlan), N peer Nodes of kubelet size in a real API server;\n")
+		fmt.Fprintf(out, "dual-stack: a cluster of its own, the agent and every peer with an IPv4 and an IPv6 podCIDR and public address\n")
 		row := func(label string, cell func(bench.ConvergenceSize) string) {
 			fmt.Fprintf(w, "  %s", label)
 			for _, z := range c.Sizes {
@@ -339,11 +346,15 @@ func (s *summary) print(out io.Writer) {
 			}
 			fmt.Fprintln(w)
 		}
-		row("", func(z bench.ConvergenceSize) string { return fmt.Sprintf("N = %d", z.Peers) })
-		row("cold start to first route", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.2f s", z.FirstEntrySec) })
-		row("cold start to all N routes, neighbours, FDB entries", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.2f s", z.ConvergedSec) })
-		row("new peer Node to its 3 entries in the kernel", func(z bench.ConvergenceSize) string { return medianRange(z.AddMs) })
-		row("deleted peer Node to its 3 entries gone", func(z bench.ConvergenceSize) string { return medianRange(z.DeleteMs) })
+		row("", func(z bench.ConvergenceSize) string { return fmt.Sprintf("N = %d%s", z.Peers, familySuffix(z)) })
+		row("cold start to first route (median)", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.2f s", z.FirstEntrySec) })
+		row("cold start to all routes, neighbours, FDB entries", func(z bench.ConvergenceSize) string {
+			lo, hi := bench.Spread(z.ColdStartsSec)
+			return fmt.Sprintf("%.2f s (%.2f - %.2f, n=%d; %d entries)", z.ConvergedSec, lo, hi, len(z.ColdStartsSec), z.Peers*entriesPerPeer(z))
+		})
+		row("agent CPU from start to all entries (median)", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.2f s", z.ColdStartCPUSec) })
+		row("new peer Node to its entries (3, dual-stack 6)", func(z bench.ConvergenceSize) string { return medianRange(z.AddMs) })
+		row("deleted peer Node to its entries gone", func(z bench.ConvergenceSize) string { return medianRange(z.DeleteMs) })
 		row("no-change reconcile (mean)", func(z bench.ConvergenceSize) string {
 			return fmt.Sprintf("%.1f ms (%d passes)", z.NoopReconcileMs, z.NoopReconciles)
 		})
@@ -355,11 +366,83 @@ func (s *summary) print(out io.Writer) {
 			return fmt.Sprintf("%.2f s (%d)", z.WarmRestartSec, z.WarmRestartDiff)
 		})
 		row("setup: creating the peer Nodes", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.1f s", z.CreateSeconds) })
+		row("load average (1 min) at the cold start", func(z bench.ConvergenceSize) string { return orUnknown(z.LoadAverage) })
 		w.Flush()
+		printDualStack(out, c)
 	} else {
 		fmt.Fprintln(out, "\nConvergence: not measured")
 	}
 	fmt.Fprintln(out)
+}
+
+// dualStackTarget is the bound on what dual-stack may cost over
+// IPv4-only at the same peer count, for the cold start and for RSS.
+const dualStackTarget = 1.5
+
+// printDualStack sets each dual-stack figure beside the IPv4-only one of
+// the same run and peer count, with the ratio.
+func printDualStack(out io.Writer, c *bench.Convergence) {
+	type pair struct{ v4, dual bench.ConvergenceSize }
+	var pairs []pair
+	for _, d := range c.Sizes {
+		if d.Family != bench.FamilyDual {
+			continue
+		}
+		for _, v4 := range c.Sizes {
+			if v4.Family != bench.FamilyDual && v4.Peers == d.Peers {
+				pairs = append(pairs, pair{v4, d})
+			}
+		}
+	}
+	if len(pairs) == 0 {
+		return
+	}
+	fmt.Fprintf(out, "\nDual-stack beside IPv4-only, same run and peer count (a dual-stack peer: twice the kernel entries)\n")
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "  \tIPv4-only\tdual-stack\tratio")
+	for _, p := range pairs {
+		ratio := func(label string, v4, dual float64, format string, targeted bool) {
+			r := dual / v4
+			mark := ""
+			if targeted {
+				mark = target(r <= dualStackTarget, fmt.Sprintf("target <= %.1fx", dualStackTarget))
+			}
+			fmt.Fprintf(w, "  N = %d: %s\t"+format+"\t"+format+"\t%.2fx%s\n", p.v4.Peers, label, v4, dual, r, mark)
+		}
+		ratio("cold start to all entries (median)", p.v4.ConvergedSec, p.dual.ConvergedSec, "%.2f s", true)
+		// CPU, not wall time: what other load on the machine hardly moves.
+		ratio("agent CPU to all entries (median)", p.v4.ColdStartCPUSec, p.dual.ColdStartCPUSec, "%.2f s", false)
+		ratio("agent VmRSS", float64(p.v4.VmRSSKiB)/1024, float64(p.dual.VmRSSKiB)/1024, "%.1f MiB", true)
+		ratio("agent VmHWM", float64(p.v4.VmHWMKiB)/1024, float64(p.dual.VmHWMKiB)/1024, "%.1f MiB", false)
+		ratio("no-change reconcile", p.v4.NoopReconcileMs, p.dual.NoopReconcileMs, "%.1f ms", false)
+		// An empty ratio cell, not none: the next pair stays in the same tabwriter columns.
+		fmt.Fprintf(w, "  N = %d: load average (1 min) at the cold start\t%s\t%s\t\n", p.v4.Peers, orUnknown(p.v4.LoadAverage), orUnknown(p.dual.LoadAverage))
+	}
+	w.Flush()
+}
+
+// familySuffix marks a dual-stack column.
+func familySuffix(z bench.ConvergenceSize) string {
+	if z.Family == bench.FamilyDual {
+		return " dual-stack"
+	}
+	return ""
+}
+
+// entriesPerPeer is what a peer calls for in the kernel; results without
+// the figure are from an IPv4-only run (route, neighbour, FDB entry).
+func entriesPerPeer(z bench.ConvergenceSize) int {
+	if z.EntriesPerPeer == 0 {
+		return 3
+	}
+	return z.EntriesPerPeer
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "?"
+	}
+	return s
 }
 
 func medianRange(xs []float64) string {

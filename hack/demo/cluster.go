@@ -20,7 +20,8 @@ import (
 )
 
 const (
-	clusterCIDR = "10.244.0.0/16"
+	clusterCIDR  = "10.244.0.0/16"
+	clusterCIDR6 = "fd00:10:244::/56"
 	// annotationPrefix is overlayd's default --kube-annotation-prefix.
 	annotationPrefix = kube.DefaultAnnotationPrefix + "/"
 )
@@ -33,13 +34,14 @@ type demo struct {
 	overlayd string
 	out      io.Writer
 
-	dir string // the demo's own temporary directory: admin kubeconfig, control plane logs
-	c   *cluster.Cluster
+	dir   string // the demo's own temporary directory: admin kubeconfig, control plane logs
+	c     *cluster.Cluster
+	width int // of the steps' descriptions, for the times to line up
 }
 
 // step prints what is being done, runs it, and prints how it went.
 func (d *demo) step(ctx context.Context, what string, fn func() error) error {
-	fmt.Fprintf(d.out, "  %-66s ", what)
+	fmt.Fprintf(d.out, "  %-*s ", d.width, what)
 	start := time.Now()
 	if err := fn(); err != nil {
 		if ctx.Err() != nil {
@@ -78,10 +80,13 @@ func (d *demo) up(ctx context.Context) error {
 		fn   func() error
 	}{
 		{"control plane: etcd, kube-apiserver, kube-controller-manager", func() error { return d.startControlPlane(ctx) }},
-		{fmt.Sprintf("%d nodes on underlay %s (namespaces %s-*)", d.opts.nodes, lab.Segment0, Prefix), d.c.StartLab},
+		{fmt.Sprintf("%d nodes on underlay %s (namespaces %s-*)", d.opts.nodes, d.underlay(), Prefix), d.c.StartLab},
 		{"Node objects; kube-controller-manager assigns podCIDRs", func() error { return d.registerNodes(ctx) }},
 		{"overlayd on every node: lease, kernel state, /readyz", func() error { return d.startAgents(ctx) }},
 		{fmt.Sprintf("%d pods per node: CNI loopback, flannel -> bridge, host-local", d.opts.pods), d.c.AttachPods},
+	}
+	for _, s := range steps {
+		d.width = max(d.width, len(s.what))
 	}
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
@@ -121,10 +126,31 @@ func (d *demo) registerNodes(ctx context.Context) error {
 	return nil
 }
 
+// underlay names the lab's underlay segment in the families the demo uses.
+func (d *demo) underlay() string {
+	var s []string
+	if d.opts.v4() {
+		s = append(s, lab.Segment0.String())
+	}
+	if d.opts.v6() {
+		s = append(s, lab.Segment0v6.String())
+	}
+	return strings.Join(s, " + ")
+}
+
 // netConf is the net-conf.json every node gets (in a cluster, the
-// kube-overlayd ConfigMap).
+// kube-overlayd ConfigMap): IPv4, dual-stack or IPv6-only.
 func (d *demo) netConf() string {
-	return fmt.Sprintf(`{"Network": %q, "Backend": {"Type": %q}}`, clusterCIDR, d.opts.backend) + "\n"
+	var conf string
+	switch d.opts.family {
+	case "dual":
+		conf = fmt.Sprintf(`{"Network": %q, "EnableIPv6": true, "IPv6Network": %q, "Backend": {"Type": %q}}`, clusterCIDR, clusterCIDR6, d.opts.backend)
+	case "ipv6":
+		conf = fmt.Sprintf(`{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": %q, "Backend": {"Type": %q}}`, clusterCIDR6, d.opts.backend)
+	default:
+		conf = fmt.Sprintf(`{"Network": %q, "Backend": {"Type": %q}}`, clusterCIDR, d.opts.backend)
+	}
+	return conf + "\n"
 }
 
 // startAgents runs overlayd on every node as the DaemonSet would, with the
@@ -143,7 +169,8 @@ func (d *demo) startAgents(ctx context.Context) error {
 			return false, err.Error()
 		}
 		for _, l := range leases {
-			if l.BackendType != d.opts.backend {
+			if l.BackendType != d.opts.backend ||
+				(d.opts.v4() && !l.PublicIP.IsValid()) || (d.opts.v6() && !l.PublicIPv6.IsValid()) {
 				return false, l.Node + " has not published its lease"
 			}
 		}
@@ -151,18 +178,34 @@ func (d *demo) startAgents(ctx context.Context) error {
 	})
 }
 
-// printLeases prints every node's lease as the API server has it.
+// printLeases prints every node's lease as the API server has it; with
+// IPv6, a row per node and family.
 func (d *demo) printLeases(ctx context.Context) {
-	fmt.Fprintf(d.out, "\nLeases (Node objects in the API server: spec.podCIDR and %s* annotations):\n", annotationPrefix)
+	podCIDR := "spec.podCIDR"
+	if d.opts.v6() {
+		podCIDR = "spec.podCIDRs"
+	}
+	fmt.Fprintf(d.out, "\nLeases (Node objects in the API server: %s and %s* annotations):\n", podCIDR, annotationPrefix)
 	leases, err := d.c.Leases(ctx)
 	if err != nil {
 		fmt.Fprintf(d.out, "  %v\n", err)
 		return
 	}
 	w := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "  NODE\tPOD CIDR\tPUBLIC IP\tBACKEND\tBACKEND DATA")
+	if !d.opts.v6() {
+		fmt.Fprintln(w, "  NODE\tPOD CIDR\tPUBLIC IP\tBACKEND\tBACKEND DATA")
+		for _, l := range leases {
+			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\n", l.Node, text(l.Subnet), text(l.PublicIP), l.BackendType, l.BackendData)
+		}
+		w.Flush()
+		return
+	}
+	fmt.Fprintln(w, "  NODE\tFAMILY\tPOD CIDR\tPUBLIC IP\tBACKEND\tBACKEND DATA")
 	for _, l := range leases {
-		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\n", l.Node, text(l.Subnet), text(l.PublicIP), l.BackendType, l.BackendData)
+		if d.opts.v4() {
+			fmt.Fprintf(w, "  %s\tIPv4\t%s\t%s\t%s\t%s\n", l.Node, text(l.Subnet), text(l.PublicIP), l.BackendType, l.BackendData)
+		}
+		fmt.Fprintf(w, "  %s\tIPv6\t%s\t%s\t%s\t%s\n", l.Node, text(l.IPv6Subnet), text(l.PublicIPv6), l.BackendType, l.BackendV6Data)
 	}
 	w.Flush()
 }
@@ -178,8 +221,9 @@ func text(v interface {
 	return v.String()
 }
 
-func (d *demo) checkMatrix(ctx context.Context) *lab.Matrix {
-	return lab.CheckMatrix(ctx, d.c.Pods, 30*time.Second)
+// checkMatrix pings every pair of pods over IPv6 if v6, else over IPv4.
+func (d *demo) checkMatrix(ctx context.Context, v6 bool) *lab.Matrix {
+	return lab.CheckMatrixFamily(ctx, d.c.Pods, 30*time.Second, v6)
 }
 
 // printExplore prints commands to look around the running cluster.
@@ -191,13 +235,39 @@ func (d *demo) printExplore(hold bool) {
 	}
 	from, to := d.c.Pods[0], d.c.Pods[len(d.c.Pods)-1]
 	node := d.c.Lab.Nodes[0]
-	lines := [][2]string{
-		{fmt.Sprintf("%s -> %s:", from.Name, to.Name), fmt.Sprintf("ip netns exec %s ping -c 3 %s", from.NS, to.IP)},
-		{"overlayd's routes:", fmt.Sprintf("ip -n %s route show proto 79", node.NS)},
+	var lines [][2]string
+	for _, v6 := range d.opts.families() {
+		label, flag := fmt.Sprintf("%s -> %s:", from.Name, to.Name), ""
+		if v6 {
+			flag = " -6"
+			if d.opts.v4() {
+				label = fmt.Sprintf("%s -> %s over IPv6:", from.Name, to.Name)
+			}
+		}
+		lines = append(lines, [2]string{label, fmt.Sprintf("ip netns exec %s ping%s -c 3 %s", from.NS, flag, to.Addr(v6))})
+	}
+	for _, v6 := range d.opts.families() {
+		label, flag := "overlayd's routes:", ""
+		if v6 {
+			flag = " -6"
+			if d.opts.v4() {
+				label = "its IPv6 routes:"
+			}
+		}
+		lines = append(lines, [2]string{label, fmt.Sprintf("ip -n %s%s route show proto 79", node.NS, flag)})
 	}
 	switch d.opts.backend {
 	case "vxlan":
-		lines = append(lines, [2]string{"its vxlan device:", fmt.Sprintf("ip -n %s -d link show %s", node.NS, vxlan.DeviceName(1, vxlan.DefaultPort))})
+		for _, v6 := range d.opts.families() {
+			label, dev := "its vxlan device:", vxlan.DeviceName(1, vxlan.DefaultPort)
+			if v6 {
+				dev = vxlan.DeviceName6(1, vxlan.DefaultPort)
+				if d.opts.v4() {
+					label = "its IPv6 vxlan device:"
+				}
+			}
+			lines = append(lines, [2]string{label, fmt.Sprintf("ip -n %s -d link show %s", node.NS, dev)})
+		}
 	case "udp":
 		lines = append(lines, [2]string{"its tun device:", fmt.Sprintf("ip -n %s -d link show %s", node.NS, udp.DeviceName)})
 	}

@@ -6,9 +6,13 @@
 // subnet.env overlayd writes), prints the leases and a pod-to-pod
 // connectivity matrix, and removes everything when it exits.
 //
+// -family chooses the pods' address families: ipv4 (the default), dual
+// (dual-stack: every node has an IPv4 and an IPv6 subnet, every pod both
+// addresses, and a matrix is checked for each family) or ipv6 (IPv6-only).
+//
 // It only creates namespaces named ovldemo-<id>-*, uses underlay addresses in
-// 198.18.0.0/15 inside them, and never changes the host's own interfaces,
-// routes or iptables.
+// 198.18.0.0/15 and fd00::/8 inside them, and never changes the host's own
+// interfaces, routes or iptables.
 package main
 
 import (
@@ -26,6 +30,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/overlayd/overlayd/test/lab"
 )
 
 // Prefix starts the name of every network namespace the demo creates.
@@ -34,9 +40,13 @@ const Prefix = "ovldemo"
 // Backends are the values BACKEND may take.
 var Backends = []string{"vxlan", "host-gw", "udp"}
 
+// Families are the values FAMILY may take: IPv4 only, dual-stack, IPv6 only.
+var Families = []string{"ipv4", "dual", "ipv6"}
+
 // options are the demo's flags.
 type options struct {
 	backend  string
+	family   string // one of Families
 	overlayd string
 	nodes    int
 	pods     int
@@ -60,6 +70,7 @@ func parseFlags(args []string, errOut io.Writer) (options, error) {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(errOut)
 	fs.StringVar(&o.backend, "backend", envOr("BACKEND", "vxlan"), "overlay backend: "+strings.Join(Backends, ", ")+" (env BACKEND)")
+	fs.StringVar(&o.family, "family", envOr("FAMILY", "ipv4"), "address families: ipv4, dual (dual-stack) or ipv6 (IPv6-only) (env FAMILY)")
 	fs.StringVar(&o.overlayd, "overlayd", "bin/overlayd", "the overlayd binary to run on every node (`make build`)")
 	fs.IntVar(&o.nodes, "nodes", 3, "number of nodes (1 to 20)")
 	fs.IntVar(&o.pods, "pods", 2, "pods per node (1 to 10)")
@@ -73,6 +84,12 @@ func parseFlags(args []string, errOut io.Writer) (options, error) {
 	if !slices.Contains(Backends, o.backend) {
 		return o, fmt.Errorf("unknown BACKEND %q: want one of %s (e.g. make demo BACKEND=udp)", o.backend, strings.Join(Backends, ", "))
 	}
+	if !slices.Contains(Families, o.family) {
+		return o, fmt.Errorf("unknown FAMILY %q: want one of %s (e.g. make demo FAMILY=dual)", o.family, strings.Join(Families, ", "))
+	}
+	if o.backend == "udp" && o.family != "ipv4" {
+		return o, fmt.Errorf("FAMILY=%s: the udp backend carries IPv4 only; use BACKEND=vxlan or BACKEND=host-gw with FAMILY=%s", o.family, o.family)
+	}
 	if o.nodes < 1 || o.nodes > 20 {
 		return o, fmt.Errorf("-nodes %d: want 1 to 20", o.nodes)
 	}
@@ -83,6 +100,30 @@ func parseFlags(args []string, errOut io.Writer) (options, error) {
 		return o, fmt.Errorf("DEMO_HOLD %q: want 1, 0 or empty", o.hold)
 	}
 	return o, nil
+}
+
+// v4 and v6 report whether the demo's cluster has IPv4 and IPv6.
+func (o options) v4() bool { return o.family != "ipv6" }
+func (o options) v6() bool { return o.family != "ipv4" }
+
+// families lists the families the pods have, IPv4 first, as the v6
+// argument of lab.CheckMatrixFamily.
+func (o options) families() []bool {
+	var out []bool
+	if o.v4() {
+		out = append(out, false)
+	}
+	if o.v6() {
+		out = append(out, true)
+	}
+	return out
+}
+
+func familyName(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
 
 func envOr(key, def string) string {
@@ -120,8 +161,9 @@ func run(opts options, out io.Writer) (code int) {
 		}
 	}()
 
-	fmt.Fprintf(out, "overlayd demo: backend %s, %d nodes x %d pods, every node and pod a network namespace\n\n",
-		opts.backend, opts.nodes, opts.pods)
+	fmt.Fprintf(out, "overlayd demo: backend %s, %s, %d nodes x %d pods, every node and pod a network namespace\n\n",
+		opts.backend, map[string]string{"ipv4": "IPv4", "dual": "dual-stack (IPv4 and IPv6)", "ipv6": "IPv6-only"}[opts.family],
+		opts.nodes, opts.pods)
 	if err := d.up(ctx); err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintf(out, "\n%v: stopping\n", context.Cause(ctx))
@@ -132,22 +174,44 @@ func run(opts options, out io.Writer) (code int) {
 		return 1
 	}
 	d.printLeases(ctx)
-	m := d.checkMatrix(ctx)
-	fmt.Fprintf(out, "\nConnectivity (a row pings each column, ICMP echo between pod namespaces):\n%s", indent(m.String(), "  "))
-	if !m.OK() {
+	// One matrix per family, IPv4 first.
+	var matrices []*lab.Matrix
+	for _, v6 := range opts.families() {
+		m := d.checkMatrix(ctx, v6)
+		matrices = append(matrices, m)
+		icmp := "ICMP"
+		if v6 {
+			icmp = "ICMPv6"
+		}
+		fmt.Fprintf(out, "\nConnectivity over %s (a row pings each column, %s echo between pod namespaces):\n%s",
+			familyName(v6), icmp, indent(m.String(), "  "))
+	}
+	pairs := len(d.c.Pods) * (len(d.c.Pods) - 1)
+	failed := false
+	for _, m := range matrices {
+		if m.OK() {
+			continue
+		}
 		if ctx.Err() != nil {
 			fmt.Fprintf(out, "\n%v: stopping\n", context.Cause(ctx))
 			return 1
 		}
-		fmt.Fprintf(out, "\nFAIL: %d of %d pod pairs cannot reach each other:\n", len(m.Failed()), len(m.Pods)*(len(m.Pods)-1))
+		failed = true
+		fmt.Fprintf(out, "\nFAIL: %d of %d pod pairs cannot reach each other over %s:\n", len(m.Failed()), pairs, familyName(m.IPv6))
 		for _, p := range m.Failed() {
 			fmt.Fprintf(out, "  %s\n", p)
 		}
+	}
+	if failed {
 		d.printLogTails()
 		return 1
 	}
-	fmt.Fprintf(out, "\nOK: all %d pod pairs reach each other across %d nodes (backend %s).\n",
-		len(m.Pods)*(len(m.Pods)-1), opts.nodes, opts.backend)
+	var over []string
+	for _, m := range matrices {
+		over = append(over, "over "+familyName(m.IPv6))
+	}
+	fmt.Fprintf(out, "\nOK: all %d pod pairs reach each other %s across %d nodes (backend %s).\n",
+		pairs, strings.Join(over, " and "), opts.nodes, opts.backend)
 
 	hold := opts.hold == "1" || (opts.hold == "" && isTerminal(os.Stdin))
 	d.printExplore(hold)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -29,36 +30,55 @@ import (
 // exists only in the API server, published as a vxlan peer. vxlan needs no
 // on-link peers, so their public addresses need not exist.
 const (
-	convergenceNetConf = `{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}`
 	// convergenceResync makes no-change reconciles frequent enough to
 	// average a few of them in a short quiet window.
 	convergenceResync = 2 * time.Second
-	// peerSubnetBase: peer i has subnet number peerSubnetBase+i of the
+	// peerSubnetBase: peer i has subnet number peerSubnetBase+i of each
 	// network; the lab node has number 1.
 	peerSubnetBase = 256
 	// churnBase: peers added and deleted one at a time are numbered from here.
 	churnBase = 50000
 )
 
+// convergenceFamilies are the variants of the benchmark, run one after the
+// other, each with a cluster of its own: an IPv4-only one, and a
+// dual-stack one whose peers each have an IPv4 and an IPv6 podCIDR, public
+// address and backend data, as dual-stack nodes running overlayd or
+// flanneld publish them. Both networks have room for 65536 subnets.
+var convergenceFamilies = []struct {
+	family  string // as OVERLAYD_BENCH_FAMILIES names it
+	netConf string
+}{
+	{FamilyIPv4, `{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}`},
+	{FamilyDual, `{"Network": "10.0.0.0/8", "EnableIPv6": true, "IPv6Network": "fd00:10::/48", "Backend": {"Type": "vxlan"}}`},
+}
+
 var defaultPeerCounts = []int{1000, 5000}
 
 // BenchmarkConvergence runs one real overlayd agent on a lab node against a
 // real API server holding N peer Nodes (N = 1000, then 5000; as many as a
-// kubelet-registered Node is big: status, images, labels). For each N:
+// kubelet-registered Node is big: status, images, labels), first in an
+// IPv4-only cluster, then in a dual-stack one (its own control plane and
+// lab, the agent with a dual-stack net-conf.json, every peer dual-stack:
+// twice the kernel entries). For each N:
 //
-//   - a cold start (no agent, nothing in the kernel): time from starting the
-//     agent to the first route, and to every route, neighbour and FDB entry;
+//   - cold starts (no agent, nothing in the kernel; 3, the median taken):
+//     time from starting the agent to the first route, and to every route,
+//     neighbour and FDB entry of every family, and the agent's CPU seconds
+//     until then;
 //   - a quiet window: the mean duration of the reconciles that change
 //     nothing (overlayd_reconcile_duration_seconds), the agent's CPU, its
 //     VmRSS and VmHWM;
 //   - a warm restart (everything in place): time to /readyz, and how many
 //     kernel entries it wrote (want none);
 //   - each iteration (-benchtime Nx: N samples): one new peer Node is
-//     created and the time until its route, neighbour and FDB entry are in
-//     the kernel is taken, then it is deleted and the time until all three
-//     are gone is taken.
+//     created and the time until its route, neighbour and FDB entry (of
+//     each family) are in the kernel is taken, then it is deleted and the
+//     time until all of them are gone is taken.
 //
-// OVERLAYD_BENCH_PEERS="1000,5000" changes the peer counts.
+// OVERLAYD_BENCH_PEERS="1000,5000" changes the peer counts,
+// OVERLAYD_BENCH_FAMILIES="ipv4,dual" the variants,
+// OVERLAYD_BENCH_COLD_STARTS=3 the cold starts per peer count.
 //
 //	go test -run '^$' -bench Convergence -benchtime 5x ./test/bench/
 func BenchmarkConvergence(b *testing.B) {
@@ -67,25 +87,49 @@ func BenchmarkConvergence(b *testing.B) {
 		counts = nil
 		for _, f := range strings.Split(s, ",") {
 			v, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || v < 1 || v >= churnBase {
+			if err != nil || v < 1 || v >= churnBase || (len(counts) > 0 && v <= counts[len(counts)-1]) {
 				b.Fatalf("OVERLAYD_BENCH_PEERS=%q: want increasing peer counts below %d", s, churnBase)
 			}
 			counts = append(counts, v)
 		}
 	}
-	c := newCluster(b, clusterOptions{
-		Nodes:          1,
-		NetConf:        convergenceNetConf,
-		AssignPodCIDRs: true,
-		ManualAgents:   true,
-		Args:           []string{"--resync-period", convergenceResync.String()},
-	})
-	peers := &peerSet{admin: c.Admin, network: c.Net.Network, subnetLen: c.Net.SubnetLen}
+	families := []string{FamilyIPv4, FamilyDual}
+	if s := os.Getenv("OVERLAYD_BENCH_FAMILIES"); s != "" {
+		families = nil
+		for _, f := range strings.Split(s, ",") {
+			f = strings.TrimSpace(f)
+			if f != FamilyIPv4 && f != FamilyDual {
+				b.Fatalf("OVERLAYD_BENCH_FAMILIES=%q: want %s, %s or both", s, FamilyIPv4, FamilyDual)
+			}
+			families = append(families, f)
+		}
+	}
 	var res Convergence
-	for _, n := range counts {
-		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
-			r := measureConvergence(b, c, peers, n)
-			res.Sizes = append(res.Sizes, r)
+	for _, v := range convergenceFamilies {
+		if !slices.Contains(families, v.family) {
+			continue
+		}
+		// A sub-benchmark per family: its cluster is removed before the
+		// next one starts, so the two never compete.
+		b.Run("family="+v.family, func(b *testing.B) {
+			c := newCluster(b, clusterOptions{
+				Nodes:          1,
+				NetConf:        v.netConf,
+				AssignPodCIDRs: true,
+				ManualAgents:   true,
+				Args:           []string{"--resync-period", convergenceResync.String()},
+			})
+			peers := &peerSet{admin: c.Admin, network: c.Net.Network, subnetLen: c.Net.SubnetLen}
+			if c.Net.EnableIPv6 {
+				peers.dual, peers.network6, peers.subnetLen6 = true, c.Net.IPv6Network, c.Net.IPv6SubnetLen
+			}
+			for _, n := range counts {
+				b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
+					r := measureConvergence(b, c, peers, n)
+					r.Family = v.family
+					res.Sizes = append(res.Sizes, r)
+				})
+			}
 		})
 	}
 	if err := WriteResult(ConvergenceFile, res); err != nil {
@@ -95,49 +139,27 @@ func BenchmarkConvergence(b *testing.B) {
 
 func measureConvergence(b *testing.B, c *cluster, peers *peerSet, size int) ConvergenceSize {
 	node := c.Lab.Nodes[0]
-	res := ConvergenceSize{Peers: size}
+	res := ConvergenceSize{Peers: size, EntriesPerPeer: 3}
+	if peers.dual {
+		res.EntriesPerPeer = 6
+	}
 	start := time.Now()
 	created := peers.ensure(b, size)
 	res.CreateSeconds = time.Since(start).Seconds()
 	b.Logf("created %d peer Nodes in %s (%d in the API)", created, time.Since(start).Round(time.Millisecond), size)
 
-	// A cold start: no agent, nothing of overlayd's in the kernel.
-	if p := c.Agents[node.Name]; p != nil && p.Running() {
-		if err := p.Stop(); err != nil && p.Running() {
-			b.Fatal(err)
-		}
+	// Cold starts, the median taken: no agent, nothing of overlayd's in the
+	// kernel. The last one's agent stays for what follows.
+	var firsts, cpus []float64
+	res.LoadAverage = loadAverage()
+	for range coldStarts(b) {
+		first, all, cpu := coldStart(b, c, node, peers.dual, size)
+		firsts, res.ColdStartsSec, cpus = append(firsts, first), append(res.ColdStartsSec, all), append(cpus, cpu)
 	}
-	if err := deleteLink(node, vxlanDev); err != nil {
-		b.Fatal(err)
-	}
-	if k, err := countKernel(node); err != nil || k != (kernelCounts{}) {
-		b.Fatalf("kernel not clean before the cold start: %v %v", k, err)
-	}
-	want := kernelCounts{size, size, size}
-	start = time.Now()
-	agent := c.startAgent(node)
-	var first time.Time
-	var last kernelCounts
-	waitFor(b, 5*time.Minute, fmt.Sprintf("%d peers programmed", size), func() (bool, string) {
-		if !agent.Running() {
-			b.Fatalf("overlayd exited: %v\n%s", agent.ExitErr(), agent.Tail(3000))
-		}
-		k, err := countKernel(node)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if k.routes > 0 && first.IsZero() {
-			first = time.Now()
-		}
-		last = k
-		return k == want, k.String()
-	})
-	converged := time.Now()
-	res.FirstEntrySec = first.Sub(start).Seconds()
-	res.ConvergedSec = converged.Sub(start).Seconds()
+	res.FirstEntrySec, res.ConvergedSec, res.ColdStartCPUSec = Median(firsts), Median(res.ColdStartsSec), Median(cpus)
+	b.Logf("cold starts with %d peers (load average %s): first route after %.2f s, all entries after %.2f s (median of %s s), agent CPU %.2f s (median of %s s)",
+		size, res.LoadAverage, res.FirstEntrySec, res.ConvergedSec, seconds(res.ColdStartsSec), res.ColdStartCPUSec, seconds(cpus))
 	c.waitReady(node, time.Minute)
-	b.Logf("cold start with %d peers: first route after %.2f s, all %s after %.2f s",
-		size, res.FirstEntrySec, last, res.ConvergedSec)
 
 	quietWindow(b, c, node, &res)
 
@@ -164,6 +186,76 @@ func measureConvergence(b *testing.B, c *cluster, peers *peerSet, size int) Conv
 	b.ReportMetric(float64(res.VmHWMKiB)/1024, "MiB-peakRSS")
 	b.ReportMetric(res.NoopReconcileMs, "ms-noop-reconcile")
 	return res
+}
+
+// seconds formats a list of seconds to the hundredth.
+func seconds(xs []float64) string {
+	f := make([]string, len(xs))
+	for i, x := range xs {
+		f[i] = strconv.FormatFloat(x, 'f', 2, 64)
+	}
+	return strings.Join(f, " ")
+}
+
+// coldStarts is how many cold starts a peer count's figures are the
+// median of: OVERLAYD_BENCH_COLD_STARTS, else 3.
+func coldStarts(b *testing.B) int {
+	s := os.Getenv("OVERLAYD_BENCH_COLD_STARTS")
+	if s == "" {
+		return 3
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		b.Fatalf("OVERLAYD_BENCH_COLD_STARTS=%q: want a count of at least 1", s)
+	}
+	return n
+}
+
+// coldStart stops the agent, removes its devices (and with them every
+// route, neighbour and FDB entry through them), starts it and returns the
+// seconds to its first route and to every entry of size peers, of each
+// family, and the CPU seconds the agent used until then: unlike the wall
+// time, barely moved by other load on the machine.
+func coldStart(b *testing.B, c *cluster, node *lab.Node, dual bool, size int) (first, all, cpu float64) {
+	if p := c.Agents[node.Name]; p != nil && p.Running() {
+		if err := p.Stop(); err != nil && p.Running() {
+			b.Fatal(err)
+		}
+	}
+	for _, dev := range vxlanDevs {
+		if err := deleteLink(node, dev); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if k, err := countKernel(node, true); err != nil || k != (kernelCounts{dual: true}) {
+		b.Fatalf("kernel not clean before the cold start: %v %v", k, err)
+	}
+	want := wantCounts(size, dual)
+	start := time.Now()
+	agent := c.startAgent(node)
+	var firstAt time.Time
+	var last kernelCounts
+	waitFor(b, 5*time.Minute, fmt.Sprintf("%d peers programmed", size), func() (bool, string) {
+		if !agent.Running() {
+			b.Fatalf("overlayd exited: %v\n%s", agent.ExitErr(), agent.Tail(3000))
+		}
+		k, err := countKernel(node, dual)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if k.ipv4.routes+k.ipv6.routes > 0 && firstAt.IsZero() {
+			firstAt = time.Now()
+		}
+		last = k
+		return k == want, k.String()
+	})
+	first, all = firstAt.Sub(start).Seconds(), time.Since(start).Seconds()
+	cpu, err := harness.ProcessCPUSeconds(agent.Pid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("cold start with %d peers: first route after %.2f s, all %s after %.2f s, agent CPU %.2f s", size, first, last, all, cpu)
+	return first, all, cpu
 }
 
 // quietWindow lets a few reconciles run with no change anywhere (nothing
@@ -276,7 +368,11 @@ type peerSet struct {
 	admin     kubernetes.Interface
 	network   netip.Prefix
 	subnetLen int
-	created   int // peers 0..created-1 exist
+	// dual: every peer is dual-stack, with a subnet of network6 too.
+	dual       bool
+	network6   netip.Prefix
+	subnetLen6 int
+	created    int // peers 0..created-1 exist
 }
 
 // ensure creates peers up to count, 32 at a time, and returns how many it
@@ -303,7 +399,9 @@ func (s *peerSet) ensure(b *testing.B, count int) int {
 
 // node returns peer i's Node and the kernel entries it calls for. Its
 // public address is 198.18.16.0 + i: for every i used (below 61440) in
-// 198.18.16.0-198.18.255.255, clear of the lab's underlay segments.
+// 198.18.16.0-198.18.255.255, clear of the lab's underlay segments; a
+// dual-stack peer's IPv6 one is fd00:198:18::1:0 + 4096 + i, clear of the
+// lab's addresses on segment 0 likewise.
 func (s *peerSet) node(i int) (*corev1.Node, peerEntries) {
 	name := fmt.Sprintf("peer-%05d", i)
 	sub, err := ip.NthSubnet(s.network, s.subnetLen, uint64(peerSubnetBase+i))
@@ -334,6 +432,24 @@ func (s *peerSet) node(i int) (*corev1.Node, peerEntries) {
 		},
 		Spec: corev1.NodeSpec{PodCIDR: sub.String(), PodCIDRs: []string{sub.String()}},
 	}
+	entries := peerEntries{{subnet: sub, vtep: sub.Addr(), vtepMAC: mac, publicIP: public}}
+	addresses := []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: public.String()}}
+	if s.dual {
+		sub6, err := ip.NthSubnet(s.network6, s.subnetLen6, uint64(peerSubnetBase+i))
+		if err != nil {
+			panic(fmt.Sprintf("peer %d: %v", i, err))
+		}
+		a := lab.Segment0v6.Addr().As16()
+		a[12], a[13], a[14], a[15] = 0, 1, byte(off>>8), byte(off) // off < 65536 for every i used
+		public6 := netip.AddrFrom16(a)
+		mac6 := net.HardwareAddr{0x0a, 0x58, byte(i >> 16), byte(i >> 8), byte(i), 0x6e}
+		n.Annotations[k+"backend-v6-data"] = fmt.Sprintf(`{"VNI":1,"VtepMAC":%q}`, mac6)
+		n.Annotations[k+"public-ipv6"] = public6.String()
+		n.Spec.PodCIDRs = append(n.Spec.PodCIDRs, sub6.String())
+		entries = append(entries, familyEntries{subnet: sub6, vtep: sub6.Addr(), vtepMAC: mac6, publicIP: public6})
+		addresses = append(addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: public6.String()})
+	}
+	n.Status.Addresses = append(addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: name})
 	// The bulk of a real Node: what its kubelet reports.
 	q := resource.MustParse
 	n.Status.Capacity = corev1.ResourceList{"cpu": q("8"), "memory": q("32408232Ki"), "pods": q("110"), "ephemeral-storage": q("101430960Ki")}
@@ -349,7 +465,6 @@ func (s *peerSet) node(i int) (*corev1.Node, peerEntries) {
 			LastHeartbeatTime: now, LastTransitionTime: now,
 		})
 	}
-	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: public.String()}, {Type: corev1.NodeHostName, Address: name}}
 	n.Status.NodeInfo = corev1.NodeSystemInfo{
 		MachineID: fmt.Sprintf("%032x", i), SystemUUID: fmt.Sprintf("%032x", i+1), BootID: fmt.Sprintf("%032x", i+2),
 		KernelVersion: "6.1.0-27-amd64", OSImage: "Debian GNU/Linux 12 (bookworm)", ContainerRuntimeVersion: "containerd://1.7.20",
@@ -362,5 +477,5 @@ func (s *peerSet) node(i int) (*corev1.Node, peerEntries) {
 			SizeBytes: int64(20_000_000 + j*1_234_567),
 		})
 	}
-	return n, peerEntries{subnet: sub, vtep: sub.Addr(), vtepMAC: mac, publicIP: public}
+	return n, entries
 }

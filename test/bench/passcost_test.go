@@ -73,7 +73,7 @@ func BenchmarkPassAfterOneChange(b *testing.B) {
 				peer := changed % n
 				_, moved := peers.node(churnBase + changed)
 				changed++
-				cpu, pass, passes := onePeerChange(b, c, agent.Pid(), fmt.Sprintf("peer-%05d", peer), moved.publicIP.String())
+				cpu, pass, passes := onePeerChange(b, c, agent.Pid(), fmt.Sprintf("peer-%05d", peer), moved[0].publicIP.String())
 				r.CPUMs, r.PassMs, r.Passes = append(r.CPUMs, cpu), append(r.PassMs, pass), append(r.Passes, passes)
 			}
 			b.Logf("%d peers: one changed peer costs the agent %.1f ms CPU (median of %d), %.0f passes of %.1f ms in all",

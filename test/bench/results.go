@@ -9,8 +9,9 @@
 //     plugins; backends alternate within every round (-benchtime Nx: N
 //     rounds).
 //   - BenchmarkConvergence: one real overlayd agent against a real API
-//     server holding 1000 and 5000 peer Nodes: time from start until every
-//     route, neighbour and FDB entry is in the kernel, time for one new or
+//     server holding 1000 and 5000 peer Nodes, in an IPv4-only cluster and
+//     then in a dual-stack one: time from start until every route,
+//     neighbour and FDB entry is in the kernel, time for one new or
 //     deleted peer to reach the kernel (-benchtime Nx: N samples), memory,
 //     and the cost of a reconcile that changes nothing.
 //   - BenchmarkAPIServerCost: the watch events and bytes the API server
@@ -61,23 +62,35 @@ type BackendThroughput struct {
 	AgentCPU    []float64 // CPU seconds both agents used per run (the udp datapath's cost)
 }
 
-// Convergence is what BenchmarkConvergence measured, per peer count.
+// Convergence is what BenchmarkConvergence measured, per family and peer
+// count.
 type Convergence struct {
-	Sizes []ConvergenceSize
+	Sizes []ConvergenceSize // IPv4 ones first, each family's by peer count
 }
 
-// ConvergenceSize holds the figures for one number of peers.
+// The families of BenchmarkConvergence.
+const (
+	FamilyIPv4 = "ipv4" // an IPv4-only cluster
+	FamilyDual = "dual" // a dual-stack cluster: every peer has both families
+)
+
+// ConvergenceSize holds the figures for one family and number of peers.
 type ConvergenceSize struct {
+	Family          string // FamilyIPv4 or FamilyDual
 	Peers           int
+	EntriesPerPeer  int       // kernel entries one peer calls for: 3 (IPv4), 6 (dual-stack)
+	LoadAverage     string    // the machine's 1-minute load average as the first cold start began
 	CreateSeconds   float64   // creating the (missing) peer Nodes in the API, setup only
-	FirstEntrySec   float64   // agent start to the first overlayd route in the kernel
-	ConvergedSec    float64   // agent start to every route, neighbour and FDB entry
+	FirstEntrySec   float64   // agent start to the first overlayd route in the kernel (median)
+	ConvergedSec    float64   // agent start to every route, neighbour and FDB entry (median)
+	ColdStartsSec   []float64 // each cold start's ConvergedSec
+	ColdStartCPUSec float64   // agent CPU seconds from start to every entry (median)
 	WarmRestartSec  float64   // restart with everything in place, to /readyz
 	WarmRestartDiff int       // kernel entries the warm restart changed (want 0)
-	AddMs           []float64 // Node created -> route, neighbour and FDB entry in the kernel
-	DeleteMs        []float64 // Node deleted -> all three gone
+	AddMs           []float64 // Node created -> its route, neighbour and FDB entry (of each family) in the kernel
+	DeleteMs        []float64 // Node deleted -> all of them gone
 	VmRSSKiB        int64     // steady state, after the no-change window
-	VmHWMKiB        int64     // peak since start
+	VmHWMKiB        int64     // peak since the agent's start (the last cold start)
 	NoopReconcileMs float64   // mean overlayd_reconcile_duration_seconds over no-change passes
 	NoopReconciles  int       // passes that mean is over
 	IdleCPUPercent  float64   // agent CPU over the no-change window

@@ -18,7 +18,7 @@ import (
 var throughputBackends = []string{"vxlan", "host-gw", "udp", "wireguard"}
 
 // overlayDevice is the device each backend carries pod traffic through.
-var overlayDevice = map[string]string{"vxlan": vxlanDev, "udp": "overlay0", "wireguard": "overlay-wg"}
+var overlayDevice = map[string]string{"vxlan": vxlanDevs[false], "udp": "overlay0", "wireguard": "overlay-wg"}
 
 // iperfSeconds is the measured length of one iperf3 run
 // (OVERLAYD_BENCH_IPERF_SECONDS overrides it).
@@ -200,6 +200,7 @@ func linkMTU(tb testing.TB, h *lab.Host, name string) int {
 	return link.Attrs().MTU
 }
 
+// loadAverage is the machine's 1-minute load average.
 func loadAverage() string {
 	data, _ := os.ReadFile("/proc/loadavg")
 	if f := strings.Fields(string(data)); len(f) > 0 {

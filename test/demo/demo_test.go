@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,21 +29,35 @@ const (
 	pods     = 2
 )
 
-// TestDemo runs the demo for each backend without a terminal (it tears
-// down right away) and expects a full connectivity matrix, exit status 0,
-// and nothing left over.
+// TestDemo runs the demo without a terminal (it tears down right away) for
+// vxlan and host-gw over IPv4, the default, and for vxlan dual-stack
+// (FAMILY=dual), and expects the leases of every family, a full
+// connectivity matrix of every family, exit status 0, and nothing left
+// over.
 func TestDemo(t *testing.T) {
-	for _, backend := range []string{"vxlan", "host-gw"} {
-		t.Run(backend, func(t *testing.T) {
-			r := startDemo(t, backend, nil)
+	for _, tc := range []struct {
+		name, backend string
+		family        string // FAMILY; "" leaves the default (ipv4)
+	}{
+		{"vxlan", "vxlan", ""},
+		{"host-gw", "host-gw", ""},
+		{"vxlan dual-stack", "vxlan", "dual"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vars := []string{"BACKEND=" + tc.backend}
+			family := "ipv4"
+			if tc.family != "" {
+				vars, family = append(vars, "FAMILY="+tc.family), tc.family
+			}
+			r := startDemo(t, vars, nil)
 			code := r.wait(t)
 			out := r.output()
-			t.Logf("make demo BACKEND=%s:\n%s", backend, out)
+			t.Logf("make demo %s:\n%s", strings.Join(vars, " "), out)
 			if code != 0 {
-				t.Fatalf("make demo BACKEND=%s exited %d:\n%s", backend, code, out)
+				t.Fatalf("make demo %s exited %d:\n%s", strings.Join(vars, " "), code, out)
 			}
-			checkLeases(t, out, backend)
-			checkFullMatrix(t, out)
+			leases := checkLeases(t, out, tc.backend, family)
+			checkFullMatrices(t, out, family, leases)
 			checkTornDown(t, out)
 			r.checkNothingLeft(t)
 		})
@@ -53,11 +68,11 @@ func TestDemo(t *testing.T) {
 // stdin open): it shows the cluster, keeps it up, and on Ctrl-C (SIGINT to
 // the whole process group, as a terminal sends it) removes everything.
 func TestDemoHoldsUntilInterrupt(t *testing.T) {
-	r := startDemo(t, "udp", []string{"DEMO_HOLD=1"})
+	r := startDemo(t, []string{"BACKEND=udp"}, []string{"DEMO_HOLD=1"})
 	r.waitOutput(t, "Press Enter or Ctrl-C")
 	out := r.output()
-	checkLeases(t, out, "udp")
-	checkFullMatrix(t, out)
+	leases := checkLeases(t, out, "udp", "ipv4")
+	checkFullMatrices(t, out, "ipv4", leases)
 	// Still up while holding: the namespaces are there.
 	var ns []string
 	for _, name := range r.newNamespaces(t) {
@@ -83,7 +98,7 @@ func TestDemoHoldsUntilInterrupt(t *testing.T) {
 // the nodes are coming up: the demo stops where it is and removes what it
 // had built.
 func TestDemoTerminatedWhileStarting(t *testing.T) {
-	r := startDemo(t, "vxlan", nil)
+	r := startDemo(t, []string{"BACKEND=vxlan"}, nil)
 	r.waitOutput(t, "Node objects;")
 	r.signalGroup(t, syscall.SIGTERM)
 	r.wait(t)
@@ -99,19 +114,42 @@ func TestDemoTerminatedWhileStarting(t *testing.T) {
 	r.checkNothingLeft(t)
 }
 
-// TestDemoRejectsUnknownBackend: a typo in BACKEND gets a message listing
-// the valid values, and nothing is built.
-func TestDemoRejectsUnknownBackend(t *testing.T) {
-	r := startDemo(t, "vxlna", nil)
-	code := r.wait(t)
-	out := r.output()
-	if code == 0 {
-		t.Fatalf("make demo BACKEND=vxlna succeeded:\n%s", out)
+// TestDemoRejectsBadOptions: a typo in BACKEND or FAMILY gets a message
+// listing the valid values, and udp with IPv6 (FAMILY=dual or ipv6, which
+// overlayd refuses) one line naming FAMILY and what to use instead; in
+// each case the demo exits non-zero at once and builds nothing.
+func TestDemoRejectsBadOptions(t *testing.T) {
+	for _, tc := range []struct {
+		vars []string
+		want string // the demo's one line
+	}{
+		{[]string{"BACKEND=vxlna"}, `demo: unknown BACKEND "vxlna": want one of vxlan, host-gw, udp (e.g. make demo BACKEND=udp)`},
+		{[]string{"FAMILY=ipv5"}, `demo: unknown FAMILY "ipv5": want one of ipv4, dual, ipv6 (e.g. make demo FAMILY=dual)`},
+		{[]string{"BACKEND=udp", "FAMILY=dual"}, "demo: FAMILY=dual: the udp backend carries IPv4 only; use BACKEND=vxlan or BACKEND=host-gw with FAMILY=dual"},
+		{[]string{"BACKEND=udp", "FAMILY=ipv6"}, "demo: FAMILY=ipv6: the udp backend carries IPv4 only; use BACKEND=vxlan or BACKEND=host-gw with FAMILY=ipv6"},
+	} {
+		t.Run(strings.Join(tc.vars, " "), func(t *testing.T) {
+			r := startDemo(t, tc.vars, nil)
+			code := r.wait(t)
+			out := r.output()
+			if code == 0 {
+				t.Fatalf("make demo %s succeeded:\n%s", strings.Join(tc.vars, " "), out)
+			}
+			var demoLines []string
+			for _, line := range strings.Split(out, "\n") {
+				if strings.HasPrefix(line, "demo:") {
+					demoLines = append(demoLines, line)
+				}
+			}
+			if len(demoLines) != 1 || demoLines[0] != tc.want {
+				t.Errorf("the demo said %q, want the one line %q:\n%s", demoLines, tc.want, out)
+			}
+			if strings.Contains(out, "overlayd demo:") {
+				t.Errorf("the demo started building a cluster:\n%s", out)
+			}
+			r.checkNothingLeft(t)
+		})
 	}
-	if !strings.Contains(out, `unknown BACKEND "vxlna": want one of vxlan, host-gw, udp`) {
-		t.Errorf("no clear message about the bad BACKEND:\n%s", out)
-	}
-	r.checkNothingLeft(t)
 }
 
 // run is one `make demo` in its own process group, with its own TMPDIR so
@@ -124,7 +162,9 @@ type run struct {
 	done   chan struct{}
 }
 
-func startDemo(t *testing.T, backend string, env []string) *run {
+// startDemo starts `make demo` with the make variables vars (BACKEND=...,
+// FAMILY=...) and the extra environment env.
+func startDemo(t *testing.T, vars, env []string) *run {
 	t.Helper()
 	root := repoRoot(t)
 	tmp, err := os.MkdirTemp("", "overlayd-demo-test-")
@@ -133,7 +173,7 @@ func startDemo(t *testing.T, backend string, env []string) *run {
 	}
 	t.Cleanup(func() { os.RemoveAll(tmp) })
 	r := &run{tmp: tmp, out: &syncBuffer{}, before: demoLeftovers(t), done: make(chan struct{})}
-	r.cmd = exec.Command("make", "--no-print-directory", "demo", "BACKEND="+backend)
+	r.cmd = exec.Command("make", append([]string{"--no-print-directory", "demo"}, vars...)...)
 	r.cmd.Dir = root
 	r.cmd.Env = append(append(cleanEnv(), "TMPDIR="+tmp), env...)
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
@@ -294,68 +334,173 @@ func isZombie(stat []byte) bool {
 	return i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z'
 }
 
+// The demo's pod networks and underlay segment (hack/demo, test/lab).
 var (
-	leaseRowRE = regexp.MustCompile(`^\s*(node-\d+)\s+(10\.244\.\d+\.0/24)\s+(198\.18\.0\.\d+)\s+(\S+)\s+(\S+)\s*$`)
-	matrixRE   = regexp.MustCompile(`^\s*(pod-(\d)[a-z]) \((10\.244\.\d+\.\d+), (node-\d+)\)((?:\s+\S+)+)\s*$`)
+	podNetwork  = map[bool]netip.Prefix{false: netip.MustParsePrefix("10.244.0.0/16"), true: netip.MustParsePrefix("fd00:10:244::/56")}
+	underlayNet = map[bool]netip.Prefix{false: netip.MustParsePrefix("198.18.0.0/24"), true: netip.MustParsePrefix("fd00:198:18::/64")}
 )
 
-// checkLeases expects one lease row per node, each with its own pod CIDR
-// and public IP and the backend asked for.
-func checkLeases(t *testing.T, out, backend string) {
+// familiesOf lists the families of a FAMILY value, IPv4 first, as v6 flags.
+func familiesOf(family string) []bool {
+	return map[string][]bool{"ipv4": {false}, "dual": {false, true}, "ipv6": {true}}[family]
+}
+
+func familyName(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// nodeLeases are the pod CIDRs the demo printed, by node and family (v6).
+type nodeLeases map[string]map[bool]netip.Prefix
+
+var nodeRE = regexp.MustCompile(`^node-\d+$`)
+
+// checkLeases expects, in the lease table, one row per node and family of
+// FAMILY: over IPv4 only the columns NODE, POD CIDR, PUBLIC IP, BACKEND,
+// BACKEND DATA; with IPv6 a FAMILY column after NODE. Each node has its
+// own pod CIDR in the family's pod network and its own public IP on the
+// family's underlay segment, the backend asked for, and backend data. It
+// returns the pod CIDRs.
+func checkLeases(t *testing.T, out, backend, family string) nodeLeases {
 	t.Helper()
-	cidrs, ips := map[string]bool{}, map[string]bool{}
-	rows := 0
-	for _, line := range strings.Split(out, "\n") {
-		m := leaseRowRE.FindStringSubmatch(line)
-		if m == nil {
+	families := familiesOf(family)
+	withFamily := slices.Contains(families, true) // the FAMILY column
+	leases := nodeLeases{}
+	rows := map[bool]int{}
+	cidrs, ips := map[netip.Prefix]bool{}, map[netip.Addr]bool{}
+	lines := strings.Split(out, "\n")
+	start := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, "Leases (") })
+	if start < 0 {
+		t.Fatalf("no lease table in the output:\n%s", out)
+	}
+	for _, line := range lines[start+1:] {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			break // the table ends with a blank line
+		}
+		if !nodeRE.MatchString(f[0]) {
+			continue // the header
+		}
+		v6 := false
+		if withFamily {
+			if len(f) != 6 || (f[1] != "IPv4" && f[1] != "IPv6") {
+				t.Errorf("lease row %q: want NODE FAMILY POD-CIDR PUBLIC-IP BACKEND BACKEND-DATA", line)
+				continue
+			}
+			v6 = f[1] == "IPv6"
+			f = slices.Delete(f, 1, 2)
+		} else if len(f) != 5 {
+			t.Errorf("lease row %q: want NODE POD-CIDR PUBLIC-IP BACKEND BACKEND-DATA", line)
 			continue
 		}
-		rows++
-		if m[4] != backend {
-			t.Errorf("lease of %s has backend %s, want %s: %q", m[1], m[4], backend, line)
+		if !slices.Contains(families, v6) {
+			t.Errorf("lease row for %s, a family FAMILY=%s has not: %q", familyName(v6), family, line)
+			continue
 		}
-		cidrs[m[2]], ips[m[3]] = true, true
+		rows[v6]++
+		node, fam := f[0], familyName(v6)
+		cidr, err := netip.ParsePrefix(f[1])
+		if err != nil || cidr.Addr().Is6() != v6 || !podNetwork[v6].Contains(cidr.Addr()) || cidr.Bits() <= podNetwork[v6].Bits() {
+			t.Errorf("%s pod CIDR of %s is %q, want a subnet of %s", fam, node, f[1], podNetwork[v6])
+		}
+		pub, err := netip.ParseAddr(f[2])
+		if err != nil || !underlayNet[v6].Contains(pub) {
+			t.Errorf("%s public IP of %s is %q, want an address in %s", fam, node, f[2], underlayNet[v6])
+		}
+		if f[3] != backend {
+			t.Errorf("lease of %s has backend %s, want %s: %q", node, f[3], backend, line)
+		}
+		if backend == "vxlan" && !strings.Contains(f[4], `"VtepMAC":`) {
+			t.Errorf("%s vxlan backend data of %s has no VtepMAC: %q", fam, node, f[4])
+		}
+		if leases[node] == nil {
+			leases[node] = map[bool]netip.Prefix{}
+		}
+		leases[node][v6] = cidr
+		cidrs[cidr], ips[pub] = true, true
 	}
-	if rows != nodes || len(cidrs) != nodes || len(ips) != nodes {
-		t.Errorf("want %d lease rows with distinct pod CIDRs and public IPs, got %d rows, %d CIDRs, %d IPs:\n%s",
-			nodes, rows, len(cidrs), len(ips), out)
+	want := nodes * len(families)
+	if n := rows[false] + rows[true]; n != want || len(cidrs) != want || len(ips) != want || len(leases) != nodes {
+		t.Errorf("want a lease row per node and family (%d nodes x %d) with distinct pod CIDRs and public IPs, got %d rows of %d nodes, %d CIDRs, %d IPs:\n%s",
+			nodes, len(families), n, len(leases), len(cidrs), len(ips), out)
+	}
+	return leases
+}
+
+// matrixRE is a matrix row: the pod, its address of the family pinged and
+// its node, then a cell per pod.
+var matrixRE = regexp.MustCompile(`^\s*(pod-(\d+)[a-z]) \(([0-9a-f.:]+), (node-\d+)\)((?:\s+\S+)+)\s*$`)
+
+// checkFullMatrices expects a connectivity matrix for every family of
+// FAMILY, IPv4 first, and no other, each full (checkFullMatrix), and the
+// summary naming every family.
+func checkFullMatrices(t *testing.T, out, family string, leases nodeLeases) {
+	t.Helper()
+	lines := strings.Split(out, "\n")
+	var headings []string
+	for i, line := range lines {
+		if strings.HasPrefix(line, "Connectivity") {
+			headings = append(headings, line)
+			v6 := strings.HasPrefix(line, "Connectivity over IPv6 ")
+			checkFullMatrix(t, out, lines[i+1:], v6, leases)
+		}
+	}
+	var want, over []string
+	for _, v6 := range familiesOf(family) {
+		want = append(want, fmt.Sprintf("Connectivity over %s (", familyName(v6)))
+		over = append(over, "over "+familyName(v6))
+	}
+	if len(headings) != len(want) {
+		t.Fatalf("matrices %q, want one for each of %q:\n%s", headings, want, out)
+	}
+	for i := range want {
+		if !strings.HasPrefix(headings[i], want[i]) {
+			t.Errorf("matrix %d is %q, want %q...", i+1, headings[i], want[i])
+		}
+	}
+	total := nodes * pods * (nodes*pods - 1)
+	if s := fmt.Sprintf("OK: all %d pod pairs reach each other %s across %d nodes", total, strings.Join(over, " and "), nodes); !strings.Contains(out, s) {
+		t.Errorf("no summary %q:\n%s", s, out)
 	}
 }
 
-// checkFullMatrix expects the matrix of nodes x pods pods: the header
-// names every pod, each pod's row is on its own node with an address from
-// that node's pod CIDR, and every cell off the diagonal is "ok".
-func checkFullMatrix(t *testing.T, out string) {
+// checkFullMatrix expects the matrix of nodes x pods pods over one family
+// at the start of lines: the header names every pod, each pod's row is on
+// its own node with an address of the family from that node's pod CIDR,
+// and every cell off the diagonal is "ok".
+func checkFullMatrix(t *testing.T, out string, lines []string, v6 bool, leases nodeLeases) {
 	t.Helper()
+	fam := familyName(v6)
 	var want []string
 	for n := 1; n <= nodes; n++ {
 		for p := range pods {
 			want = append(want, fmt.Sprintf("pod-%d%c", n, 'a'+p))
 		}
 	}
-	lines := strings.Split(out, "\n")
-	header := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(strings.TrimSpace(l), `from \ to`) })
-	if header < 0 {
-		t.Fatalf("no connectivity matrix in the output:\n%s", out)
+	if len(lines) < 1+len(want) || !strings.HasPrefix(strings.TrimSpace(lines[0]), `from \ to`) {
+		t.Fatalf("%s matrix missing or cut short:\n%s", fam, out)
 	}
-	if got := strings.Fields(lines[header])[3:]; !slices.Equal(got, want) {
-		t.Fatalf("matrix columns %v, want %v:\n%s", got, want, out)
-	}
-	if len(lines) < header+1+len(want) {
-		t.Fatalf("matrix cut short:\n%s", out)
+	if got := strings.Fields(lines[0])[3:]; !slices.Equal(got, want) {
+		t.Fatalf("%s matrix columns %v, want %v:\n%s", fam, got, want, out)
 	}
 	for i, name := range want {
-		line := lines[header+1+i]
+		line := lines[1+i]
 		m := matrixRE.FindStringSubmatch(line)
 		if m == nil || m[1] != name {
-			t.Fatalf("matrix row %d is %q, want pod %s:\n%s", i, line, name, out)
+			t.Fatalf("%s matrix row %d is %q, want pod %s:\n%s", fam, i, line, name, out)
 		}
 		if m[4] != "node-"+m[2] {
 			t.Errorf("%s is on %s, want node-%s", name, m[4], m[2])
 		}
+		addr, err := netip.ParseAddr(m[3])
+		if sub := leases[m[4]][v6]; err != nil || !sub.Contains(addr) {
+			t.Errorf("%s's %s address is %q, want one of its node's %s pod CIDR %s", name, fam, m[3], fam, sub)
+		}
 		cells := strings.Fields(m[5])
 		if len(cells) != len(want) {
-			t.Fatalf("row %s has %d cells, want %d: %q", name, len(cells), len(want), line)
+			t.Fatalf("%s row %s has %d cells, want %d: %q", fam, name, len(cells), len(want), line)
 		}
 		for j, cell := range cells {
 			wantCell := "ok"
@@ -363,13 +508,9 @@ func checkFullMatrix(t *testing.T, out string) {
 				wantCell = "-"
 			}
 			if cell != wantCell {
-				t.Errorf("%s -> %s: %q, want %q", name, want[j], cell, wantCell)
+				t.Errorf("%s: %s -> %s: %q, want %q", fam, name, want[j], cell, wantCell)
 			}
 		}
-	}
-	total := len(want) * (len(want) - 1)
-	if !strings.Contains(out, fmt.Sprintf("OK: all %d pod pairs reach each other", total)) {
-		t.Errorf("no summary of %d reachable pairs:\n%s", total, out)
 	}
 }
 
@@ -411,7 +552,7 @@ func cleanEnv() []string {
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKE_TERMOUT", "MAKE_TERMERR", "TMPDIR", "DEMO_HOLD", "BACKEND":
+		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKE_TERMOUT", "MAKE_TERMERR", "TMPDIR", "DEMO_HOLD", "BACKEND", "FAMILY":
 			continue
 		}
 		env = append(env, kv)
