@@ -66,12 +66,13 @@ func blackholeRoutes(lease subnet.Lease) []kernel.Route {
 	return out
 }
 
-// senders are the peers' public addresses of both families, sorted,
-// without duplicates.
+// senders are the addresses peers send from, both families, sorted,
+// without duplicates: their public addresses, and the source addresses of
+// those whose public address is an overwrite.
 func senders(peers []subnet.Lease) []netip.Addr {
 	out := make([]netip.Addr, 0, len(peers))
 	for _, p := range peers {
-		for _, a := range []netip.Addr{p.Attrs.PublicIP, p.Attrs.PublicIPv6} {
+		for _, a := range []netip.Addr{p.Attrs.PublicIP, p.Attrs.PublicIPv6, p.Attrs.SourceIP, p.Attrs.SourceIPv6} {
 			if a.IsValid() {
 				out = append(out, a)
 			}

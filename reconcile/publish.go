@@ -28,13 +28,15 @@ func (l *Loop) attrs() (subnet.LeaseAttrs, error) {
 			a.BackendV6Data = data
 			a.PublicIPv6 = l.node.Underlay.PublicIPv6
 			if l.addrs.OverwriteV6.IsValid() {
-				a.PublicIPv6 = l.addrs.OverwriteV6
+				a.PublicIPv6, a.SourceIPv6 = l.addrs.OverwriteV6, l.node.Underlay.Addr6
 			}
 		} else {
 			a.BackendData = data
 			a.PublicIP = l.node.Underlay.PublicIP
 			if l.addrs.Overwrite.IsValid() {
-				a.PublicIP = l.addrs.Overwrite
+				// Peers send to the overwrite; this node still sends from
+				// its interface, which their ingress filters must admit.
+				a.PublicIP, a.SourceIP = l.addrs.Overwrite, l.node.Underlay.Addr
 			}
 		}
 	}

@@ -17,7 +17,9 @@ var _ Host = NetlinkHost{}
 // unusableAddr marks IPv6 addresses peers must not be told to send to: a
 // temporary (privacy) address changes every few hours, a deprecated one is
 // on its way out, one that failed duplicate address detection belongs to
-// someone else.
+// someone else. IPv6 only: the kernel uses the same bit as IFA_F_TEMPORARY
+// for IFA_F_SECONDARY, which every IPv4 address after an interface's first
+// in the same subnet carries, and which is perfectly usable.
 const unusableAddr = unix.IFA_F_TEMPORARY | unix.IFA_F_DEPRECATED | unix.IFA_F_DADFAILED
 
 func (NetlinkHost) Interfaces() ([]Interface, error) {
@@ -39,7 +41,7 @@ func (NetlinkHost) Interfaces() ([]Interface, error) {
 			Up:    attrs.Flags&net.FlagUp != 0,
 		}
 		for _, a := range addrs {
-			if a.Flags&unusableAddr != 0 {
+			if a.IP.To4() == nil && a.Flags&unusableAddr != 0 {
 				continue
 			}
 			if p, ok := PrefixFromIPNet(a.IPNet); ok {

@@ -49,3 +49,31 @@ func TestNetlinkHostIPv6(t *testing.T) {
 		}
 	}
 }
+
+// An IPv4 address after an interface's first in the same subnet is a
+// secondary one (IFA_F_SECONDARY, the bit IPv6 calls IFA_F_TEMPORARY): it
+// is as usable as the first, e.g. as --public-ip or node-public-ip.
+func TestNetlinkHostIPv4SecondaryAddress(t *testing.T) {
+	name, ns := netnstest.New(t, "ovlI", "host4")
+	for _, args := range [][]string{
+		{"link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"},
+		{"link", "set", "eth0", "up"},
+		{"addr", "add", "198.18.0.11/24", "dev", "eth0"},
+		{"addr", "add", "198.18.0.201/24", "dev", "eth0"},
+		{"route", "add", "default", "via", "198.18.0.1", "dev", "eth0"},
+	} {
+		netnstest.IP(t, name, args...)
+	}
+	var ext *ip.External
+	err := kernel.InNamespace(ns, func() error {
+		var err error
+		ext, err = ip.SelectExternal(ip.SelectOptions{IPv4: true, PublicIP: "198.18.0.201"}, ip.NetlinkHost{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("--public-ip on a secondary address: %v", err)
+	}
+	if want := netip.MustParseAddr("198.18.0.201"); ext.Iface.Name != "eth0" || ext.Addr != want || ext.PublicIP != want {
+		t.Errorf("got %s %s public %s, want eth0 198.18.0.201", ext.Iface.Name, ext.Addr, ext.PublicIP)
+	}
+}

@@ -27,6 +27,8 @@ type keys struct {
 	backendV6Data string
 	publicIP      string
 	publicIPv6    string
+	// overlayd's own: the tunnels' source when it is not the public IP.
+	sourceIP, sourceIPv6 string
 	// Set by an administrator on a Node, read by the agent (as flanneld):
 	nodePublicIP, nodePublicIPv6           string // stand in for --public-ip(v6)
 	publicIPOverwrite, publicIPv6Overwrite string // what peers are told
@@ -89,6 +91,8 @@ func newKeys(prefix string) (keys, error) {
 		backendV6Data: p + "backend-v6-data",
 		publicIP:      p + "public-ip",
 		publicIPv6:    p + "public-ipv6",
+		sourceIP:      p + "public-ip-source",
+		sourceIPv6:    p + "public-ipv6-source",
 
 		nodePublicIP:        p + "node-public-ip",
 		nodePublicIPv6:      p + "node-public-ipv6",
@@ -126,13 +130,23 @@ func (k keys) encode(net *netconf.Config, attrs subnet.LeaseAttrs) map[string]st
 	if net.EnableIPv4 {
 		a[k.backendData] = rawOrNull(attrs.BackendData)
 		a[k.publicIP] = attrs.PublicIP.String()
+		if attrs.SourceIP.IsValid() && attrs.SourceIP != attrs.PublicIP {
+			a[k.sourceIP] = attrs.SourceIP.String()
+		}
 	}
 	if net.EnableIPv6 {
 		a[k.backendV6Data] = rawOrNull(attrs.BackendV6Data)
 		a[k.publicIPv6] = attrs.PublicIPv6.String()
+		if attrs.SourceIPv6.IsValid() && attrs.SourceIPv6 != attrs.PublicIPv6 {
+			a[k.sourceIPv6] = attrs.SourceIPv6.String()
+		}
 	}
 	return a
 }
+
+// optional are the annotations encode writes only sometimes: a write of
+// encode's result must remove those it left out.
+func (k keys) optional() []string { return []string{k.sourceIP, k.sourceIPv6} }
 
 func rawOrNull(r json.RawMessage) string {
 	if len(r) == 0 {
@@ -190,9 +204,11 @@ func (k keys) decode(net *netconf.Config, a map[string]string) (attrs subnet.Lea
 		v6             bool
 		ip             *netip.Addr
 		data           *json.RawMessage
+		srcKey         string
+		src            *netip.Addr
 	}{
-		{net.EnableIPv4, k.publicIP, k.backendData, false, &attrs.PublicIP, &attrs.BackendData},
-		{net.EnableIPv6, k.publicIPv6, k.backendV6Data, true, &attrs.PublicIPv6, &attrs.BackendV6Data},
+		{net.EnableIPv4, k.publicIP, k.backendData, false, &attrs.PublicIP, &attrs.BackendData, k.sourceIP, &attrs.SourceIP},
+		{net.EnableIPv6, k.publicIPv6, k.backendV6Data, true, &attrs.PublicIPv6, &attrs.BackendV6Data, k.sourceIPv6, &attrs.SourceIPv6},
 	} {
 		if !f.on {
 			continue
@@ -209,6 +225,11 @@ func (k keys) decode(net *netconf.Config, a map[string]string) (attrs subnet.Lea
 		}
 		if *f.data, err = k.json(a, f.dataKey); err != nil {
 			return attrs, false, err
+		}
+		if _, present := a[f.srcKey]; present {
+			if *f.src, _, err = k.addr(a, f.srcKey, f.v6); err != nil {
+				return attrs, false, err
+			}
 		}
 		*f.ip = ip
 		published++

@@ -171,7 +171,16 @@ func (p *podCIDRMode) patchAnnotations(ctx context.Context, attrs subnet.LeaseAt
 	if p.published(want) {
 		return nil
 	}
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": want}})
+	values := map[string]any{}
+	for k, v := range want {
+		values[k] = v
+	}
+	for _, k := range m.keys.optional() {
+		if _, ok := want[k]; !ok {
+			values[k] = nil // a merge patch removes it
+		}
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": values}})
 	if err != nil {
 		return err
 	}
@@ -190,6 +199,11 @@ func (p *podCIDRMode) published(want map[string]string) bool {
 	have := own.ours
 	for k, v := range want {
 		if hv, ok := have[k]; !ok || hv != v {
+			return false
+		}
+	}
+	for _, k := range p.m.keys.optional() {
+		if _, ok := have[k]; ok && want[k] == "" {
 			return false
 		}
 	}

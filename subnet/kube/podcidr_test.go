@@ -99,6 +99,31 @@ func TestPodCIDRLeaseFromControllerManager(t *testing.T) {
 			if got := ourAnnotations(n, p); !maps.Equal(got, want) {
 				t.Errorf("after Publish annotations\n got %v\nwant %v", got, want)
 			}
+
+			// A public IP that is an overwrite: the tunnels' source goes
+			// beside it, and goes again with the overwrite.
+			overwritten := hostgw
+			overwritten.PublicIP, overwritten.SourceIP = netip.MustParseAddr("198.18.0.200"), netip.MustParseAddr("198.18.0.12")
+			for _, step := range []struct {
+				attrs  subnet.LeaseAttrs
+				public string
+				source string // "": no annotation
+			}{{overwritten, "198.18.0.200", "198.18.0.12"}, {hostgw, "198.18.0.12", ""}} {
+				if err := a.Publish(context.Background(), step.attrs); err != nil {
+					t.Fatal(err)
+				}
+				if n, err = c.admin.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				want[p+"public-ip"] = step.public
+				delete(want, p+"public-ip-source")
+				if step.source != "" {
+					want[p+"public-ip-source"] = step.source
+				}
+				if got := ourAnnotations(n, p); !maps.Equal(got, want) {
+					t.Errorf("after Publish of %+v annotations\n got %v\nwant %v", step.attrs, got, want)
+				}
+			}
 		})
 	}
 }
@@ -142,6 +167,10 @@ func TestPodCIDRPeers(t *testing.T) {
 	dual["flannel.alpha.coreos.com/public-ipv6"] = "2001:db8::18"
 	dual["flannel.alpha.coreos.com/backend-v6-data"] = `{"VNI":1,"VtepMAC":"a2:54:1c:5e:7f:86"}`
 	createNode(t, c.admin, "dual-d", []string{"10.244.8.0/24", "fd00:10:244:8::/64"}, dual)
+	// An overlayd node whose public IP is an overwrite says where it sends from.
+	overwritten := vx("198.18.0.200", "a2:54:1c:5e:7f:0b")
+	overwritten["flannel.alpha.coreos.com/public-ip-source"] = "198.18.0.21"
+	createNode(t, c.admin, "overwrite-f", []string{"10.244.11.0/24"}, overwritten)
 	createNode(t, c.admin, "bad-ip", []string{"10.244.5.0/24"}, fl("198.18.0.999", "vxlan", `{"VNI":1}`))
 	createNode(t, c.admin, "bad-json", []string{"10.244.6.0/24"}, fl("198.18.0.16", "vxlan", `{"VNI":`))
 	createNode(t, c.admin, "unmanaged", []string{"10.244.7.0/24"}, nil)
@@ -163,6 +192,9 @@ func TestPodCIDRPeers(t *testing.T) {
 			Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("198.18.0.14"), BackendType: "host-gw"}},
 		"udp-e": {Node: "udp-e", Subnet: netip.MustParsePrefix("10.244.10.0/24"),
 			Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("198.18.0.20"), BackendType: ""}},
+		"overwrite-f": {Node: "overwrite-f", Subnet: netip.MustParsePrefix("10.244.11.0/24"),
+			Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("198.18.0.200"), SourceIP: netip.MustParseAddr("198.18.0.21"),
+				BackendType: "vxlan", BackendData: mac("a2:54:1c:5e:7f:0b")}},
 		"dual-d": {Node: "dual-d", Subnet: netip.MustParsePrefix("10.244.8.0/24"),
 			Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr("198.18.0.18"), BackendType: "vxlan", BackendData: mac("a2:54:1c:5e:7f:08")}},
 	}

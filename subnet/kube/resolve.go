@@ -90,7 +90,8 @@ func (r *record) equal(o *record) bool {
 }
 
 func attrsEqual(a, b subnet.LeaseAttrs) bool {
-	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 && a.BackendType == b.BackendType &&
+	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 && a.SourceIP == b.SourceIP && a.SourceIPv6 == b.SourceIPv6 &&
+		a.BackendType == b.BackendType &&
 		bytes.Equal(a.BackendData, b.BackendData) && bytes.Equal(a.BackendV6Data, b.BackendV6Data)
 }
 
