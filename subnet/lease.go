@@ -16,16 +16,16 @@ type Lease struct {
 
 // LeaseAttrs is what a node publishes on its lease for its peers.
 type LeaseAttrs struct {
-	PublicIP      netip.Addr
-	PublicIPv6    netip.Addr
+	PublicIP   netip.Addr
+	PublicIPv6 netip.Addr
 	// SourceIP(v6) is the address the node's tunnels send from when it
 	// differs from the public one peers send to (public-ip-overwrite): the
 	// peers' ingress filters admit it too. Not flanneld's; invalid when the
 	// two are the same.
 	SourceIP, SourceIPv6 netip.Addr
-	BackendType   string
-	BackendData   json.RawMessage
-	BackendV6Data json.RawMessage
+	BackendType          string
+	BackendData          json.RawMessage
+	BackendV6Data        json.RawMessage
 }
 
 // NodeAddresses are what the node's own API object says about its public
