@@ -27,6 +27,14 @@ const labPrefix = "ovlD"
 // noLoss is what a rollout restart may lose on vxlan: nothing.
 const noLoss = 0
 
+// udpHandoverLoss is what it may lose on udp, per pinger: the new agent
+// joins the old one's TUN queue set and SO_REUSEPORT group before the old
+// one lets go, but datagrams and packets already queued on the old agent's
+// socket and TUN queue when it closes them are dropped by the kernel (1 of
+// 1760 seen once on these nodes; 0 in the namespace lab's 30 surges). A
+// handover that does not work loses hundreds.
+const udpHandoverLoss = 3
+
 func TestDeploy(t *testing.T) {
 	start := time.Now()
 	c := nodes.New(t, nodes.Options{Prefix: labPrefix, Nodes: 3, OverlaydImages: []string{shippedImage(t)}})
@@ -185,8 +193,8 @@ func TestDeploy(t *testing.T) {
 			t.Errorf("udp: at most %d overlayd pod per node during the rollout (maxSurge)", n)
 		}
 		for _, s := range stopRing(t, ps) {
-			if s.Lost > noLoss {
-				t.Errorf("udp: lost %d packets during the rollout restart (%s)", s.Lost, s)
+			if s.Lost > udpHandoverLoss {
+				t.Errorf("udp: lost %d packets during the rollout restart, more than the %d queued at the old agent's close may be (%s)", s.Lost, udpHandoverLoss, s)
 			}
 		}
 
