@@ -157,7 +157,8 @@ func kernelState(t *testing.T, n *lab.Node) []string {
 			return lines
 		}
 		// A device was deleted while it was being read (an old backend's
-		// device going once drained): read the whole state again.
+		// device going once drained), or a dump was interrupted by a
+		// change: read the whole state again.
 	}
 	t.Fatalf("%s: overlayd's devices kept vanishing while being read", n.Name)
 	return nil
@@ -202,6 +203,9 @@ func kernelSnapshot(t *testing.T, n *lab.Node) (lines []string, ok bool) {
 		out, err := n.Exec(context.Background(), "bridge", "-j", "fdb", "show", "dev", dev)
 		if err != nil && linkGone(t, n, dev) {
 			return nil, false
+		}
+		if strings.Contains(out, lab.DumpInterrupted) {
+			return nil, false // the table changed while it was dumped: read again
 		}
 		if err != nil {
 			t.Fatalf("bridge fdb on %s: %v", n.Name, err)

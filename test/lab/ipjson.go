@@ -7,6 +7,11 @@ import (
 	"strings"
 )
 
+// DumpInterrupted is what iproute2 prints when the kernel reports a dump
+// that a concurrent change interrupted (NLM_F_DUMP_INTR): the output is not
+// a consistent snapshot and must be read again.
+const DumpInterrupted = "Dump was interrupted"
+
 // IPJSON runs iproute2's `ip -j args...` inside the namespace and decodes
 // its output, e.g. the IPv6 routes of a node:
 //
@@ -14,9 +19,16 @@ import (
 //
 // No output (nothing matched) is an empty list.
 func IPJSON[T any](ctx context.Context, h *Host, args ...string) ([]T, error) {
-	out, err := h.Exec(ctx, append([]string{"ip", "-j"}, args...)...)
-	if err != nil {
-		return nil, err
+	var out string
+	var err error
+	for range 10 {
+		if out, err = h.Exec(ctx, append([]string{"ip", "-j"}, args...)...); err != nil {
+			return nil, err
+		}
+		if !strings.Contains(out, DumpInterrupted) {
+			break
+		}
+		// The table changed while the kernel dumped it: ask again.
 	}
 	var v []T
 	if strings.TrimSpace(out) == "" {
