@@ -82,17 +82,7 @@ var defaultPeerCounts = []int{1000, 5000}
 //
 //	go test -run '^$' -bench Convergence -benchtime 5x ./test/bench/
 func BenchmarkConvergence(b *testing.B) {
-	counts := defaultPeerCounts
-	if s := os.Getenv("OVERLAYD_BENCH_PEERS"); s != "" {
-		counts = nil
-		for _, f := range strings.Split(s, ",") {
-			v, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || v < 1 || v >= churnBase || (len(counts) > 0 && v <= counts[len(counts)-1]) {
-				b.Fatalf("OVERLAYD_BENCH_PEERS=%q: want increasing peer counts below %d", s, churnBase)
-			}
-			counts = append(counts, v)
-		}
-	}
+	counts := peerCounts(b, "OVERLAYD_BENCH_PEERS", defaultPeerCounts)
 	families := []string{FamilyIPv4, FamilyDual}
 	if s := os.Getenv("OVERLAYD_BENCH_FAMILIES"); s != "" {
 		families = nil
@@ -135,6 +125,25 @@ func BenchmarkConvergence(b *testing.B) {
 	if err := WriteResult(ConvergenceFile, res); err != nil {
 		b.Error(err)
 	}
+}
+
+// peerCounts reads increasing peer counts below churnBase from the
+// environment variable env ("1000,5000"), or returns defaults when it is
+// not set.
+func peerCounts(b *testing.B, env string, defaults []int) []int {
+	s := os.Getenv(env)
+	if s == "" {
+		return defaults
+	}
+	var counts []int
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v < 1 || v >= churnBase || (len(counts) > 0 && v <= counts[len(counts)-1]) {
+			b.Fatalf("%s=%q: want increasing peer counts below %d", env, s, churnBase)
+		}
+		counts = append(counts, v)
+	}
+	return counts
 }
 
 func measureConvergence(b *testing.B, c *cluster, peers *peerSet, size int) ConvergenceSize {

@@ -4,10 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -33,17 +30,7 @@ var defaultPassPeers = []int{1000, 5000, 10000}
 //
 //	go test -run '^$' -bench PassAfterOneChange -benchtime 20x ./test/bench/
 func BenchmarkPassAfterOneChange(b *testing.B) {
-	counts := defaultPassPeers
-	if s := os.Getenv("OVERLAYD_BENCH_PASS_PEERS"); s != "" {
-		counts = nil
-		for _, f := range strings.Split(s, ",") {
-			v, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || v < 1 || v >= churnBase || (len(counts) > 0 && v <= counts[len(counts)-1]) {
-				b.Fatalf("OVERLAYD_BENCH_PASS_PEERS=%q: want increasing peer counts below %d", s, churnBase)
-			}
-			counts = append(counts, v)
-		}
-	}
+	counts := peerCounts(b, "OVERLAYD_BENCH_PASS_PEERS", defaultPassPeers)
 	c := newCluster(b, clusterOptions{
 		Nodes: 1, NetConf: `{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}`, AssignPodCIDRs: true, ManualAgents: true,
 		// No timer passes while a change is measured.
