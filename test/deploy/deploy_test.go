@@ -107,18 +107,7 @@ func TestDeploy(t *testing.T) {
 	})
 
 	step("rollout restart on vxlan loses nothing", func(t *testing.T) {
-		ps := ring(t, pods)
-		surged := watchSurge(ctx, t, c)
-		kubectl(t, c, "-n", namespace, "rollout", "restart", "daemonset/overlayd")
-		waitRollout(t, c, "overlayd")
-		if n := surged(); n < 2 {
-			t.Errorf("at most %d overlayd pod per node during the rollout: the new pods did not start beside the old ones (maxSurge)", n)
-		}
-		for _, s := range stopRing(t, ps) {
-			if s.Lost > noLoss {
-				t.Errorf("lost %d packets during the rollout restart (%s)", s.Lost, s)
-			}
-		}
+		rolloutRestartUnderPing(ctx, t, c, pods, "vxlan", noLoss)
 	})
 
 	step("ConfigMap edit switches the backend", func(t *testing.T) {
@@ -185,18 +174,7 @@ func TestDeploy(t *testing.T) {
 		}
 
 		// The userspace datapath is handed from the old pod to the new one.
-		ps = ring(t, pods)
-		surged := watchSurge(ctx, t, c)
-		kubectl(t, c, "-n", namespace, "rollout", "restart", "daemonset/overlayd")
-		waitRollout(t, c, "overlayd")
-		if n := surged(); n < 2 {
-			t.Errorf("udp: at most %d overlayd pod per node during the rollout (maxSurge)", n)
-		}
-		for _, s := range stopRing(t, ps) {
-			if s.Lost > udpHandoverLoss {
-				t.Errorf("udp: lost %d packets during the rollout restart, more than the %d queued at the old agent's close may be (%s)", s.Lost, udpHandoverLoss, s)
-			}
-		}
+		rolloutRestartUnderPing(ctx, t, c, pods, "udp", udpHandoverLoss)
 
 		helm(t, c, "uninstall", "overlayd", "--namespace", namespace, "--wait", "--timeout=4m")
 		cluster.Eventually(t, 2*time.Minute, "no object of the release left", func() (bool, string) {

@@ -287,6 +287,25 @@ func readyz(n *nodes.Node) (int, string, error) {
 	return resp.StatusCode, string(body), nil
 }
 
+// rolloutRestartUnderPing restarts the DaemonSet while every pod pings the
+// next, and fails unless the new pods started beside the old ones
+// (maxSurge) and no pinger lost more than maxLost packets.
+func rolloutRestartUnderPing(ctx context.Context, t *testing.T, c *nodes.Cluster, pods []podHost, backend string, maxLost int) {
+	t.Helper()
+	ps := ring(t, pods)
+	surged := watchSurge(ctx, t, c)
+	kubectl(t, c, "-n", namespace, "rollout", "restart", "daemonset/overlayd")
+	waitRollout(t, c, "overlayd")
+	if n := surged(); n < 2 {
+		t.Errorf("%s: at most %d overlayd pod per node during the rollout: the new pods did not start beside the old ones (maxSurge)", backend, n)
+	}
+	for _, s := range stopRing(t, ps) {
+		if s.Lost > maxLost {
+			t.Errorf("%s: lost %d packets during the rollout restart, more than %d (%s)", backend, s.Lost, maxLost, s)
+		}
+	}
+}
+
 // watchSurge watches the overlayd pods until the returned function is
 // called, which returns the most seen at once on one node.
 func watchSurge(ctx context.Context, t *testing.T, c *nodes.Cluster) func() int {
