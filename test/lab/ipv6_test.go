@@ -332,16 +332,7 @@ func TestCNIPodsDualStack(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var pods []*Pod
-	for _, n := range l.Nodes {
-		for _, suffix := range []string{"a", "b"} {
-			p, err := n.AddCNIPod(fmt.Sprintf("c%d%s", n.Index, suffix))
-			if err != nil {
-				t.Fatal(err)
-			}
-			pods = append(pods, p)
-		}
-	}
+	pods := addCNIPods(t, l)
 	for _, p := range pods {
 		n := p.Node
 		wantGW6 := podSubnet6(n.Index).Addr().Next()

@@ -209,16 +209,9 @@ func TestDirectPodsMatrix(t *testing.T) {
 	}
 }
 
-// TestCNIPods attaches pods through the real flannel -> bridge ->
-// host-local plugins with a hand-written subnet.env per node.
-func TestCNIPods(t *testing.T) {
-	l := New(t, Options{Prefix: testPrefix, Nodes: 2})
-	for _, n := range l.Nodes {
-		env := fmt.Sprintf("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.%d.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n", n.Index)
-		if err := os.WriteFile(n.SubnetEnv, []byte(env), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+// addCNIPods attaches two pods to every node with the real CNI plugins.
+func addCNIPods(t *testing.T, l *Lab) []*Pod {
+	t.Helper()
 	var pods []*Pod
 	for _, n := range l.Nodes {
 		for _, suffix := range []string{"a", "b"} {
@@ -229,6 +222,20 @@ func TestCNIPods(t *testing.T) {
 			pods = append(pods, p)
 		}
 	}
+	return pods
+}
+
+// TestCNIPods attaches pods through the real flannel -> bridge ->
+// host-local plugins with a hand-written subnet.env per node.
+func TestCNIPods(t *testing.T) {
+	l := New(t, Options{Prefix: testPrefix, Nodes: 2})
+	for _, n := range l.Nodes {
+		env := fmt.Sprintf("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.%d.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n", n.Index)
+		if err := os.WriteFile(n.SubnetEnv, []byte(env), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pods := addCNIPods(t, l)
 	for _, p := range pods {
 		n := p.Node
 		wantGW := netip.AddrFrom4([4]byte{10, 244, byte(n.Index), 1})
