@@ -34,6 +34,20 @@ type testNode struct {
 	dp     backend.Datapath
 }
 
+// newMeshedPair is newPair with each node's peer applied and traffic from
+// the first to the second shown to flow.
+func newMeshedPair(t *testing.T, conf string) (a, b *testNode) {
+	t.Helper()
+	nodes := newPair(t, conf)
+	a, b = nodes[0], nodes[1]
+	a.apply(b)
+	b.apply(a)
+	if err := a.ping(b); err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
 func newPair(t *testing.T, conf string) [2]*testNode {
 	var out [2]*testNode
 	for i := range out {
@@ -170,13 +184,7 @@ func (n *testNode) publicKey() wgtypes.Key {
 // wgctrl; a peer's changed key replaces its old one on the device, which
 // keeps no stale peer, and traffic flows again.
 func TestUserspaceDatapathAndKeyChange(t *testing.T) {
-	nodes := newPair(t, `{"Type":"wireguard","Datapath":"userspace"}`)
-	a, b := nodes[0], nodes[1]
-	a.apply(b)
-	b.apply(a)
-	if err := a.ping(b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := newMeshedPair(t, `{"Type":"wireguard","Datapath":"userspace"}`)
 	if err := b.ping(a); err != nil {
 		t.Fatal(err)
 	}
@@ -240,13 +248,7 @@ func TestControlSocketsDifferPerNamespace(t *testing.T) {
 // wireguard-go, ready all the same, and takes the device over as soon as
 // the first lets go: traffic flows again.
 func TestSecondAgentStandsByThenTakesOver(t *testing.T) {
-	nodes := newPair(t, `{"Type":"wireguard","Datapath":"userspace"}`)
-	a, b := nodes[0], nodes[1]
-	a.apply(b)
-	b.apply(a)
-	if err := a.ping(b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := newMeshedPair(t, `{"Type":"wireguard","Datapath":"userspace"}`)
 	first := a.dp
 	second, err := openDatapath(backend.DatapathEnv{StateDir: t.TempDir(), Log: zaptest.NewLogger(t)})
 	if err != nil {
@@ -280,13 +282,7 @@ func TestSecondAgentStandsByThenTakesOver(t *testing.T) {
 // does not, and its traffic is not sent in the clear either.
 func TestPresharedKey(t *testing.T) {
 	psk1, psk2 := mustKey(t), mustKey(t)
-	nodes := newPair(t, `{"Type":"wireguard","Datapath":"userspace","PSK":"`+psk1.String()+`"}`)
-	a, b := nodes[0], nodes[1]
-	a.apply(b)
-	b.apply(a)
-	if err := a.ping(b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := newMeshedPair(t, `{"Type":"wireguard","Datapath":"userspace","PSK":"`+psk1.String()+`"}`)
 	if dev := a.device(); len(dev.Peers) != 1 || dev.Peers[0].PresharedKey != psk1 {
 		t.Fatalf("the device's peer does not have the PSK")
 	}
