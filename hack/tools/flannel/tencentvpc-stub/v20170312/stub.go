@@ -55,9 +55,11 @@ func NewClientWithSecretId(secretID, secretKey, region string) (*Client, error) 
 	return nil, errStub
 }
 
-func NewDescribeRouteTablesRequest() *DescribeRouteTablesRequest { return &DescribeRouteTablesRequest{} }
-func NewDeleteRoutesRequest() *DeleteRoutesRequest               { return &DeleteRoutesRequest{} }
-func NewCreateRoutesRequest() *CreateRoutesRequest               { return &CreateRoutesRequest{} }
+func NewDescribeRouteTablesRequest() *DescribeRouteTablesRequest {
+	return &DescribeRouteTablesRequest{}
+}
+func NewDeleteRoutesRequest() *DeleteRoutesRequest { return &DeleteRoutesRequest{} }
+func NewCreateRoutesRequest() *CreateRoutesRequest { return &CreateRoutesRequest{} }
 
 func (*Client) DescribeRouteTables(*DescribeRouteTablesRequest) (*DescribeRouteTablesResponse, error) {
 	return nil, errStub
