@@ -147,7 +147,7 @@ func TestSwitchRulesModeLive(t *testing.T) {
 		for _, r := range p.LossRuns() {
 			t.Logf("  %d lost from %s", r.Count, r.Start.Format("15:04:05.000"))
 		}
-		sent, lost = sent+s.Sent-before[i].Sent, lost+s.Lost-before[i].Lost
+		sent, lost = sent+s.Sent-before[i].Sent, lost+p.LostFrom(before[i].Sent)
 	}
 	t.Logf("iptables -> nftables -> iptables: %d of %d pings lost", lost, sent)
 	if lost != 0 {

@@ -235,6 +235,22 @@ func (p *Pinger) LossRuns() []LossRun {
 	return runs
 }
 
+// LostFrom counts the requests from the nth sent on (0-based) that have no
+// reply: the loss of a window that began when n requests had been sent,
+// judged now, so that requests still in flight when the window began are
+// not taken for lost (Stats at that moment would count them).
+func (p *Pinger) LostFrom(n int) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	lost := 0
+	for _, ok := range p.got[min(n, len(p.got)):] {
+		if !ok {
+			lost++
+		}
+	}
+	return lost
+}
+
 // WaitReceived waits until at least n replies have arrived in all.
 func (p *Pinger) WaitReceived(ctx context.Context, n int) error {
 	for {
