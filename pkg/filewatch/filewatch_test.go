@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -128,8 +129,12 @@ func TestWatchIgnoresABusyDirectory(t *testing.T) {
 				}
 			}
 			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
+			var writer sync.WaitGroup
+			// The writer is gone before t.TempDir's cleanup removes dir.
+			defer func() { cancel(); writer.Wait() }()
+			writer.Add(1)
 			go func() { // the busy neighbour
+				defer writer.Done()
 				f, err := os.Create(filepath.Join(dir, "agent.log"))
 				if err != nil {
 					return
