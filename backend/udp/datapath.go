@@ -97,15 +97,17 @@ const handoverTimeout = 8 * time.Second
 
 // Close implements backend.Datapath: the device stays for the next run.
 // During a surge upgrade the new agent joins the device and the port while
-// this one still serves them; this one lets go only once it has, so the
-// upgrade loses nothing.
+// this one still serves them; this one lets go only once it has, and
+// hands over what is queued for it (Tunnel.HandOver), so the upgrade loses
+// nothing.
 func (d *datapath) Close() error {
 	successor := func() bool {
 		pid, err := procs.Sibling()
 		return err == nil && pid != 0
 	}
 	if d.t.AwaitSuccessor(handoverTimeout, successor) {
-		d.log.Info("another agent on this node has joined the udp datapath; letting go")
+		d.log.Info("another agent on this node has joined the udp datapath; handing it over")
+		return d.t.HandOver()
 	}
 	return d.t.Close()
 }

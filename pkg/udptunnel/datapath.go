@@ -74,9 +74,12 @@ type session struct {
 	port     int
 	offloads bool
 
-	dev  tun.Device
-	bind conn.Bind
-	wg   sync.WaitGroup
+	dev     tun.Device
+	bind    conn.Bind
+	sockets []int          // bind's descriptors, valid until bind.Close
+	rx, tx  sync.WaitGroup // the UDP → TUN goroutines, the TUN → UDP one
+	rxCount atomic.Uint64  // batches received, for the handover's drain
+	txCount atomic.Uint64  // TUN reads, likewise
 
 	closing atomic.Bool // set by stop: errors from here on are expected
 	gone    atomic.Bool // the device was closed under us (deleted)
@@ -89,7 +92,11 @@ type session struct {
 // for before it lets go, see Tunnel.AwaitSuccessor).
 func startSession(t *Tunnel, device string, port int, bufs *buffers) (*session, error) {
 	bind := conn.NewStdNetBind()
-	receivers, _, err := bind.Open(uint16(port))
+	var receivers []conn.ReceiveFunc
+	sockets, err := opening.open(port, func() (err error) {
+		receivers, _, err = bind.Open(uint16(port))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("listening on UDP port %d: %w", port, err)
 	}
@@ -106,12 +113,13 @@ func startSession(t *Tunnel, device string, port int, bufs *buffers) (*session, 
 		t: t, log: t.log.With(zap.String("device", device)),
 		device: device, ifindex: ifindex, port: port,
 		offloads: dev.BatchSize() > 1,
-		dev:      dev, bind: bind,
+		dev:      dev, bind: bind, sockets: sockets,
 	}
 	for len(bufs.rx) < len(receivers) {
 		bufs.rx = append(bufs.rx, nil)
 	}
-	s.wg.Add(1 + len(receivers))
+	s.tx.Add(1)
+	s.rx.Add(len(receivers))
 	go s.tunToUDP(&bufs.tx)
 	for i, receive := range receivers {
 		go s.udpToTUN(receive, &bufs.rx[i])
@@ -124,7 +132,8 @@ func (s *session) stop() {
 	s.closing.Store(true)
 	s.bind.Close()
 	s.dev.Close()
-	s.wg.Wait()
+	s.rx.Wait()
+	s.tx.Wait()
 }
 
 // dead reports whether the device went away under the datapath.
@@ -133,12 +142,13 @@ func (s *session) dead() bool { return s.gone.Load() }
 // tunToUDP reads packets the kernel routed to the device and sends each to
 // the peer owning its destination.
 func (s *session) tunToUDP(set *[][]byte) {
-	defer s.wg.Done()
+	defer s.tx.Done()
 	bufs := batch(set)[:min(s.dev.BatchSize(), batchSize)]
 	sizes := make([]int, len(bufs))
 	run := make([][]byte, 0, len(bufs))
 	for {
 		n, err := s.dev.Read(bufs, sizes, 0)
+		s.txCount.Add(1)
 		if n > 0 {
 			run = s.forward(bufs[:n], sizes, run)
 		}
@@ -249,7 +259,7 @@ func (s *session) send(pkts [][]byte, p *peer) {
 // whole IP packet, and writes them to the device in one batch (which the
 // TUN side merges back into super-packets).
 func (s *session) udpToTUN(receive conn.ReceiveFunc, set *[][]byte) {
-	defer s.wg.Done()
+	defer s.rx.Done()
 	bufs := batch(set)
 	// Datagrams land after the headroom; the TUN write gets whole buffers.
 	into := make([][]byte, len(bufs))
@@ -261,6 +271,7 @@ func (s *session) udpToTUN(receive conn.ReceiveFunc, set *[][]byte) {
 	out := make([][]byte, 0, len(bufs))
 	for {
 		n, err := receive(into, sizes, eps)
+		s.rxCount.Add(1)
 		if err != nil {
 			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
 				return

@@ -1,6 +1,9 @@
 package udptunnel
 
 import (
+	"net"
+	"strconv"
+	"sync"
 	"syscall"
 	_ "unsafe" // go:linkname
 
@@ -32,6 +35,52 @@ func init() {
 	if len(wireguardControlFns) == 0 {
 		return // not conn's list (see above): leave it alone
 	}
-	wireguardControlFns = append(wireguardControlFns, reuseport.Control)
+	wireguardControlFns = append(wireguardControlFns, reuseport.Control, opening.record)
 	reusePortEnabled = true
+}
+
+// opening collects the descriptors of the sockets StdNetBind opens for a
+// session: the handover (see session.handOver) steers and drains them, and
+// StdNetBind keeps them private. The control functions are the one place
+// that sees them; they run inside Open, on the opening goroutine.
+var opening openSockets
+
+type openSockets struct {
+	serial sync.Mutex // held across one session's bind.Open
+	mu     sync.Mutex // guards the fields below
+	port   string     // the port being opened, "" when none
+	fds    []int
+}
+
+// open runs bind.Open(port) and returns the descriptors of the sockets it
+// opened on that port. Another StdNetBind (the wireguard datapath's) may
+// open sockets at the same time; only those bound to port are kept, and
+// two datapaths never share a port.
+func (o *openSockets) open(port int, open func() error) ([]int, error) {
+	o.serial.Lock()
+	defer o.serial.Unlock()
+	o.mu.Lock()
+	o.port, o.fds = strconv.Itoa(port), nil
+	o.mu.Unlock()
+	err := open()
+	o.mu.Lock()
+	fds := o.fds
+	o.port, o.fds = "", nil
+	o.mu.Unlock()
+	return fds, err
+}
+
+// record is a control function: it notes the socket's descriptor when the
+// socket is being bound to the port being opened.
+func (o *openSockets) record(_, address string, c syscall.RawConn) error {
+	_, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.port == "" || port != o.port {
+		return nil
+	}
+	return c.Control(func(fd uintptr) { o.fds = append(o.fds, int(fd)) })
 }

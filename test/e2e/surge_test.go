@@ -107,8 +107,8 @@ func TestSurgeUpgrade(t *testing.T) {
 				if backend == "wireguard" && !containsAll(next.Log(), "standing by until it lets go", "the previous agent let go of the WireGuard device") {
 					t.Errorf("surge %d: the new agent did not stand by and then take the WireGuard device over:\n%s", i+1, next.Tail(2000))
 				}
-				if backend == "udp" && !strings.Contains(old.Log(), "has joined the udp datapath; letting go") {
-					t.Errorf("surge %d: the old agent did not wait for the new one to join the udp datapath:\n%s", i+1, old.Tail(2000))
+				if backend == "udp" && !containsAll(old.Log(), "has joined the udp datapath; handing it over", "steered the datapath to the successor and read its queues empty") {
+					t.Errorf("surge %d: the old agent did not wait for the new one to join the udp datapath and hand it over drained:\n%s", i+1, old.Tail(2000))
 				}
 			}
 			for _, p := range pingers {

@@ -36,10 +36,13 @@ func TestTakeOverFromFlanneld(t *testing.T) {
 			pingers := pingAcross(t, c, n1)
 
 			// Stop flanneld, start overlayd: the gap is what udp may lose.
+			// It opens at the SIGTERM: flanneld's udp proxy stops on the
+			// signal, before the process has exited.
+			stopped := time.Now()
 			if err := c.Agents[n1.Name].Stop(); err != nil {
 				t.Fatalf("stopping flanneld: %v", err)
 			}
-			stopped := time.Now()
+			t.Logf("flanneld exited %s after SIGTERM", time.Since(stopped).Round(time.Millisecond))
 			if err := c.UseAgent(n1, harness.Overlayd); err != nil {
 				t.Fatal(err)
 			}
