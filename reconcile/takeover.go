@@ -18,7 +18,8 @@ import (
 // overlayd waits and says so (it must never fight another agent over the
 // same devices and routes); once it is gone, flanneld's devices are adopted
 // before the lease is published (a vxlan device keeps its MAC, so no peer
-// changes anything), the first pass replaces flanneld's routes in place, and
+// changes anything), the first pass puts overlayd's routes beside (IPv6: in
+// place of) flanneld's, with the same next hops, and
 // what is left of flanneld (routes, chains, its udp TUN) is removed only
 // once overlayd's datapath and rules are in.
 

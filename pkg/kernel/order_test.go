@@ -2,6 +2,8 @@ package kernel
 
 import (
 	"errors"
+	"fmt"
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -23,7 +25,8 @@ func TestApplyOrder(t *testing.T) {
 	assertOrder(t, "additions", events(unix.RTM_NEWLINK), EntryLink, EntryFDB, EntryNeigh, EntryRoute)
 
 	// A route changed by hand is replaced in place, never deleted first.
-	ipIn(t, name, "route", "replace", "10.244.3.0/24", "dev", "eth0", "proto", "79")
+	metric := fmt.Sprint(spreadMetric(netip.MustParsePrefix("10.244.3.0/24")))
+	ipIn(t, name, "route", "replace", "10.244.3.0/24", "dev", "eth0", "proto", "79", "metric", metric)
 	events(unix.RTM_NEWLINK)
 	if ch := mustApply(t, r, vxlanState()); ch.Updated[EntryRoute] != 1 {
 		t.Fatalf("changed route not updated: %+v", ch)

@@ -168,13 +168,58 @@ func TestApplyRepairsWhatWasDeletedByHand(t *testing.T) {
 	mustApply(t, r, want)
 	assertKernel(t, name, want)
 
-	// A route pointed elsewhere by hand (same protocol) is put back.
-	ipIn(t, name, "route", "replace", "10.244.3.0/24", "dev", "eth0", "proto", "79")
+	// A route pointed elsewhere by hand (same protocol and metric) is put
+	// back.
+	metric := fmt.Sprint(spreadMetric(netip.MustParsePrefix("10.244.3.0/24")))
+	ipIn(t, name, "route", "replace", "10.244.3.0/24", "dev", "eth0", "proto", "79", "metric", metric)
 	ch = mustApply(t, r, want)
-	if ch.Updated[EntryRoute] != 1 {
+	if ch.Updated[EntryRoute] != 1 || ch.Total() != 1 {
 		t.Fatalf("changed route not updated: %+v", ch)
 	}
 	assertKernel(t, name, want)
+
+	// One of our protocol beside it with another metric (as an earlier
+	// release's) is removed, ours left as it is.
+	ipIn(t, name, "route", "add", "10.244.3.0/24", "dev", "eth0", "proto", "79")
+	ch = mustApply(t, r, want)
+	if ch.Deleted[EntryRoute] != 1 || ch.Total() != 1 {
+		t.Fatalf("a second route of ours to a destination: %+v, want it deleted", ch)
+	}
+	assertKernel(t, name, want)
+}
+
+// IPv4 routes through a gateway get a metric from their subnet, spread
+// over spreadMetrics values (the kernel's next-hop lookup would otherwise
+// walk one chain per insert); consecutive subnets get consecutive metrics.
+// Routes without a gateway, IPv6 routes and routes with a metric of their
+// own keep theirs.
+func TestSpreadMetric(t *testing.T) {
+	for _, tc := range []struct {
+		dst  string
+		want int
+	}{
+		{"10.244.0.0/24", 0},
+		{"10.244.1.0/24", 1},
+		{"10.244.2.0/24", 2},
+		{"10.244.255.0/24", 255},
+		{"10.245.0.0/24", 256},
+		{"10.247.255.0/24", 1023},
+		{"10.248.0.0/24", 0},
+		{"10.244.0.64/26", 1},
+		{"0.0.0.0/0", 0},
+	} {
+		if got := spreadMetric(netip.MustParsePrefix(tc.dst)); got != tc.want {
+			t.Errorf("spreadMetric(%s) = %d, want %d", tc.dst, got, tc.want)
+		}
+	}
+	gw := netlinkRoute(Route{Dst: netip.MustParsePrefix("10.244.7.0/24"), Gw: netip.MustParseAddr("10.244.7.0"), Dev: "overlay.1", OnLink: true}, 5)
+	direct := netlinkRoute(Route{Dst: netip.MustParsePrefix("10.244.7.0/24"), Dev: "overlay0"}, 5)
+	own := netlinkRoute(Route{Dst: netip.MustParsePrefix("10.244.7.0/24"), Gw: netip.MustParseAddr("198.18.0.7"), Dev: "eth0", Metric: 42}, 5)
+	v6 := netlinkRoute(Route{Dst: netip.MustParsePrefix("fd00:10:7::/64"), Gw: netip.MustParseAddr("fd00:10:7::"), Dev: "overlay6.1", OnLink: true}, 5)
+	if gw.Priority != 7 || direct.Priority != 0 || own.Priority != 42 || v6.Priority != 0 {
+		t.Errorf("priorities: through a gateway %d (want 7), direct %d (want 0), own %d (want 42), IPv6 %d (want 0)",
+			gw.Priority, direct.Priority, own.Priority, v6.Priority)
+	}
 }
 
 func TestApplyRemovesOnlyOurStaleEntries(t *testing.T) {
@@ -198,7 +243,7 @@ func TestApplyRemovesOnlyOurStaleEntries(t *testing.T) {
 		t.Fatalf("stale peer removal changed %+v", ch)
 	}
 	routes := ipIn(t, name, "route")
-	for _, s := range []string{"10.99.0.0/16 via 198.18.0.1", "10.244.9.0/24 via 198.18.0.9 dev eth0 proto static", "10.244.2.0/24 via 10.244.2.0 dev overlay.1 proto 79 onlink"} {
+	for _, s := range []string{"10.99.0.0/16 via 198.18.0.1", "10.244.9.0/24 via 198.18.0.9 dev eth0 proto static", "10.244.2.0/24 via 10.244.2.0 dev overlay.1 proto 79 metric 2 onlink"} {
 		if !strings.Contains(routes, s) {
 			t.Errorf("route %q missing:\n%s", s, routes)
 		}
@@ -344,6 +389,46 @@ func TestNoEntriesThroughForeignLink(t *testing.T) {
 	}
 }
 
+// peersState is vxlanState with peers peers' routes, neighbours and FDB
+// entries.
+func peersState(peers int) State {
+	want := vxlanState()
+	want.Routes, want.Neighs, want.FDB = nil, nil, nil
+	for i := range peers {
+		vtep := netip.AddrFrom4([4]byte{10, byte(1 + i/256), byte(i % 256), 0})
+		m := net.HardwareAddr{0x0e, 0, 0, 0, byte(i >> 8), byte(i)}
+		want.Routes = append(want.Routes, Route{Dst: netip.PrefixFrom(vtep, 24), Gw: vtep, Dev: "overlay.1", OnLink: true})
+		want.Neighs = append(want.Neighs, Neigh{Dev: "overlay.1", IP: vtep, MAC: m})
+		want.FDB = append(want.FDB, FDBEntry{Dev: "overlay.1", MAC: m, Dst: netip.AddrFrom4([4]byte{198, 18, byte(i / 250), byte(1 + i%250)})})
+	}
+	return want
+}
+
+// BenchmarkApplyCold measures the first pass on a clean namespace: the
+// device and 5000 peers' routes, neighbours and FDB entries created.
+func BenchmarkApplyCold(b *testing.B) {
+	want := peersState(5000)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		t := &testing.T{}
+		ns, name := underlayNS(t)
+		r, err := NewReconcilerAt(ns, zap.NewNop())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		ch, _, err := r.Apply(want)
+		b.StopTimer()
+		if err != nil || ch.Created[EntryRoute] != 5000 {
+			b.Fatalf("changes %+v, err %v", ch, err)
+		}
+		r.Close()
+		netns.DeleteNamed(name)
+		b.StartTimer()
+	}
+}
+
 // BenchmarkApplyUnchanged measures a reconcile pass that finds nothing to
 // change, with 5000 peers' routes, neighbours and FDB entries in place.
 func BenchmarkApplyUnchanged(b *testing.B) {
@@ -355,15 +440,7 @@ func BenchmarkApplyUnchanged(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer r.Close()
-	want := vxlanState()
-	want.Routes, want.Neighs, want.FDB = nil, nil, nil
-	for i := range 5000 {
-		vtep := netip.AddrFrom4([4]byte{10, byte(1 + i/256), byte(i % 256), 0})
-		m := net.HardwareAddr{0x0e, 0, 0, 0, byte(i >> 8), byte(i)}
-		want.Routes = append(want.Routes, Route{Dst: netip.PrefixFrom(vtep, 24), Gw: vtep, Dev: "overlay.1", OnLink: true})
-		want.Neighs = append(want.Neighs, Neigh{Dev: "overlay.1", IP: vtep, MAC: m})
-		want.FDB = append(want.FDB, FDBEntry{Dev: "overlay.1", MAC: m, Dst: netip.AddrFrom4([4]byte{198, 18, byte(i / 250), byte(1 + i%250)})})
-	}
+	want := peersState(5000)
 	if _, _, err := r.Apply(want); err != nil {
 		b.Fatal(err)
 	}

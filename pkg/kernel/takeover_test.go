@@ -33,7 +33,8 @@ func flanneldNode(t *testing.T) (*Reconciler, string) {
 }
 
 // Adopt renames flanneld's device in place, keeping its MAC, addresses,
-// routes and entries; Apply then replaces its routes in place with ours and
+// routes and entries; Apply then adds ours beside its routes (the same next
+// hops; ours with the metric spreadMetric gives them, flanneld's with 0) and
 // RemoveRoutes takes what is left of flanneld's into the pod network.
 func TestAdoptFlanneldDevice(t *testing.T) {
 	r, name := flanneldNode(t)
@@ -67,15 +68,18 @@ func TestAdoptFlanneldDevice(t *testing.T) {
 	if got := ipIn(t, name, "-o", "link", "show", "overlay.1"); !strings.HasPrefix(got, index+": ") {
 		t.Errorf("the adopted device was recreated: %s", got)
 	}
-	if routes := ipIn(t, name, "route", "show", "10.244.2.0/24"); !strings.Contains(routes, "proto 79") || strings.Count(routes, "\n") != 1 {
-		t.Errorf("flanneld's route not replaced in place by ours: %q", routes)
+	if routes := ipIn(t, name, "route", "show", "10.244.2.0/24"); !strings.Contains(routes, "10.244.2.0/24 via 10.244.2.0 dev overlay.1 proto 79 metric 2 onlink") || strings.Count(routes, "\n") != 2 {
+		t.Errorf("want our route beside flanneld's: %q", routes)
 	}
 
 	n, err := r.RemoveRoutes(func(ri RouteInfo) bool {
 		return ri.Protocol == 3 && (ri.Blackhole || ri.Dev == "overlay.1") && netip.MustParsePrefix("10.244.0.0/16").Contains(ri.Dst.Addr())
 	})
-	if err != nil || n != 2 {
-		t.Fatalf("RemoveRoutes: %d, %v; want 2 (the departed peer's, the blackhole)", n, err)
+	if err != nil || n != 3 {
+		t.Fatalf("RemoveRoutes: %d, %v; want 3 (the one ours stands beside, the departed peer's, the blackhole)", n, err)
+	}
+	if routes := ipIn(t, name, "route", "show", "10.244.2.0/24"); strings.Count(routes, "\n") != 1 || !strings.Contains(routes, "proto 79") {
+		t.Errorf("after RemoveRoutes, want only ours to 10.244.2.0/24: %q", routes)
 	}
 	routes := ipIn(t, name, "route", "show")
 	if strings.Contains(routes, "10.244.9.0") || strings.Contains(routes, "blackhole") || !strings.Contains(routes, "10.99.0.0/24") {
