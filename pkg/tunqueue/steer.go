@@ -74,3 +74,30 @@ func loadReturnOne() (int, error) {
 	unix.CloseOnExec(int(fd))
 	return int(fd), nil
 }
+
+// Pending reports whether packets wait in dev's queue to be read.
+func Pending(dev tun.Device) (bool, error) {
+	rc, err := dev.File().SyscallConn()
+	if err != nil {
+		return false, fmt.Errorf("TUN descriptor: %w", err)
+	}
+	var pending bool
+	var pollErr error
+	if err := rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		var n int
+		for {
+			n, pollErr = unix.Poll(fds, 0)
+			if pollErr != unix.EINTR {
+				break
+			}
+		}
+		pending = n > 0 && fds[0].Revents&unix.POLLIN != 0
+	}); err != nil {
+		return false, fmt.Errorf("TUN descriptor: %w", err)
+	}
+	if pollErr != nil {
+		return false, fmt.Errorf("polling the TUN queue: %w", pollErr)
+	}
+	return pending, nil
+}

@@ -78,8 +78,10 @@ type session struct {
 	bind    conn.Bind
 	sockets []int          // bind's descriptors, valid until bind.Close
 	rx, tx  sync.WaitGroup // the UDP → TUN goroutines, the TUN → UDP one
-	rxCount atomic.Uint64  // batches received, for the handover's drain
-	txCount atomic.Uint64  // TUN reads, likewise
+	// Batches read from the socket and from the device, and those of them
+	// handled (written to the device, sent to peers): the handover's drain
+	// waits until every batch read has been handled.
+	rxRead, rxDone, txRead, txDone atomic.Uint64
 
 	closing atomic.Bool // set by stop: errors from here on are expected
 	gone    atomic.Bool // the device was closed under us (deleted)
@@ -148,10 +150,11 @@ func (s *session) tunToUDP(set *[][]byte) {
 	run := make([][]byte, 0, len(bufs))
 	for {
 		n, err := s.dev.Read(bufs, sizes, 0)
-		s.txCount.Add(1)
+		s.txRead.Add(1)
 		if n > 0 {
 			run = s.forward(bufs[:n], sizes, run)
 		}
+		s.txDone.Add(1)
 		if err == nil {
 			continue
 		}
@@ -271,8 +274,9 @@ func (s *session) udpToTUN(receive conn.ReceiveFunc, set *[][]byte) {
 	out := make([][]byte, 0, len(bufs))
 	for {
 		n, err := receive(into, sizes, eps)
-		s.rxCount.Add(1)
+		s.rxRead.Add(1)
 		if err != nil {
+			s.rxDone.Add(1)
 			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -313,7 +317,9 @@ func (s *session) udpToTUN(receive conn.ReceiveFunc, set *[][]byte) {
 		}
 		s.t.counters.drop(DropUnknownSource, unknown)
 		s.t.counters.drop(DropMalformed, bad)
-		if len(out) > 0 && !s.write(out, bytes) {
+		ok := len(out) == 0 || s.write(out, bytes)
+		s.rxDone.Add(1)
+		if !ok {
 			return
 		}
 	}

@@ -40,6 +40,10 @@ func (t *Tunnel) HandOver() error {
 	return nil
 }
 
+// steerTUN is tunqueue.SteerToNewest; a test replaces it to see the
+// handover without it.
+var steerTUN = tunqueue.SteerToNewest
+
 // handOver steers, drains and stops the session. On error the session
 // still runs and the caller stops it.
 func (s *session) handOver() error {
@@ -57,8 +61,12 @@ func (s *session) handOver() error {
 			return err
 		}
 	}
-	if err := tunqueue.SteerToNewest(s.dev); err != nil {
-		return err
+	if err := steerTUN(s.dev); err != nil {
+		// Without it the kernel still moves a flow to the queue that last
+		// wrote a packet of it, so flows with replies follow the socket's
+		// steering to the successor; a flow with no replies keeps coming
+		// here, and the drain below gives up on it.
+		s.log.Warn("cannot steer the TUN device's packets to the successor (loading a BPF program needs CAP_BPF); draining without it", zap.Error(err))
 	}
 	drained, err := s.drain()
 	if err != nil {
@@ -75,34 +83,46 @@ func (s *session) handOver() error {
 	return nil
 }
 
-// drain waits until this session's sockets have nothing queued and neither
-// direction has read anything for drainQuiet polls: the steering programs
+// drain waits until nothing is queued for this session (its sockets' receive
+// queues and its TUN queue are empty) and every batch its goroutines read
+// has been handled, for drainQuiet polls in a row: the steering programs
 // send everything new to the successor, so what is left is what arrived
 // before them.
 func (s *session) drain() (time.Duration, error) {
 	start := time.Now()
 	quiet := 0
-	lastRx, lastTx := s.rxCount.Load(), s.txCount.Load()
+	last := [2]uint64{s.rxRead.Load(), s.txRead.Load()}
 	for quiet < drainQuiet {
 		if time.Since(start) > drainTimeout {
 			return 0, fmt.Errorf("the datapath's queues did not go quiet within %s of steering", drainTimeout)
 		}
 		time.Sleep(drainPoll)
-		queued := 0
-		for _, fd := range s.sockets {
-			n, err := reuseport.Queued(fd)
-			if err != nil {
-				return 0, err
-			}
-			queued += n
+		idle, err := s.idle()
+		if err != nil {
+			return 0, err
 		}
-		rx, tx := s.rxCount.Load(), s.txCount.Load()
-		if queued == 0 && rx == lastRx && tx == lastTx {
+		now := [2]uint64{s.rxRead.Load(), s.txRead.Load()}
+		if idle && now == last {
 			quiet++
 		} else {
 			quiet = 0
 		}
-		lastRx, lastTx = rx, tx
+		last = now
 	}
 	return time.Since(start), nil
+}
+
+// idle reports whether nothing waits in the session's queues and its
+// goroutines have handled everything they read.
+func (s *session) idle() (bool, error) {
+	if s.rxRead.Load() != s.rxDone.Load() || s.txRead.Load() != s.txDone.Load() {
+		return false, nil
+	}
+	for _, fd := range s.sockets {
+		if n, err := reuseport.Queued(fd); err != nil || n > 0 {
+			return false, err
+		}
+	}
+	pending, err := tunqueue.Pending(s.dev)
+	return !pending && err == nil, err
 }

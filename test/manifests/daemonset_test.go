@@ -131,8 +131,9 @@ func TestDaemonSet(t *testing.T) {
 		}
 	}
 	if sc := c.SecurityContext; sc == nil || sc.Capabilities == nil ||
-		!slices.Contains(sc.Capabilities.Add, "NET_ADMIN") || !slices.Contains(sc.Capabilities.Add, "NET_RAW") {
-		t.Errorf("security context %s, want NET_ADMIN and NET_RAW added", yamlString(sc))
+		!slices.Contains(sc.Capabilities.Add, "NET_ADMIN") || !slices.Contains(sc.Capabilities.Add, "NET_RAW") ||
+		!slices.Contains(sc.Capabilities.Add, "BPF") {
+		t.Errorf("security context %s, want NET_ADMIN, NET_RAW and BPF (the udp handover's steering program) added", yamlString(sc))
 	}
 
 	for _, f := range []string{"kube-subnet-mgr", "ip-masq"} {
