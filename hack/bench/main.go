@@ -361,6 +361,7 @@ func (s *summary) print(out io.Writer) {
 		row("agent VmRSS / VmHWM", func(z bench.ConvergenceSize) string {
 			return fmt.Sprintf("%.1f / %.1f MiB", float64(z.VmRSSKiB)/1024, float64(z.VmHWMKiB)/1024)
 		})
+		row("agent heap in use (after a collection)", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.1f MiB", z.Heap.InuseMiB) })
 		row("agent CPU when idle (resync every 2 s)", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.1f%%", z.IdleCPUPercent) })
 		row("warm restart to ready (kernel writes)", func(z bench.ConvergenceSize) string {
 			return fmt.Sprintf("%.2f s (%d)", z.WarmRestartSec, z.WarmRestartDiff)
@@ -368,6 +369,11 @@ func (s *summary) print(out io.Writer) {
 		row("setup: creating the peer Nodes", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.1f s", z.CreateSeconds) })
 		row("load average (1 min) at the cold start", func(z bench.ConvergenceSize) string { return orUnknown(z.LoadAverage) })
 		w.Flush()
+		for _, z := range c.Sizes {
+			if z.Heap.Top != "" {
+				fmt.Fprintf(out, "\nHeap profile, N = %d%s (go tool pprof -top -sample_index=inuse_space):\n%s\n", z.Peers, familySuffix(z), z.Heap.Top)
+			}
+		}
 		printDualStack(out, c)
 	} else {
 		fmt.Fprintln(out, "\nConvergence: not measured")

@@ -107,7 +107,8 @@ func BenchmarkConvergence(b *testing.B) {
 				NetConf:        v.netConf,
 				AssignPodCIDRs: true,
 				ManualAgents:   true,
-				Args:           []string{"--resync-period", convergenceResync.String()},
+				// --profiling: the heap profile after the quiet window.
+				Args: []string{"--resync-period", convergenceResync.String(), "--profiling"},
 			})
 			peers := &peerSet{admin: c.Admin, network: c.Net.Network, subnetLen: c.Net.SubnetLen}
 			if c.Net.EnableIPv6 {
@@ -304,6 +305,10 @@ func quietWindow(b *testing.B, c *cluster, node *lab.Node, res *ConvergenceSize)
 	}
 	b.Logf("quiet: %d no-change reconciles of %.1f ms on average; agent CPU %.1f%%, VmRSS %.1f MiB, VmHWM %.1f MiB",
 		res.NoopReconciles, res.NoopReconcileMs, res.IdleCPUPercent, float64(res.VmRSSKiB)/1024, float64(res.VmHWMKiB)/1024)
+	if res.Heap, err = heapProfile(interrupted, node); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("heap in use after the quiet window: %.1f MiB\n%s", res.Heap.InuseMiB, res.Heap.Top)
 }
 
 // warmRestart stops the agent and starts it again with everything in place,

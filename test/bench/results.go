@@ -78,22 +78,23 @@ const (
 type ConvergenceSize struct {
 	Family          string // FamilyIPv4 or FamilyDual
 	Peers           int
-	EntriesPerPeer  int       // kernel entries one peer calls for: 3 (IPv4), 6 (dual-stack)
-	LoadAverage     string    // the machine's 1-minute load average as the first cold start began
-	CreateSeconds   float64   // creating the (missing) peer Nodes in the API, setup only
-	FirstEntrySec   float64   // agent start to the first overlayd route in the kernel (median)
-	ConvergedSec    float64   // agent start to every route, neighbour and FDB entry (median)
-	ColdStartsSec   []float64 // each cold start's ConvergedSec
-	ColdStartCPUSec float64   // agent CPU seconds from start to every entry (median)
-	WarmRestartSec  float64   // restart with everything in place, to /readyz
-	WarmRestartDiff int       // kernel entries the warm restart changed (want 0)
-	AddMs           []float64 // Node created -> its route, neighbour and FDB entry (of each family) in the kernel
-	DeleteMs        []float64 // Node deleted -> all of them gone
-	VmRSSKiB        int64     // steady state, after the no-change window
-	VmHWMKiB        int64     // peak since the agent's start (the last cold start)
-	NoopReconcileMs float64   // mean overlayd_reconcile_duration_seconds over no-change passes
-	NoopReconciles  int       // passes that mean is over
-	IdleCPUPercent  float64   // agent CPU over the no-change window
+	EntriesPerPeer  int         // kernel entries one peer calls for: 3 (IPv4), 6 (dual-stack)
+	LoadAverage     string      // the machine's 1-minute load average as the first cold start began
+	CreateSeconds   float64     // creating the (missing) peer Nodes in the API, setup only
+	FirstEntrySec   float64     // agent start to the first overlayd route in the kernel (median)
+	ConvergedSec    float64     // agent start to every route, neighbour and FDB entry (median)
+	ColdStartsSec   []float64   // each cold start's ConvergedSec
+	ColdStartCPUSec float64     // agent CPU seconds from start to every entry (median)
+	WarmRestartSec  float64     // restart with everything in place, to /readyz
+	WarmRestartDiff int         // kernel entries the warm restart changed (want 0)
+	AddMs           []float64   // Node created -> its route, neighbour and FDB entry (of each family) in the kernel
+	DeleteMs        []float64   // Node deleted -> all of them gone
+	VmRSSKiB        int64       // steady state, after the no-change window
+	VmHWMKiB        int64       // peak since the agent's start (the last cold start)
+	NoopReconcileMs float64     // mean overlayd_reconcile_duration_seconds over no-change passes
+	NoopReconciles  int         // passes that mean is over
+	IdleCPUPercent  float64     // agent CPU over the no-change window
+	Heap            HeapProfile // after the no-change window
 }
 
 // WriteResult stores v as name in the results directory, if one is set.
