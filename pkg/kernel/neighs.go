@@ -95,6 +95,7 @@ func (r *Reconciler) listNeighs(links map[string]netlink.Link) (fdb map[fdbKey]n
 // returns the keys of all wanted ones.
 func (r *Reconciler) setFDB(want []FDBEntry, have map[fdbKey]netip.Addr, index devIndex, ch *Changes, fail func(error)) map[fdbKey]bool {
 	keep := make(map[fdbKey]bool, len(want))
+	var set []neighSet
 	for _, f := range want {
 		idx, err := index(f.Dev)
 		if err != nil {
@@ -120,19 +121,52 @@ func (r *Reconciler) setFDB(want []FDBEntry, have map[fdbKey]netip.Addr, index d
 			IP:           f.Dst.AsSlice(),
 			HardwareAddr: f.MAC,
 		}
-		if err := r.h.NeighSet(n); err != nil {
-			fail(fmt.Errorf("setting FDB entry %s: %w", f, err))
-			continue
-		}
-		countSet(ch, EntryFDB, exists)
+		set = append(set, neighSet{n, func(err error) {
+			if err != nil {
+				fail(fmt.Errorf("setting FDB entry %s: %w", f, err))
+				return
+			}
+			countSet(ch, EntryFDB, exists)
+		}})
 	}
+	r.neighSetAll(set)
 	return keep
+}
+
+// neighSet is a neighbour or FDB entry to set and what to do with the
+// outcome.
+type neighSet struct {
+	n    *netlink.Neigh
+	done func(error)
+}
+
+// neighSetAll sets the entries: in batches (batch.go) when there are
+// enough of them, else one by one. An entry the batch could not set is
+// tried again alone, so that its error is netlink's own.
+func (r *Reconciler) neighSetAll(set []neighSet) {
+	if len(set) < minBatch {
+		for _, s := range set {
+			s.done(r.h.NeighSet(s.n))
+		}
+		return
+	}
+	reqs := make([]nlRequest, len(set))
+	for i, s := range set {
+		reqs[i] = nlRequest{neighSetRequest(s.n), func(err error) {
+			if err != nil {
+				err = r.h.NeighSet(s.n)
+			}
+			s.done(err)
+		}}
+	}
+	r.batch.run(reqs)
 }
 
 // setNeighs sets every wanted neighbour entry that is missing or has
 // another MAC and returns the keys of all wanted ones.
 func (r *Reconciler) setNeighs(want []Neigh, have map[neighKey]mac48, index devIndex, ch *Changes, fail func(error)) map[neighKey]bool {
 	keep := make(map[neighKey]bool, len(want))
+	var set []neighSet
 	for _, w := range want {
 		idx, err := index(w.Dev)
 		if err != nil {
@@ -157,12 +191,15 @@ func (r *Reconciler) setNeighs(want []Neigh, have map[neighKey]mac48, index devI
 			IP:           w.IP.AsSlice(),
 			HardwareAddr: w.MAC,
 		}
-		if err := r.h.NeighSet(n); err != nil {
-			fail(fmt.Errorf("setting neighbour %s: %w", w, err))
-			continue
-		}
-		countSet(ch, EntryNeigh, exists)
+		set = append(set, neighSet{n, func(err error) {
+			if err != nil {
+				fail(fmt.Errorf("setting neighbour %s: %w", w, err))
+				return
+			}
+			countSet(ch, EntryNeigh, exists)
+		}})
 	}
+	r.neighSetAll(set)
 	return keep
 }
 

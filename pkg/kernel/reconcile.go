@@ -6,7 +6,9 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"go.uber.org/zap"
 )
 
@@ -15,6 +17,7 @@ import (
 type Reconciler struct {
 	h      *netlink.Handle
 	routes *netlink.Handle // for route dumps, with strict checking
+	batch  batcher         // for setting many entries at once
 	ns     netns.NsHandle  // the namespace worked in; netns.None() for the current one
 	log    *zap.Logger
 
@@ -44,13 +47,27 @@ func NewReconcilerAt(ns netns.NsHandle, log *zap.Logger) (*Reconciler, error) {
 		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
 	routes.SetStrictCheck(true)
-	return &Reconciler{h: h, routes: routes, ns: ns, log: log, owned: map[int]string{}}, nil
+	sock, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		h.Close()
+		routes.Close()
+		return nil, fmt.Errorf("opening netlink: %w", err)
+	}
+	// A kernel that never answers must not hang the loop.
+	if err := sock.SetReceiveTimeout(&unix.Timeval{Sec: 10}); err != nil {
+		sock.Close()
+		h.Close()
+		routes.Close()
+		return nil, fmt.Errorf("netlink socket: %w", err)
+	}
+	return &Reconciler{h: h, routes: routes, batch: batcher{sock: sock}, ns: ns, log: log, owned: map[int]string{}}, nil
 }
 
 // Close releases the netlink handles.
 func (r *Reconciler) Close() {
 	r.h.Close()
 	r.routes.Close()
+	r.batch.close()
 }
 
 // ensured is what ensuring one table leaves for later: how many of its

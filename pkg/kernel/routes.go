@@ -35,6 +35,7 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 		return ensured{}, err
 	}
 	keep := map[routeKey]bool{}
+	var set []routeSet
 	for _, w := range want {
 		idx := 0
 		if !w.Blackhole {
@@ -58,18 +59,50 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 		if exists && routeMatches(cur, rt) {
 			continue
 		}
-		if err := r.replaceRoute(&rt); err != nil {
-			fail(fmt.Errorf("setting route %s: %w", w, err))
-			continue
-		}
-		if exists {
-			r.log.Info("updated route", zap.Stringer("route", w))
-		} else {
-			r.log.Debug("added route", zap.Stringer("route", w))
-		}
-		countSet(ch, EntryRoute, exists)
+		set = append(set, routeSet{&rt, func(err error) {
+			if err != nil {
+				fail(fmt.Errorf("setting route %s: %w", w, err))
+				return
+			}
+			if exists {
+				r.log.Info("updated route", zap.Stringer("route", w))
+			} else {
+				r.log.Debug("added route", zap.Stringer("route", w))
+			}
+			countSet(ch, EntryRoute, exists)
+		}})
 	}
+	r.routeSetAll(set)
 	return ensured{wanted: len(keep), prune: func() { r.pruneRoutes(have, keep, ch, fail) }}, nil
+}
+
+// routeSet is a route to put in place and what to do with the outcome.
+type routeSet struct {
+	rt   *netlink.Route
+	done func(error)
+}
+
+// routeSetAll puts the routes in place: in batches (batch.go) when there
+// are enough of them, else one by one. A route the batch could not set is
+// tried again alone through replaceRoute, which knows the one refusal that
+// has a way around it.
+func (r *Reconciler) routeSetAll(set []routeSet) {
+	if len(set) < minBatch {
+		for _, s := range set {
+			s.done(r.replaceRoute(s.rt))
+		}
+		return
+	}
+	reqs := make([]nlRequest, len(set))
+	for i, s := range set {
+		reqs[i] = nlRequest{routeReplaceRequest(s.rt), func(err error) {
+			if err != nil {
+				err = r.replaceRoute(s.rt)
+			}
+			s.done(err)
+		}}
+	}
+	r.batch.run(reqs)
 }
 
 // replaceRoute puts rt in place of the route to its destination. The
