@@ -361,6 +361,7 @@ func (s *summary) print(out io.Writer) {
 		row("agent VmRSS / VmHWM", func(z bench.ConvergenceSize) string {
 			return fmt.Sprintf("%.1f / %.1f MiB", float64(z.VmRSSKiB)/1024, float64(z.VmHWMKiB)/1024)
 		})
+		row("agent VmRSS at ready, after the cold start", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.1f MiB", float64(z.ReadyRSSKiB)/1024) })
 		row("agent heap in use (after a collection)", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.1f MiB", z.Heap.InuseMiB) })
 		row("agent CPU when idle (resync every 2 s)", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.1f%%", z.IdleCPUPercent) })
 		row("warm restart to ready (kernel writes)", func(z bench.ConvergenceSize) string {
@@ -370,6 +371,9 @@ func (s *summary) print(out io.Writer) {
 		row("load average (1 min) at the cold start", func(z bench.ConvergenceSize) string { return orUnknown(z.LoadAverage) })
 		w.Flush()
 		for _, z := range c.Sizes {
+			if z.ColdStartCPUTop != "" {
+				fmt.Fprintf(out, "\nCPU profile of the last cold start, N = %d%s (go tool pprof -top -cum):\n%s\n", z.Peers, familySuffix(z), z.ColdStartCPUTop)
+			}
 			if z.Heap.Top != "" {
 				fmt.Fprintf(out, "\nHeap profile, N = %d%s (go tool pprof -top -sample_index=inuse_space):\n%s\n", z.Peers, familySuffix(z), z.Heap.Top)
 			}

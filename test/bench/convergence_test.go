@@ -162,14 +162,23 @@ func measureConvergence(b *testing.B, c *cluster, peers *peerSet, size int) Conv
 	// kernel. The last one's agent stays for what follows.
 	var firsts, cpus []float64
 	res.LoadAverage = loadAverage()
-	for range coldStarts(b) {
-		first, all, cpu := coldStart(b, c, node, peers.dual, size)
+	for i := range coldStarts(b) {
+		var profile *string
+		if i == coldStarts(b)-1 {
+			profile = &res.ColdStartCPUTop
+		}
+		first, all, cpu := coldStart(b, c, node, peers.dual, size, profile)
 		firsts, res.ColdStartsSec, cpus = append(firsts, first), append(res.ColdStartsSec, all), append(cpus, cpu)
 	}
 	res.FirstEntrySec, res.ConvergedSec, res.ColdStartCPUSec = Median(firsts), Median(res.ColdStartsSec), Median(cpus)
 	b.Logf("cold starts with %d peers (load average %s): first route after %.2f s, all entries after %.2f s (median of %s s), agent CPU %.2f s (median of %s s)",
 		size, res.LoadAverage, res.FirstEntrySec, res.ConvergedSec, seconds(res.ColdStartsSec), res.ColdStartCPUSec, seconds(cpus))
 	c.waitReady(node, time.Minute)
+	var err error
+	if res.ReadyRSSKiB, _, err = harness.ProcessMemory(c.Agents[node.Name].Pid()); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("at ready after the last cold start: VmRSS %.1f MiB", float64(res.ReadyRSSKiB)/1024)
 
 	quietWindow(b, c, node, &res)
 
@@ -225,8 +234,9 @@ func coldStarts(b *testing.B) int {
 // route, neighbour and FDB entry through them), starts it and returns the
 // seconds to its first route and to every entry of size peers, of each
 // family, and the CPU seconds the agent used until then: unlike the wall
-// time, barely moved by other load on the machine.
-func coldStart(b *testing.B, c *cluster, node *lab.Node, dual bool, size int) (first, all, cpu float64) {
+// time, barely moved by other load on the machine. With profile set, the
+// agent's CPU profile of its first seconds is summarised there.
+func coldStart(b *testing.B, c *cluster, node *lab.Node, dual bool, size int, profile *string) (first, all, cpu float64) {
 	if p := c.Agents[node.Name]; p != nil && p.Running() {
 		if err := p.Stop(); err != nil && p.Running() {
 			b.Fatal(err)
@@ -243,6 +253,15 @@ func coldStart(b *testing.B, c *cluster, node *lab.Node, dual bool, size int) (f
 	want := wantCounts(size, dual)
 	start := time.Now()
 	agent := c.startAgent(node)
+	var profiled chan struct{}
+	var profileErr error
+	if profile != nil {
+		profiled = make(chan struct{})
+		go func() {
+			defer close(profiled)
+			*profile, profileErr = cpuProfile(interrupted, node, coldStartProfile)
+		}()
+	}
 	var firstAt time.Time
 	var last kernelCounts
 	waitFor(b, 5*time.Minute, fmt.Sprintf("%d peers programmed", size), func() (bool, string) {
@@ -265,6 +284,13 @@ func coldStart(b *testing.B, c *cluster, node *lab.Node, dual bool, size int) (f
 		b.Fatal(err)
 	}
 	b.Logf("cold start with %d peers: first route after %.2f s, all %s after %.2f s, agent CPU %.2f s", size, first, last, all, cpu)
+	if profiled != nil {
+		<-profiled
+		if profileErr != nil {
+			b.Fatal(profileErr)
+		}
+		b.Logf("CPU profile of the cold start's first %s:\n%s", coldStartProfile, *profile)
+	}
 	return first, all, cpu
 }
 

@@ -42,22 +42,72 @@ func heapProfile(ctx context.Context, n *lab.Node) (HeapProfile, error) {
 	if resp.StatusCode != http.StatusOK {
 		return HeapProfile{}, fmt.Errorf("fetching the heap profile: %s (is the agent run with --profiling?)", resp.Status)
 	}
-	f, err := os.CreateTemp("", "overlayd-heap-*.pb.gz")
+	out, err := pprofTop(ctx, resp.Body, "-sample_index=inuse_space", "-nodecount=12")
 	if err != nil {
 		return HeapProfile{}, err
 	}
+	return parseHeapTop(out)
+}
+
+// coldStartProfile is how much of a cold start the CPU profile covers,
+// from the moment the agent's health server answers (its first
+// milliseconds): longer than a cold start at the peer counts measured.
+const coldStartProfile = 4 * time.Second
+
+// cpuProfile waits for node n's agent's health server, takes a CPU profile
+// of the next d and returns pprof's top functions by cumulative time.
+func cpuProfile(ctx context.Context, n *lab.Node, d time.Duration) (string, error) {
+	client := harness.HTTPClient(n, d+30*time.Second)
+	defer client.CloseIdleConnections()
+	url := fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", harness.HealthzPort, int(d.Seconds()))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return "", err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			if time.Now().After(deadline) {
+				return "", fmt.Errorf("the agent's health server did not answer: %w", err)
+			}
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return "", fmt.Errorf("fetching the CPU profile: %s (is the agent run with --profiling?)", resp.Status)
+		}
+		out, err := pprofTop(ctx, resp.Body, "-cum", "-nodecount=25")
+		if err != nil {
+			return "", err
+		}
+		i := strings.Index(out, "Showing nodes")
+		if i < 0 {
+			return "", fmt.Errorf("go tool pprof printed no table:\n%s", out)
+		}
+		return strings.TrimSpace(out[i:]), nil
+	}
+}
+
+// pprofTop runs go tool pprof -top with args on the profile read from r.
+func pprofTop(ctx context.Context, r io.Reader, args ...string) (string, error) {
+	f, err := os.CreateTemp("", "overlayd-profile-*.pb.gz")
+	if err != nil {
+		return "", err
+	}
 	defer os.Remove(f.Name())
-	if _, err := io.Copy(f, resp.Body); err != nil {
+	if _, err := io.Copy(f, r); err != nil {
 		f.Close()
-		return HeapProfile{}, fmt.Errorf("reading the heap profile: %w", err)
+		return "", fmt.Errorf("reading the profile: %w", err)
 	}
 	f.Close()
 	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	out, err := exec.CommandContext(ctx, goBin, "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=12", f.Name()).CombinedOutput()
+	out, err := exec.CommandContext(ctx, goBin, append(append([]string{"tool", "pprof", "-top"}, args...), f.Name())...).CombinedOutput()
 	if err != nil {
-		return HeapProfile{}, fmt.Errorf("go tool pprof: %v\n%s", err, out)
+		return "", fmt.Errorf("go tool pprof: %v\n%s", err, out)
 	}
-	return parseHeapTop(string(out))
+	return string(out), nil
 }
 
 // heapTotal is pprof's summary line: "... accounting for 9MB, 80% of 11.5MB total".

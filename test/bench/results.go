@@ -89,12 +89,14 @@ type ConvergenceSize struct {
 	WarmRestartDiff int         // kernel entries the warm restart changed (want 0)
 	AddMs           []float64   // Node created -> its route, neighbour and FDB entry (of each family) in the kernel
 	DeleteMs        []float64   // Node deleted -> all of them gone
+	ReadyRSSKiB     int64       // when /readyz first answers after the last cold start
 	VmRSSKiB        int64       // steady state, after the no-change window
 	VmHWMKiB        int64       // peak since the agent's start (the last cold start)
 	NoopReconcileMs float64     // mean overlayd_reconcile_duration_seconds over no-change passes
 	NoopReconciles  int         // passes that mean is over
 	IdleCPUPercent  float64     // agent CPU over the no-change window
 	Heap            HeapProfile // after the no-change window
+	ColdStartCPUTop string      // pprof -top of the last cold start's first coldStartProfile
 }
 
 // WriteResult stores v as name in the results directory, if one is set.
