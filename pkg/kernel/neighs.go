@@ -8,6 +8,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/overlayd/overlayd/pkg/nlbatch"
 )
 
 // mac48 is a MAC address as a comparable value.
@@ -140,26 +142,26 @@ type neighSet struct {
 	done func(error)
 }
 
-// neighSetAll sets the entries: in batches (batch.go) when there are
+// neighSetAll sets the entries: in batches (pkg/nlbatch) when there are
 // enough of them, else one by one. An entry the batch could not set is
 // tried again alone, so that its error is netlink's own.
 func (r *Reconciler) neighSetAll(set []neighSet) {
-	if len(set) < minBatch {
+	if len(set) < nlbatch.MinBatch {
 		for _, s := range set {
 			s.done(r.h.NeighSet(s.n))
 		}
 		return
 	}
-	reqs := make([]nlRequest, len(set))
+	reqs := make([]nlbatch.Request, len(set))
 	for i, s := range set {
-		reqs[i] = nlRequest{neighSetRequest(s.n), func(err error) {
+		reqs[i] = nlbatch.Request{Msg: neighSetRequest(s.n), Done: func(err error) {
 			if err != nil {
 				err = r.h.NeighSet(s.n)
 			}
 			s.done(err)
 		}}
 	}
-	r.batch.run(reqs)
+	r.batch.Run(reqs)
 }
 
 // setNeighs sets every wanted neighbour entry that is missing or has

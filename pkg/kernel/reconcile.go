@@ -6,10 +6,11 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/overlayd/overlayd/pkg/nlbatch"
 )
 
 // Reconciler makes the kernel match a desired State. It is not safe for
@@ -17,7 +18,7 @@ import (
 type Reconciler struct {
 	h      *netlink.Handle
 	routes *netlink.Handle // for route dumps, with strict checking
-	batch  batcher         // for setting many entries at once
+	batch  *nlbatch.Socket // for setting many entries at once
 	ns     netns.NsHandle  // the namespace worked in; netns.None() for the current one
 	log    *zap.Logger
 
@@ -47,27 +48,20 @@ func NewReconcilerAt(ns netns.NsHandle, log *zap.Logger) (*Reconciler, error) {
 		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
 	routes.SetStrictCheck(true)
-	sock, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+	batch, err := nlbatch.Open(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		h.Close()
 		routes.Close()
-		return nil, fmt.Errorf("opening netlink: %w", err)
+		return nil, err
 	}
-	// A kernel that never answers must not hang the loop.
-	if err := sock.SetReceiveTimeout(&unix.Timeval{Sec: 10}); err != nil {
-		sock.Close()
-		h.Close()
-		routes.Close()
-		return nil, fmt.Errorf("netlink socket: %w", err)
-	}
-	return &Reconciler{h: h, routes: routes, batch: batcher{sock: sock}, ns: ns, log: log, owned: map[int]string{}}, nil
+	return &Reconciler{h: h, routes: routes, batch: batch, ns: ns, log: log, owned: map[int]string{}}, nil
 }
 
 // Close releases the netlink handles.
 func (r *Reconciler) Close() {
 	r.h.Close()
 	r.routes.Close()
-	r.batch.close()
+	r.batch.Close()
 }
 
 // ensured is what ensuring one table leaves for later: how many of its

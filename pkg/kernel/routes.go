@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/overlayd/overlayd/pkg/ip"
+	"github.com/overlayd/overlayd/pkg/nlbatch"
 )
 
 // routeKey identifies a main-table route as the kernel does: by destination
@@ -82,27 +83,27 @@ type routeSet struct {
 	done func(error)
 }
 
-// routeSetAll puts the routes in place: in batches (batch.go) when there
+// routeSetAll puts the routes in place: in batches (pkg/nlbatch) when there
 // are enough of them, else one by one. A route the batch could not set is
 // tried again alone through replaceRoute, which knows the one refusal that
 // has a way around it.
 func (r *Reconciler) routeSetAll(set []routeSet) {
-	if len(set) < minBatch {
+	if len(set) < nlbatch.MinBatch {
 		for _, s := range set {
 			s.done(r.replaceRoute(s.rt))
 		}
 		return
 	}
-	reqs := make([]nlRequest, len(set))
+	reqs := make([]nlbatch.Request, len(set))
 	for i, s := range set {
-		reqs[i] = nlRequest{routeReplaceRequest(s.rt), func(err error) {
+		reqs[i] = nlbatch.Request{Msg: routeReplaceRequest(s.rt), Done: func(err error) {
 			if err != nil {
 				err = r.replaceRoute(s.rt)
 			}
 			s.done(err)
 		}}
 	}
-	r.batch.run(reqs)
+	r.batch.Run(reqs)
 }
 
 // replaceRoute puts rt in place of the route to its destination. The

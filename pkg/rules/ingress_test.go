@@ -116,3 +116,40 @@ func counterSum(t *testing.T) float64 {
 	}
 	return sum
 }
+
+// Thousands of peers at a start go into the set many to a netlink write
+// (pkg/nlbatch): all of them land, of both families, and a later change
+// adds and removes only the difference.
+func TestPeerSetBatched(t *testing.T) {
+	ns := newNS(t, "peerset")
+	var v4, v6 []netip.Addr
+	for i := range 600 {
+		v4 = append(v4, netip.AddrFrom4([4]byte{198, 18, byte(i / 250), byte(1 + i%250)}))
+		v6 = append(v6, netip.AddrFrom16([16]byte{0xfd, 0, 15: byte(i), 14: byte(i >> 8)}))
+	}
+	ensure := func(v6 bool, addrs []netip.Addr) int {
+		t.Helper()
+		var n int
+		if err := ns.do(t, func() (err error) {
+			n, err = ensurePeerSet(v6, addrs)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := ensure(false, v4); n != 600 {
+		t.Fatalf("IPv4: %d changes, want 600", n)
+	}
+	if n := ensure(true, v6); n != 600 {
+		t.Fatalf("IPv6: %d changes, want 600", n)
+	}
+	for _, set := range []string{peerSetName(false), peerSetName(true)} {
+		if out := ns.exec(t, "ipset", "list", set); !strings.Contains(out, "Number of entries: 600") {
+			t.Errorf("ipset %s:\n%s", set, out)
+		}
+	}
+	if n := ensure(false, append(v4[100:], netip.MustParseAddr("198.19.0.1"))); n != 101 {
+		t.Fatalf("changing the IPv4 set: %d changes, want 101 (100 removed, 1 added)", n)
+	}
+}

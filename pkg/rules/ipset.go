@@ -9,7 +9,11 @@ import (
 	"strconv"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/overlayd/overlayd/pkg/nlbatch"
 )
 
 // The ingress chain matches peers by an ipset of overlayd's, one per family,
@@ -49,15 +53,17 @@ func ensurePeerSet(v6 bool, senders []netip.Addr) (int, error) {
 	}
 	changes := 0
 	want := make(map[netip.Addr]bool, len(senders))
+	var add []netip.Addr
 	for _, a := range senders {
 		want[a] = true
-		if have[a] {
-			continue
+		if !have[a] {
+			add = append(add, a)
 		}
-		if err := netlink.IpsetAdd(name, &netlink.IPSetEntry{IP: net.IP(a.AsSlice()), Replace: true}); err != nil {
-			return changes, fmt.Errorf("rules: adding %s to ipset %s: %w", a, name, err)
-		}
-		changes++
+	}
+	n, err := addToPeerSet(name, add)
+	changes += n
+	if err != nil {
+		return changes, err
 	}
 	for a := range have {
 		if want[a] {
@@ -69,6 +75,70 @@ func ensurePeerSet(v6 bool, senders []netip.Addr) (int, error) {
 		changes++
 	}
 	return changes, nil
+}
+
+// addToPeerSet adds the addresses to the set: many to a netlink write
+// (pkg/nlbatch) when there are enough of them, as at a start with
+// thousands of peers. An address the batch could not add is tried again
+// alone, for netlink's own error. It returns how many it added.
+func addToPeerSet(name string, addrs []netip.Addr) (int, error) {
+	addOne := func(a netip.Addr) error {
+		if err := netlink.IpsetAdd(name, &netlink.IPSetEntry{IP: net.IP(a.AsSlice()), Replace: true}); err != nil {
+			return fmt.Errorf("rules: adding %s to ipset %s: %w", a, name, err)
+		}
+		return nil
+	}
+	added := 0
+	if len(addrs) < nlbatch.MinBatch {
+		for _, a := range addrs {
+			if err := addOne(a); err != nil {
+				return added, err
+			}
+			added++
+		}
+		return added, nil
+	}
+	sock, err := nlbatch.Open(netns.None(), unix.NETLINK_NETFILTER)
+	if err != nil {
+		return 0, fmt.Errorf("rules: ipset %s: %w", name, err)
+	}
+	defer sock.Close()
+	var errs []error
+	reqs := make([]nlbatch.Request, len(addrs))
+	for i, a := range addrs {
+		reqs[i] = nlbatch.Request{Msg: ipsetAddRequest(name, a), Done: func(err error) {
+			if err != nil {
+				err = addOne(a)
+			}
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			added++
+		}}
+	}
+	sock.Run(reqs)
+	return added, errors.Join(errs...)
+}
+
+// ipsetAddRequest is netlink.IpsetAdd's request (with Replace) adding the
+// address a to the set name, built as vishvananda/netlink builds it for its
+// one-at-a-time call, which it does not expose.
+func ipsetAddRequest(name string, a netip.Addr) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(nl.IPSET_CMD_ADD|(unix.NFNL_SUBSYS_IPSET<<8), unix.NLM_F_ACK)
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: uint8(unix.AF_NETLINK), Version: nl.NFNETLINK_V0})
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(name)))
+	typ := nl.IPSET_ATTR_IPADDR_IPV4
+	if a.Is6() {
+		typ = nl.IPSET_ATTR_IPADDR_IPV6
+	}
+	ip := nl.NewRtAttr(typ|int(nl.NLA_F_NET_BYTEORDER), a.AsSlice())
+	data := nl.NewRtAttr(nl.IPSET_ATTR_DATA|int(nl.NLA_F_NESTED), nil)
+	data.AddChild(nl.NewRtAttr(nl.IPSET_ATTR_IP|int(nl.NLA_F_NESTED), ip.Serialize()))
+	data.AddChild(&nl.Uint32Attribute{Type: nl.IPSET_ATTR_LINENO | nl.NLA_F_NET_BYTEORDER, Value: 0})
+	req.AddData(data)
+	return req
 }
 
 // destroyPeerSet removes the family's set, once no rule refers to it.

@@ -1,0 +1,124 @@
+// Package nlbatch sends netlink requests in batches: many requests in one
+// socket write, their acknowledgements read after it. vishvananda/netlink
+// sends each request on its own and waits for its answer, two system calls
+// and a round trip per entry, and has no batch call; this is a small layer
+// on its primitives (nl.NetlinkRequest, nl.NetlinkSocket). The kernel
+// handles the messages of one write in order, each as if sent alone, and
+// acknowledges each. Callers build the requests (with NLM_F_ACK).
+package nlbatch
+
+import (
+	"encoding/binary"
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// MinBatch is the fewest requests worth a batch; callers send fewer one by
+// one through vishvananda/netlink.
+const MinBatch = 4
+
+// receiveTimeout bounds the wait for an answer: a kernel that never
+// answers must not hang the caller.
+const receiveTimeout = 10 * time.Second
+
+// Request is one request of a batch and what to do with its outcome.
+type Request struct {
+	Msg  *nl.NetlinkRequest
+	Done func(error)
+}
+
+// Socket is a netlink socket batches are written to.
+type Socket struct {
+	sock *nl.NetlinkSocket
+}
+
+// Open opens a socket of the netlink protocol in the network namespace ns
+// (netns.None() for the current one).
+func Open(ns netns.NsHandle, protocol int) (*Socket, error) {
+	sock, err := nl.GetNetlinkSocketAt(ns, netns.None(), protocol)
+	if err != nil {
+		return nil, fmt.Errorf("opening netlink: %w", err)
+	}
+	tv := unix.NsecToTimeval(receiveTimeout.Nanoseconds())
+	if err := sock.SetReceiveTimeout(&tv); err != nil {
+		sock.Close()
+		return nil, fmt.Errorf("netlink socket: %w", err)
+	}
+	return &Socket{sock: sock}, nil
+}
+
+// Close closes the socket.
+func (s *Socket) Close() { s.sock.Close() }
+
+// batchBytes and batchRequests bound one write. The acknowledgements of
+// its requests must fit in the socket's receive buffer, where the kernel
+// counts each at the size of its buffer (about 1 KiB), not of its 36 bytes:
+// the default 208 KiB holds some 200.
+const (
+	batchBytes    = 32 << 10
+	batchRequests = 128
+)
+
+// Run sends reqs in writes of up to batchRequests and batchBytes and calls
+// each request's done with the kernel's answer. An error of the socket
+// itself fails every request not answered yet; those may or may not have
+// been applied: a caller tries each failed one again alone, which also
+// gives it netlink's own error.
+func (s *Socket) Run(reqs []Request) {
+	for len(reqs) > 0 {
+		var buf []byte
+		n := 0
+		for n < len(reqs) && n < batchRequests {
+			m := reqs[n].Msg.Serialize()
+			if n > 0 && len(buf)+len(m) > batchBytes {
+				break
+			}
+			buf = append(buf, m...)
+			n++
+		}
+		s.send(buf, reqs[:n])
+		reqs = reqs[n:]
+	}
+}
+
+// send writes one batch and reads its acknowledgements.
+func (s *Socket) send(buf []byte, reqs []Request) {
+	waiting := make(map[uint32]func(error), len(reqs))
+	for _, r := range reqs {
+		waiting[r.Msg.Seq] = r.Done
+	}
+	failAll := func(err error) {
+		for seq, done := range waiting {
+			done(err)
+			delete(waiting, seq)
+		}
+	}
+	if err := unix.Sendto(s.sock.GetFd(), buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		failAll(fmt.Errorf("netlink write: %w", err))
+		return
+	}
+	for len(waiting) > 0 {
+		msgs, _, err := s.sock.Receive()
+		if err != nil {
+			failAll(fmt.Errorf("netlink read: %w", err))
+			return
+		}
+		for _, m := range msgs {
+			done, ok := waiting[m.Header.Seq]
+			if !ok || m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+				continue // not an answer to this batch
+			}
+			delete(waiting, m.Header.Seq)
+			if errno := int32(binary.NativeEndian.Uint32(m.Data[:4])); errno != 0 {
+				done(syscall.Errno(-errno))
+			} else {
+				done(nil)
+			}
+		}
+	}
+}
