@@ -37,6 +37,7 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 	}
 	keep := map[routeKey]bool{}
 	var set []routeSet
+	var haveByDst map[netip.Prefix][]routeKey // built at the first missing device
 	for _, w := range want {
 		idx := 0
 		if !w.Blackhole {
@@ -44,10 +45,14 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 			if idx, err = index(w.Dev); err != nil {
 				// Keep whatever routes to it we have: a device that is
 				// missing for now does not unroute its destinations.
-				for k := range have {
-					if k.dst == w.Dst.Masked() {
-						keep[k] = true
+				if haveByDst == nil {
+					haveByDst = map[netip.Prefix][]routeKey{}
+					for k := range have {
+						haveByDst[k.dst] = append(haveByDst[k.dst], k)
 					}
+				}
+				for _, k := range haveByDst[w.Dst.Masked()] {
+					keep[k] = true
 				}
 				fail(fmt.Errorf("route %s: %w", w, err))
 				continue

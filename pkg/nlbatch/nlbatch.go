@@ -86,6 +86,20 @@ func (s *Socket) Run(reqs []Request) {
 	}
 }
 
+// write sends buf to the kernel. The socket is non-blocking (nl's own
+// reads wait in the runtime's poller): a full send buffer is waited out,
+// briefly, as nl.NetlinkSocket.Send would.
+func (s *Socket) write(buf []byte) error {
+	to := &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
+	for tries := 0; ; tries++ {
+		err := unix.Sendto(s.sock.GetFd(), buf, 0, to)
+		if (err != unix.EAGAIN && err != unix.EINTR) || tries == 100 {
+			return err
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // send writes one batch and reads its acknowledgements.
 func (s *Socket) send(buf []byte, reqs []Request) {
 	waiting := make(map[uint32]func(error), len(reqs))
@@ -98,7 +112,7 @@ func (s *Socket) send(buf []byte, reqs []Request) {
 			delete(waiting, seq)
 		}
 	}
-	if err := unix.Sendto(s.sock.GetFd(), buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := s.write(buf); err != nil {
 		failAll(fmt.Errorf("netlink write: %w", err))
 		return
 	}
