@@ -410,22 +410,25 @@ func BenchmarkApplyCold(b *testing.B) {
 	want := peersState(5000)
 	b.ReportAllocs()
 	for b.Loop() {
-		b.StopTimer()
-		t := &testing.T{}
-		ns, name := underlayNS(t)
-		r, err := NewReconcilerAt(ns, zap.NewNop())
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
-		ch, _, err := r.Apply(want)
-		b.StopTimer()
-		if err != nil || ch.Created[EntryRoute] != 5000 {
-			b.Fatalf("changes %+v, err %v", ch, err)
-		}
-		r.Close()
-		netns.DeleteNamed(name)
-		b.StartTimer()
+		func() {
+			b.StopTimer()
+			// Removed on failure too (b.Fatalf runs the defers).
+			ns, name := underlayNS(&testing.T{})
+			defer netns.DeleteNamed(name)
+			defer ns.Close()
+			r, err := NewReconcilerAt(ns, zap.NewNop())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer r.Close()
+			b.StartTimer()
+			ch, _, err := r.Apply(want)
+			b.StopTimer()
+			if err != nil || ch.Created[EntryRoute] != 5000 {
+				b.Fatalf("changes %+v, err %v", ch, err)
+			}
+			b.StartTimer()
+		}()
 	}
 }
 
