@@ -97,7 +97,7 @@ func (r *Reconciler) listNeighs(links map[string]netlink.Link) (fdb map[fdbKey]n
 // returns the keys of all wanted ones.
 func (r *Reconciler) setFDB(want []FDBEntry, have map[fdbKey]netip.Addr, index devIndex, ch *Changes, fail func(error)) map[fdbKey]bool {
 	keep := make(map[fdbKey]bool, len(want))
-	var set []neighSet
+	var set []nlbatch.Change
 	for _, f := range want {
 		idx, err := index(f.Dev)
 		if err != nil {
@@ -123,52 +123,28 @@ func (r *Reconciler) setFDB(want []FDBEntry, have map[fdbKey]netip.Addr, index d
 			IP:           f.Dst.AsSlice(),
 			HardwareAddr: f.MAC,
 		}
-		set = append(set, neighSet{n, func(err error) {
+		set = append(set, r.neighSetChange(n, func(err error) {
 			if err != nil {
 				fail(fmt.Errorf("setting FDB entry %s: %w", f, err))
 				return
 			}
 			countSet(ch, EntryFDB, exists)
-		}})
+		}))
 	}
-	r.neighSetAll(set)
+	r.batch.Make(set)
 	return keep
 }
 
-// neighSet is a neighbour or FDB entry to set and what to do with the
-// outcome.
-type neighSet struct {
-	n    *netlink.Neigh
-	done func(error)
-}
-
-// neighSetAll sets the entries: in batches (pkg/nlbatch) when there are
-// enough of them, else one by one. An entry the batch could not set is
-// tried again alone, so that its error is netlink's own.
-func (r *Reconciler) neighSetAll(set []neighSet) {
-	if len(set) < nlbatch.MinBatch {
-		for _, s := range set {
-			s.done(r.h.NeighSet(s.n))
-		}
-		return
-	}
-	reqs := make([]nlbatch.Request, len(set))
-	for i, s := range set {
-		reqs[i] = nlbatch.Request{Msg: neighSetRequest(s.n), Done: func(err error) {
-			if err != nil {
-				err = r.h.NeighSet(s.n)
-			}
-			s.done(err)
-		}}
-	}
-	r.batch.Run(reqs)
+// neighSetChange sets the entry n, then calls done with the outcome.
+func (r *Reconciler) neighSetChange(n *netlink.Neigh, done func(error)) nlbatch.Change {
+	return nlbatch.Change{Msg: neighSetRequest(n), Alone: func() error { return r.h.NeighSet(n) }, Done: done}
 }
 
 // setNeighs sets every wanted neighbour entry that is missing or has
 // another MAC and returns the keys of all wanted ones.
 func (r *Reconciler) setNeighs(want []Neigh, have map[neighKey]mac48, index devIndex, ch *Changes, fail func(error)) map[neighKey]bool {
 	keep := make(map[neighKey]bool, len(want))
-	var set []neighSet
+	var set []nlbatch.Change
 	for _, w := range want {
 		idx, err := index(w.Dev)
 		if err != nil {
@@ -193,15 +169,15 @@ func (r *Reconciler) setNeighs(want []Neigh, have map[neighKey]mac48, index devI
 			IP:           w.IP.AsSlice(),
 			HardwareAddr: w.MAC,
 		}
-		set = append(set, neighSet{n, func(err error) {
+		set = append(set, r.neighSetChange(n, func(err error) {
 			if err != nil {
 				fail(fmt.Errorf("setting neighbour %s: %w", w, err))
 				return
 			}
 			countSet(ch, EntryNeigh, exists)
-		}})
+		}))
 	}
-	r.neighSetAll(set)
+	r.batch.Make(set)
 	return keep
 }
 

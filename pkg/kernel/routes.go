@@ -36,7 +36,7 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 		return ensured{}, err
 	}
 	keep := map[routeKey]bool{}
-	var set []routeSet
+	var set []nlbatch.Change
 	var haveByDst map[netip.Prefix][]routeKey // built at the first missing device
 	for _, w := range want {
 		idx := 0
@@ -65,7 +65,7 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 		if exists && routeMatches(cur, rt) {
 			continue
 		}
-		set = append(set, routeSet{&rt, func(err error) {
+		set = append(set, nlbatch.Change{Msg: routeReplaceRequest(&rt), Alone: func() error { return r.replaceRoute(&rt) }, Done: func(err error) {
 			if err != nil {
 				fail(fmt.Errorf("setting route %s: %w", w, err))
 				return
@@ -78,37 +78,10 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 			countSet(ch, EntryRoute, exists)
 		}})
 	}
-	r.routeSetAll(set)
+	// A route the batch could not set is tried again through replaceRoute,
+	// which knows the one refusal that has a way around it.
+	r.batch.Make(set)
 	return ensured{wanted: len(keep), prune: func() { r.pruneRoutes(have, keep, ch, fail) }}, nil
-}
-
-// routeSet is a route to put in place and what to do with the outcome.
-type routeSet struct {
-	rt   *netlink.Route
-	done func(error)
-}
-
-// routeSetAll puts the routes in place: in batches (pkg/nlbatch) when there
-// are enough of them, else one by one. A route the batch could not set is
-// tried again alone through replaceRoute, which knows the one refusal that
-// has a way around it.
-func (r *Reconciler) routeSetAll(set []routeSet) {
-	if len(set) < nlbatch.MinBatch {
-		for _, s := range set {
-			s.done(r.replaceRoute(s.rt))
-		}
-		return
-	}
-	reqs := make([]nlbatch.Request, len(set))
-	for i, s := range set {
-		reqs[i] = nlbatch.Request{Msg: routeReplaceRequest(s.rt), Done: func(err error) {
-			if err != nil {
-				err = r.replaceRoute(s.rt)
-			}
-			s.done(err)
-		}}
-	}
-	r.batch.Run(reqs)
 }
 
 // replaceRoute puts rt in place of the route to its destination. The

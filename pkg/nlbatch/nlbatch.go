@@ -55,6 +55,38 @@ func Open(ns netns.NsHandle, protocol int) (*Socket, error) {
 // Close closes the socket.
 func (s *Socket) Close() { s.sock.Close() }
 
+// Change is one change to make: its request for a batch, the call that
+// makes it alone through vishvananda/netlink, and what to do with the
+// outcome.
+type Change struct {
+	Msg   *nl.NetlinkRequest
+	Alone func() error
+	Done  func(error)
+}
+
+// Make makes the changes: in batches when there are at least MinBatch of
+// them, else each alone. A change whose batched request failed is made
+// again alone, so that its error is the single call's own (and a call that
+// knows a way around a refusal gets to use it).
+func (s *Socket) Make(changes []Change) {
+	if len(changes) < MinBatch {
+		for _, c := range changes {
+			c.Done(c.Alone())
+		}
+		return
+	}
+	reqs := make([]Request, len(changes))
+	for i, c := range changes {
+		reqs[i] = Request{Msg: c.Msg, Done: func(err error) {
+			if err != nil {
+				err = c.Alone()
+			}
+			c.Done(err)
+		}}
+	}
+	s.Run(reqs)
+}
+
 // batchBytes and batchRequests bound one write. The acknowledgements of
 // its requests must fit in the socket's receive buffer, where the kernel
 // counts each at the size of its buffer (about 1 KiB), not of its 36 bytes:

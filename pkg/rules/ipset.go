@@ -79,45 +79,35 @@ func ensurePeerSet(v6 bool, senders []netip.Addr) (int, error) {
 
 // addToPeerSet adds the addresses to the set: many to a netlink write
 // (pkg/nlbatch) when there are enough of them, as at a start with
-// thousands of peers. An address the batch could not add is tried again
-// alone, for netlink's own error. It returns how many it added.
+// thousands of peers. It returns how many it added.
 func addToPeerSet(name string, addrs []netip.Addr) (int, error) {
-	addOne := func(a netip.Addr) error {
-		if err := netlink.IpsetAdd(name, &netlink.IPSetEntry{IP: net.IP(a.AsSlice()), Replace: true}); err != nil {
-			return fmt.Errorf("rules: adding %s to ipset %s: %w", a, name, err)
-		}
-		return nil
-	}
-	added := 0
-	if len(addrs) < nlbatch.MinBatch {
-		for _, a := range addrs {
-			if err := addOne(a); err != nil {
-				return added, err
-			}
-			added++
-		}
-		return added, nil
+	if len(addrs) == 0 {
+		return 0, nil
 	}
 	sock, err := nlbatch.Open(netns.None(), unix.NETLINK_NETFILTER)
 	if err != nil {
 		return 0, fmt.Errorf("rules: ipset %s: %w", name, err)
 	}
 	defer sock.Close()
+	added := 0
 	var errs []error
-	reqs := make([]nlbatch.Request, len(addrs))
+	changes := make([]nlbatch.Change, len(addrs))
 	for i, a := range addrs {
-		reqs[i] = nlbatch.Request{Msg: ipsetAddRequest(name, a), Done: func(err error) {
-			if err != nil {
-				err = addOne(a)
-			}
-			if err != nil {
-				errs = append(errs, err)
-				return
-			}
-			added++
-		}}
+		changes[i] = nlbatch.Change{
+			Msg: ipsetAddRequest(name, a),
+			Alone: func() error {
+				return netlink.IpsetAdd(name, &netlink.IPSetEntry{IP: net.IP(a.AsSlice()), Replace: true})
+			},
+			Done: func(err error) {
+				if err != nil {
+					errs = append(errs, fmt.Errorf("rules: adding %s to ipset %s: %w", a, name, err))
+					return
+				}
+				added++
+			},
+		}
 	}
-	sock.Run(reqs)
+	sock.Make(changes)
 	return added, errors.Join(errs...)
 }
 
