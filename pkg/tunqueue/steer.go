@@ -22,22 +22,27 @@ func SteerToNewest(dev tun.Device) error {
 		return fmt.Errorf("loading the TUN steering program: %w", err)
 	}
 	defer unix.Close(prog) // the device holds its own reference
+	return withFD(dev, func(fd int) error {
+		if err := unix.IoctlSetPointerInt(fd, unix.TUNSETSTEERINGEBPF, prog); err != nil {
+			return fmt.Errorf("attaching the TUN steering program: %w", err)
+		}
+		return nil
+	})
+}
+
+// withFD runs f with dev's descriptor: through its raw connection, not
+// File.Fd, which would switch the descriptor to blocking mode under the
+// goroutine reading it.
+func withFD(dev tun.Device, f func(fd int) error) error {
 	rc, err := dev.File().SyscallConn()
 	if err != nil {
 		return fmt.Errorf("TUN descriptor: %w", err)
 	}
-	var ioctlErr error
-	// Control, not File.Fd: Fd would switch the descriptor to blocking
-	// mode under the goroutine reading it.
-	if err := rc.Control(func(fd uintptr) {
-		ioctlErr = unix.IoctlSetPointerInt(int(fd), unix.TUNSETSTEERINGEBPF, prog)
-	}); err != nil {
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
 		return fmt.Errorf("TUN descriptor: %w", err)
 	}
-	if ioctlErr != nil {
-		return fmt.Errorf("attaching the TUN steering program: %w", ioctlErr)
-	}
-	return nil
+	return ferr
 }
 
 // loadReturnOne loads the socket-filter program "return 1", which as a
@@ -77,27 +82,20 @@ func loadReturnOne() (int, error) {
 
 // Pending reports whether packets wait in dev's queue to be read.
 func Pending(dev tun.Device) (bool, error) {
-	rc, err := dev.File().SyscallConn()
-	if err != nil {
-		return false, fmt.Errorf("TUN descriptor: %w", err)
-	}
 	var pending bool
-	var pollErr error
-	if err := rc.Control(func(fd uintptr) {
+	err := withFD(dev, func(fd int) error {
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		var n int
 		for {
-			n, pollErr = unix.Poll(fds, 0)
-			if pollErr != unix.EINTR {
-				break
+			n, err := unix.Poll(fds, 0)
+			if err == unix.EINTR {
+				continue
 			}
+			if err != nil {
+				return fmt.Errorf("polling the TUN queue: %w", err)
+			}
+			pending = n > 0 && fds[0].Revents&unix.POLLIN != 0
+			return nil
 		}
-		pending = n > 0 && fds[0].Revents&unix.POLLIN != 0
-	}); err != nil {
-		return false, fmt.Errorf("TUN descriptor: %w", err)
-	}
-	if pollErr != nil {
-		return false, fmt.Errorf("polling the TUN queue: %w", pollErr)
-	}
-	return pending, nil
+	})
+	return pending, err
 }

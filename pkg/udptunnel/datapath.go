@@ -129,12 +129,15 @@ func startSession(t *Tunnel, device string, port int, bufs *buffers) (*session, 
 	return s, nil
 }
 
-// stop closes the device and socket and waits for the goroutines.
+// stop closes the socket and the device and waits for the goroutines. The
+// socket first: its receivers finish writing what they read to the device,
+// which is still open (a handover has drained the socket, and this loses
+// none of it).
 func (s *session) stop() {
 	s.closing.Store(true)
 	s.bind.Close()
-	s.dev.Close()
 	s.rx.Wait()
+	s.dev.Close()
 	s.tx.Wait()
 }
 

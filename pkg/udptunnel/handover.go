@@ -31,7 +31,7 @@ func (t *Tunnel) HandOver() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s := t.session; s != nil && !s.dead() {
-		if err := s.handOver(); err != nil {
+		if err := s.steerAndDrain(); err != nil {
 			t.log.Warn("handing the datapath over without draining it; what is queued for this agent is lost", zap.Error(err))
 		}
 	}
@@ -44,9 +44,9 @@ func (t *Tunnel) HandOver() error {
 // handover without it.
 var steerTUN = tunqueue.SteerToNewest
 
-// handOver steers, drains and stops the session. On error the session
-// still runs and the caller stops it.
-func (s *session) handOver() error {
+// steerAndDrain steers new traffic to the successor and waits until this
+// session has nothing left to read; the caller then stops it.
+func (s *session) steerAndDrain() error {
 	if n, err := tunqueue.Queues(s.device); err != nil {
 		return err
 	} else if n != 2 {
@@ -73,13 +73,6 @@ func (s *session) handOver() error {
 		return err
 	}
 	s.log.Info("steered the datapath to the successor and read its queues empty", zap.Duration("took", drained))
-	s.closing.Store(true)
-	// The socket first: its receivers finish writing what they read to the
-	// device, which is still open.
-	s.bind.Close()
-	s.rx.Wait()
-	s.dev.Close()
-	s.tx.Wait()
 	return nil
 }
 

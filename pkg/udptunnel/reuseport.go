@@ -40,7 +40,7 @@ func init() {
 }
 
 // opening collects the descriptors of the sockets StdNetBind opens for a
-// session: the handover (see session.handOver) steers and drains them, and
+// session: the handover (see session.steerAndDrain) steers and drains them, and
 // StdNetBind keeps them private. The control functions are the one place
 // that sees them; they run inside Open, on the opening goroutine.
 var opening openSockets
