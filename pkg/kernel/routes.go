@@ -21,10 +21,10 @@ type routeKey struct {
 	priority int
 }
 
-// keyOf is rt's key, with the priority the kernel gives it.
-func keyOf(rt netlink.Route) routeKey {
-	p, _ := ip.PrefixFromIPNet(rt.Dst)
-	return routeKey{p.Masked(), kernelPriority(rt)}
+// keyOf is the key of rt, a route to dst, with the priority the kernel
+// gives it.
+func keyOf(dst netip.Prefix, rt netlink.Route) routeKey {
+	return routeKey{dst.Masked(), kernelPriority(rt)}
 }
 
 // ensureRoutes replaces every wanted route that is missing or differs, in
@@ -59,7 +59,7 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 			}
 		}
 		rt := netlinkRoute(w, idx)
-		key := keyOf(rt)
+		key := keyOf(w.Dst, rt)
 		keep[key] = true
 		cur, exists := have[key]
 		if exists && routeMatches(cur, rt) {
@@ -117,8 +117,8 @@ func (r *Reconciler) listRoutes() (map[routeKey]netlink.Route, error) {
 	out := map[routeKey]netlink.Route{}
 	err := r.routes.RouteListFilteredIter(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL,
 		func(rt netlink.Route) bool {
-			if _, ok := ip.PrefixFromIPNet(rt.Dst); ok {
-				out[keyOf(rt)] = rt
+			if dst, ok := ip.PrefixFromIPNet(rt.Dst); ok {
+				out[keyOf(dst, rt)] = rt
 			}
 			return true
 		})

@@ -26,10 +26,10 @@ const MinBatch = 4
 // answers must not hang the caller.
 const receiveTimeout = 10 * time.Second
 
-// Request is one request of a batch and what to do with its outcome.
-type Request struct {
-	Msg  *nl.NetlinkRequest
-	Done func(error)
+// request is one request of a batch and what to do with its outcome.
+type request struct {
+	msg  *nl.NetlinkRequest
+	done func(error)
 }
 
 // Socket is a netlink socket batches are written to.
@@ -75,16 +75,16 @@ func (s *Socket) Make(changes []Change) {
 		}
 		return
 	}
-	reqs := make([]Request, len(changes))
+	reqs := make([]request, len(changes))
 	for i, c := range changes {
-		reqs[i] = Request{Msg: c.Msg, Done: func(err error) {
+		reqs[i] = request{msg: c.Msg, done: func(err error) {
 			if err != nil {
 				err = c.Alone()
 			}
 			c.Done(err)
 		}}
 	}
-	s.Run(reqs)
+	s.run(reqs)
 }
 
 // batchBytes and batchRequests bound one write. The acknowledgements of
@@ -96,17 +96,16 @@ const (
 	batchRequests = 128
 )
 
-// Run sends reqs in writes of up to batchRequests and batchBytes and calls
+// run sends reqs in writes of up to batchRequests and batchBytes and calls
 // each request's done with the kernel's answer. An error of the socket
 // itself fails every request not answered yet; those may or may not have
-// been applied: a caller tries each failed one again alone, which also
-// gives it netlink's own error.
-func (s *Socket) Run(reqs []Request) {
+// been applied, and Make makes each failed one again alone.
+func (s *Socket) run(reqs []request) {
 	for len(reqs) > 0 {
 		var buf []byte
 		n := 0
 		for n < len(reqs) && n < batchRequests {
-			m := reqs[n].Msg.Serialize()
+			m := reqs[n].msg.Serialize()
 			if n > 0 && len(buf)+len(m) > batchBytes {
 				break
 			}
@@ -133,10 +132,10 @@ func (s *Socket) write(buf []byte) error {
 }
 
 // send writes one batch and reads its acknowledgements.
-func (s *Socket) send(buf []byte, reqs []Request) {
+func (s *Socket) send(buf []byte, reqs []request) {
 	waiting := make(map[uint32]func(error), len(reqs))
 	for _, r := range reqs {
-		waiting[r.Msg.Seq] = r.Done
+		waiting[r.msg.Seq] = r.done
 	}
 	failAll := func(err error) {
 		for seq, done := range waiting {
