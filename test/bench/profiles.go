@@ -2,9 +2,11 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,23 +32,34 @@ type HeapProfile struct {
 func heapProfile(ctx context.Context, n *lab.Node) (HeapProfile, error) {
 	client := harness.HTTPClient(n, 30*time.Second)
 	defer client.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap?gc=1", harness.HealthzPort), nil)
-	if err != nil {
-		return HeapProfile{}, err
-	}
-	resp, err := client.Do(req)
+	body, err := getProfile(ctx, client, "/debug/pprof/heap?gc=1")
 	if err != nil {
 		return HeapProfile{}, fmt.Errorf("fetching the heap profile: %w", err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return HeapProfile{}, fmt.Errorf("fetching the heap profile: %s (is the agent run with --profiling?)", resp.Status)
-	}
-	out, err := pprofTop(ctx, resp.Body, "-sample_index=inuse_space", "-nodecount=12")
+	defer body.Close()
+	out, err := pprofTop(ctx, body, "-sample_index=inuse_space", "-nodecount=12")
 	if err != nil {
 		return HeapProfile{}, err
 	}
 	return parseHeapTop(out)
+}
+
+// getProfile fetches a profile from the agent's health server and returns
+// its body.
+func getProfile(ctx context.Context, client *http.Client, path string) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", harness.HealthzPort, path), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s (is the agent run with --profiling?)", resp.Status)
+	}
+	return resp.Body, nil
 }
 
 // coldStartProfile is how much of a cold start the CPU profile covers,
@@ -59,34 +72,24 @@ const coldStartProfile = 4 * time.Second
 func cpuProfile(ctx context.Context, n *lab.Node, d time.Duration) (string, error) {
 	client := harness.HTTPClient(n, d+30*time.Second)
 	defer client.CloseIdleConnections()
-	url := fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", harness.HealthzPort, int(d.Seconds()))
+	path := fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds()))
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return "", err
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			if time.Now().After(deadline) {
-				return "", fmt.Errorf("the agent's health server did not answer: %w", err)
-			}
-			time.Sleep(5 * time.Millisecond)
+		body, err := getProfile(ctx, client, path)
+		var urlErr *url.Error
+		if errors.As(err, &urlErr) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond) // not listening yet
 			continue
 		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return "", fmt.Errorf("fetching the CPU profile: %s (is the agent run with --profiling?)", resp.Status)
+		if err != nil {
+			return "", fmt.Errorf("fetching the CPU profile: %w", err)
 		}
-		out, err := pprofTop(ctx, resp.Body, "-cum", "-nodecount=25")
+		defer body.Close()
+		out, err := pprofTop(ctx, body, "-cum", "-nodecount=25")
 		if err != nil {
 			return "", err
 		}
-		i := strings.Index(out, "Showing nodes")
-		if i < 0 {
-			return "", fmt.Errorf("go tool pprof printed no table:\n%s", out)
-		}
-		return strings.TrimSpace(out[i:]), nil
+		return pprofTable(out)
 	}
 }
 
@@ -113,14 +116,21 @@ func pprofTop(ctx context.Context, r io.Reader, args ...string) (string, error) 
 // heapTotal is pprof's summary line: "... accounting for 9MB, 80% of 11.5MB total".
 var heapTotal = regexp.MustCompile(`of ([0-9.]+)([kMG]?B) total`)
 
-// parseHeapTop keeps pprof's table (from its summary line on) and reads the
-// total in-use bytes from it.
-func parseHeapTop(out string) (HeapProfile, error) {
+// pprofTable is pprof -top's table, from its summary line on.
+func pprofTable(out string) (string, error) {
 	i := strings.Index(out, "Showing nodes")
 	if i < 0 {
-		return HeapProfile{}, fmt.Errorf("go tool pprof printed no table:\n%s", out)
+		return "", fmt.Errorf("go tool pprof printed no table:\n%s", out)
 	}
-	top := strings.TrimSpace(out[i:])
+	return strings.TrimSpace(out[i:]), nil
+}
+
+// parseHeapTop keeps pprof's table and reads the total in-use bytes from it.
+func parseHeapTop(out string) (HeapProfile, error) {
+	top, err := pprofTable(out)
+	if err != nil {
+		return HeapProfile{}, err
+	}
 	m := heapTotal.FindStringSubmatch(top)
 	if m == nil {
 		return HeapProfile{}, fmt.Errorf("no total in go tool pprof's table:\n%s", top)
