@@ -58,6 +58,10 @@ type Options struct {
 	NodeCIDRMaskSizeIPv6 int // of IPv6 node CIDRs; default 64
 	// LogDir receives the binaries' logs; default: inside the temporary dir.
 	LogDir string
+	// TempDir is where the temporary dir (etcd's data, the certificates)
+	// is made; default os.TempDir(). A caller that sweeps its own dir after
+	// a crash puts it there, so that a killed run leaves nothing behind.
+	TempDir string
 
 	// Workloads runs what pods on real kubelets need (test/nodes): the API
 	// server authorizes kubelets as kubeadm's does (Node,RBAC and the
@@ -170,7 +174,7 @@ func Start(opts Options) (cp *ControlPlane, err error) {
 			return nil, fmt.Errorf("test binary %s missing in %s: run `make test-bins`", b, bins)
 		}
 	}
-	dir, err := os.MkdirTemp("", "overlayd-cp-")
+	dir, err := os.MkdirTemp(opts.TempDir, "overlayd-cp-")
 	if err != nil {
 		return nil, err
 	}

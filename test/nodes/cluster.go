@@ -173,7 +173,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 	if c.CP, err = controlplane.Start(controlplane.Options{
 		Workloads: true, Nodes: names, ClusterEgress: c.egress.socket,
-		ClusterCIDR: opts.ClusterCIDR, NodeCIDRMaskSize: 24, LogDir: c.Dir,
+		ClusterCIDR: opts.ClusterCIDR, NodeCIDRMaskSize: 24, LogDir: c.Dir, TempDir: c.Dir,
 	}); err != nil {
 		return nil, fmt.Errorf("starting the control plane: %w", err)
 	}
