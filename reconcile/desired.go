@@ -27,22 +27,21 @@ func (l *Loop) desired(peers []subnet.Lease) (backend.State, error) {
 		st.Routes = append(st.Routes, blackholeRoutes(l.node.Lease)...)
 	}
 	l.addDrains(&st)
+	l.ownLinks = slices.Clone(st.Links)
 	pass := l.peers.begin(len(peers))
 	defer pass.end()
 	for _, p := range peers {
 		err := pass.add(l.node, p, &st)
-		if s, ok := backend.IsSkip(err); ok {
-			l.noteSkip(p, s)
-			continue
-		}
-		if err != nil {
+		if _, skip := backend.IsSkip(err); err != nil && !skip {
 			return st, fmt.Errorf("peer %s: %w", p.Node, err)
 		}
-		l.noteReachable(p)
+		l.notePeer(p, err)
 	}
 	l.peers.forgetSkipsExcept(peers)
+	l.senderRefs = nil
 	if len(st.Datapaths) > 0 || len(st.IngressPorts) > 0 {
 		st.Senders = senders(peers)
+		l.senderRefs = newSenderRefs(peers)
 	}
 	slices.Sort(st.IngressPorts)
 	return st, nil
@@ -72,14 +71,20 @@ func blackholeRoutes(lease subnet.Lease) []kernel.Route {
 func senders(peers []subnet.Lease) []netip.Addr {
 	out := make([]netip.Addr, 0, len(peers))
 	for _, p := range peers {
-		for _, a := range []netip.Addr{p.Attrs.PublicIP, p.Attrs.PublicIPv6, p.Attrs.SourceIP, p.Attrs.SourceIPv6} {
-			if a.IsValid() {
-				out = append(out, a)
-			}
-		}
+		s := leaseSenders(p)
+		out = append(out, s.list()...)
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out)
+}
+
+// notePeer notes whether p is reached: err is why it is skipped, or nil.
+func (l *Loop) notePeer(p subnet.Lease, err error) {
+	if s, ok := backend.IsSkip(err); ok {
+		l.noteSkip(p, s)
+		return
+	}
+	l.noteReachable(p)
 }
 
 // noteSkip logs a skipped peer once per distinct reason and counts it.

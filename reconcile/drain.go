@@ -101,6 +101,7 @@ func (l *Loop) checkDrains() {
 		}
 	}
 	l.drains = kept
+	l.full.Store(true) // passes while draining are full ones
 	if len(l.drains) > 0 {
 		l.queue.AddAfter(syncKey, drainCheck)
 	} else {

@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -33,6 +34,9 @@ import (
 // Kernel applies a desired kernel state and reports kernel events.
 type Kernel interface {
 	Apply(want kernel.State) (kernel.Changes, kernel.Counts, error)
+	// ApplyChanged replaces a few entries, trusting the last Apply
+	// (kernel.ErrUntrusted when it cannot).
+	ApplyChanged(unset, set kernel.State) (kernel.Changes, kernel.Counts, error)
 	ApplyLinks(want []kernel.Link) (kernel.Changes, error)
 	Watch(ctx context.Context, watched func(ifindex int) bool, notify func(reason string))
 	RxPackets(link string) (uint64, error)
@@ -48,6 +52,10 @@ type Kernel interface {
 // Rules keeps the traffic rules in place, in iptables or nftables.
 type Rules interface {
 	Ensure(want rules.Config) (changes int, err error)
+	// ChangeSenders adds and removes senders in the ingress filter and
+	// changes nothing else: the last Ensure's configuration, but for its
+	// senders.
+	ChangeSenders(added, removed []netip.Addr) error
 	// RemoveForeign removes another agent's iptables chains and nftables
 	// tables (flanneld's).
 	RemoveForeign(chains []rules.Chain, tables []rules.Table) (removed int, err error)
@@ -121,14 +129,29 @@ type Loop struct {
 	addrs     subnet.NodeAddresses // the own Node's address annotations in force
 	peers     peerCache
 	lastState *backend.State // last successfully applied desired state
-	published *subnet.LeaseAttrs
+	// lastUnordered: lastState's kernel entries are not in the order a
+	// full pass builds (a changed-peers pass edited them).
+	lastUnordered bool
+	// ownLinks are the devices this node wants whatever its peers: its
+	// backend's, and the draining ones'.
+	ownLinks []kernel.Link
+	// senderRefs counts the peers sending from each of lastState's
+	// Senders (nil when none are wanted).
+	senderRefs senderRefs
+	published  *subnet.LeaseAttrs
 
 	// startNet is the configuration the loop started with. What cannot
 	// change live is the same in every configuration accepted since, so
 	// Reload compares with it without touching the pass's state.
 	startNet *netconf.Config
 	pending  atomic.Pointer[pendingConfig] // offered by Reload, taken by a pass
-	ownRaw   json.RawMessage               // the Backend object in force
+	// full: the next pass is a full one. Everything that marks the state
+	// dirty sets it but lease changes alone (changed.go).
+	full atomic.Bool
+	// rulesDue: the traffic rules are to be checked (the rules resync),
+	// which a full pass does anyway.
+	rulesDue atomic.Bool
+	ownRaw   json.RawMessage // the Backend object in force
 	drains   []*drain
 	takeover takeover
 }

@@ -12,6 +12,10 @@ var (
 		Namespace: metrics.Namespace, Name: "reconcile_runs_total",
 		Help: "Reconcile passes: desired state computed and applied.",
 	})
+	changedPeerRuns = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: metrics.Namespace, Name: "reconcile_changed_peer_runs_total",
+		Help: "Reconcile passes after lease changes alone that applied only the changed peers' entries (also counted in reconcile_runs_total).",
+	})
 	reconcileErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: metrics.Namespace, Name: "reconcile_errors_total",
 		Help: "Reconcile passes that failed and were retried.",
@@ -32,7 +36,7 @@ var (
 )
 
 func init() {
-	metrics.MustRegister(reconcileRuns, reconcileErrors, reconcileDuration, kernelEntries, repairs)
+	metrics.MustRegister(reconcileRuns, changedPeerRuns, reconcileErrors, reconcileDuration, kernelEntries, repairs)
 	// Exported at zero from the start, so that dashboards and alerts see
 	// them before the first occurrence.
 	for _, kind := range []string{kernel.EntryLink, kernel.EntryAddr, kernel.EntryRoute, kernel.EntryNeigh, kernel.EntryFDB} {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"reflect"
 	"slices"
 	"time"
 
@@ -39,6 +38,7 @@ func (l *Loop) processOne(ctx context.Context) bool {
 		if retries == 3 {
 			l.warn(EventDatapathFailed, "programming the datapath keeps failing (retrying with backoff): %v", err)
 		}
+		l.full.Store(true) // after a failure, nothing is taken on trust
 		l.queue.AddRateLimited(key)
 		return true
 	}
@@ -46,7 +46,8 @@ func (l *Loop) processOne(ctx context.Context) bool {
 	return true
 }
 
-// pass computes the whole desired state and makes the node match it.
+// pass computes the whole desired state and makes the node match it; after
+// lease changes alone, only the changed peers' part (changed.go).
 func (l *Loop) pass(ctx context.Context) error {
 	peers, synced := l.cfg.Leases.Peers()
 	if !synced {
@@ -67,6 +68,11 @@ func (l *Loop) pass(ctx context.Context) error {
 			return err
 		}
 	}
+	if l.full.Swap(false) {
+		l.log.Debug("full pass", zap.String("reason", "asked for"))
+	} else if done, err := l.passChanged(ctx, peers); done {
+		return err
+	}
 	l.applyPending()
 	if a, _ := l.cfg.Leases.NodeAddresses(); a != l.addrs {
 		l.applyNodeAddresses(a)
@@ -81,22 +87,13 @@ func (l *Loop) pass(ctx context.Context) error {
 	// before its routes point at it.
 	var rulesErr error
 	if l.cfg.Rules != nil {
-		if _, err := l.cfg.Rules.Ensure(l.rulesConfig(want)); err != nil {
-			rulesErr = fmt.Errorf("traffic rules: %w", err)
-			l.cfg.Status.Set(health.Rules, false, err.Error())
-		} else {
-			l.cfg.Status.Set(health.Rules, true, "")
-		}
+		rulesErr = l.ensureRules(want)
 	}
 
 	errs := l.apply(want)
 	if len(errs) == 0 {
-		l.lastState = &want
-		detail := fmt.Sprintf("%d peers", len(peers))
-		for _, r := range l.cfg.Datapaths.Reports() {
-			detail += "; " + r
-		}
-		l.cfg.Status.Set(health.Datapath, true, detail)
+		l.lastState, l.lastUnordered = &want, false
+		l.datapathReady(len(peers))
 		// Publish only what this node is now able to receive.
 		if err := l.publish(ctx); err != nil {
 			errs = append(errs, err)
@@ -131,10 +128,8 @@ func (l *Loop) apply(want backend.State) []error {
 	}
 	changes, counts, applyErr := l.cfg.Kernel.Apply(want.State)
 	changes.Add(linkChanges)
-	for kind, n := range counts {
-		kernelEntries.WithLabelValues(kind).Set(float64(n))
-	}
-	if changes.Total() > 0 && l.lastState != nil && reflect.DeepEqual(*l.lastState, want) {
+	setKernelEntries(counts)
+	if changes.Total() > 0 && l.lastState != nil && sameDesired(want, *l.lastState, l.lastUnordered) {
 		// Nothing we wanted changed, yet the kernel had to: repairs.
 		for kind, n := range changes.Created {
 			repairs.WithLabelValues(kind).Add(float64(n))
@@ -148,6 +143,31 @@ func (l *Loop) apply(want backend.State) []error {
 		errs = append(errs, fmt.Errorf("kernel: %w", applyErr))
 	}
 	return append(errs, l.ensureDatapaths(want, false)...)
+}
+
+// ensureRules puts the traffic rules want needs in place.
+func (l *Loop) ensureRules(want backend.State) error {
+	if _, err := l.cfg.Rules.Ensure(l.rulesConfig(want)); err != nil {
+		l.cfg.Status.Set(health.Rules, false, err.Error())
+		return fmt.Errorf("traffic rules: %w", err)
+	}
+	l.cfg.Status.Set(health.Rules, true, "")
+	return nil
+}
+
+// datapathReady reports the datapath as programmed for n peers.
+func (l *Loop) datapathReady(n int) {
+	detail := fmt.Sprintf("%d peers", n)
+	for _, r := range l.cfg.Datapaths.Reports() {
+		detail += "; " + r
+	}
+	l.cfg.Status.Set(health.Datapath, true, detail)
+}
+
+func setKernelEntries(counts kernel.Counts) {
+	for kind, n := range counts {
+		kernelEntries.WithLabelValues(kind).Set(float64(n))
+	}
 }
 
 // ensureDatapaths brings the wanted datapaths up to date (wanted), or stops

@@ -14,24 +14,53 @@ import (
 // node's configuration; a change of the latter empties the cache (reset).
 type peerCache struct {
 	backends map[string]backend.Backend // by type: our own, the replaced one while it drains, defaults for others
-	results  map[peerKey]*peerResult
-	skipped  map[string]string // peer -> why it is skipped
+	results  map[string]*peerResult     // by peer (node name)
+	skipped  map[string]string          // peer -> why it is skipped
 }
 
 // peerKey is everything a peer's desired state depends on, besides this
-// node's own configuration.
+// node's own configuration, and the addresses it sends from (the
+// senders).
 type peerKey struct {
-	node, backendType string
-	data, data6       string
-	subnet, subnet6   netip.Prefix
-	publicIP          netip.Addr
-	publicIP6         netip.Addr
+	backendType         string
+	data, data6         string
+	subnet, subnet6     netip.Prefix
+	publicIP, publicIP6 netip.Addr
+	sourceIP, sourceIP6 netip.Addr
 }
 
-// peerResult is what a backend made of a peer: its state, or why it is skipped.
+func peerKeyOf(p subnet.Lease) peerKey {
+	return peerKey{backendType: p.Attrs.BackendType, data: string(p.Attrs.BackendData), data6: string(p.Attrs.BackendV6Data),
+		subnet: p.Subnet, subnet6: p.IPv6Subnet, publicIP: p.Attrs.PublicIP, publicIP6: p.Attrs.PublicIPv6,
+		sourceIP: p.Attrs.SourceIP, sourceIP6: p.Attrs.SourceIPv6}
+}
+
+// matches reports whether p is the lease k was made of, without copying
+// its backend data (the comparison of a string with a converted byte slice
+// allocates nothing).
+func (k *peerKey) matches(p subnet.Lease) bool {
+	return k.backendType == p.Attrs.BackendType && k.subnet == p.Subnet && k.subnet6 == p.IPv6Subnet &&
+		k.publicIP == p.Attrs.PublicIP && k.publicIP6 == p.Attrs.PublicIPv6 &&
+		k.sourceIP == p.Attrs.SourceIP && k.sourceIP6 == p.Attrs.SourceIPv6 &&
+		k.data == string(p.Attrs.BackendData) && k.data6 == string(p.Attrs.BackendV6Data)
+}
+
+// peerResult is what a backend made of a peer's lease: its state, or why
+// it is skipped.
 type peerResult struct {
+	key   peerKey
 	state backend.State
 	err   error
+}
+
+// wanted is what of the result goes into the desired state: all of it,
+// the other family's part when one family is skipped, nothing when the
+// peer is skipped.
+func (r *peerResult) wanted() *backend.State {
+	if s, ok := backend.IsSkip(r.err); r.err == nil || ok && s.Family != "" {
+		return &r.state
+	}
+	return nil
 }
 
 func newPeerCache(own backend.Backend) peerCache {
@@ -56,42 +85,43 @@ func (c *peerCache) forget() { c.results = nil }
 // pass are kept for the next, the others dropped.
 type cachePass struct {
 	c    *peerCache
-	next map[peerKey]*peerResult
+	next map[string]*peerResult
 }
 
 func (c *peerCache) begin(peers int) *cachePass {
-	return &cachePass{c: c, next: make(map[peerKey]*peerResult, peers)}
+	return &cachePass{c: c, next: make(map[string]*peerResult, peers)}
 }
 
 func (p *cachePass) end() { p.c.results = p.next }
 
 // add adds what reaching peer needs to st, computed on its own so that a
-// peer that is skipped leaves nothing half-added.
+// peer that is skipped leaves nothing half-added. It returns the peer's
+// error, a skip or not.
 func (p *cachePass) add(n backend.Node, peer subnet.Lease, st *backend.State) error {
-	b, err := p.c.backendFor(peer.Attrs.BackendType)
-	if err != nil {
-		return backend.Skip(backend.SkipUnknownBackend, "%v", err)
-	}
-	key := peerKey{node: peer.Node, backendType: peer.Attrs.BackendType,
-		subnet: peer.Subnet, publicIP: peer.Attrs.PublicIP, data: string(peer.Attrs.BackendData),
-		subnet6: peer.IPv6Subnet, publicIP6: peer.Attrs.PublicIPv6, data6: string(peer.Attrs.BackendV6Data)}
-	res := p.c.results[key]
-	if res == nil {
-		res = &peerResult{}
-		res.err = b.Peer(n, peer, &res.state)
-	}
-	p.next[key] = res
-	if s, ok := backend.IsSkip(res.err); ok && s.Family != "" {
-		// One family skipped: the other's entries are wanted.
-		if err := st.Merge(res.state); err != nil {
+	res := p.c.result(n, peer)
+	p.next[peer.Node] = res
+	if w := res.wanted(); w != nil {
+		if err := st.Merge(*w); err != nil {
 			return err
 		}
-		return res.err
 	}
-	if res.err != nil {
-		return res.err
+	return res.err
+}
+
+// result is what reaching peer needs: the cached result when its lease is
+// the same, else computed again.
+func (c *peerCache) result(n backend.Node, peer subnet.Lease) *peerResult {
+	if res := c.results[peer.Node]; res != nil && res.key.matches(peer) {
+		return res
 	}
-	return st.Merge(res.state)
+	res := &peerResult{key: peerKeyOf(peer)}
+	b, err := c.backendFor(peer.Attrs.BackendType)
+	if err != nil {
+		res.err = backend.Skip(backend.SkipUnknownBackend, "%v", err)
+		return res
+	}
+	res.err = b.Peer(n, peer, &res.state)
+	return res
 }
 
 // backendFor returns the backend that reaches peers publishing typ: our own

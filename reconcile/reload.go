@@ -24,7 +24,7 @@ func (l *Loop) Reload(data []byte) error {
 		return err
 	}
 	l.pending.Store(&pendingConfig{net: cfg, backend: b, raw: cfg.Backend})
-	l.queue.Add(syncKey)
+	l.markFull()
 	return nil
 }
 

@@ -77,10 +77,10 @@ func (l *Loop) run(ctx context.Context, g *errgroup.Group) error {
 		c.Kernel.Watch(ctx, func(idx int) bool { return int64(idx) == l.underlayIndex.Load() }, l.markFor("kernel"))
 		return nil
 	})
-	g.Go(func() error { l.forward(ctx, c.Leases.Changed(), "leases"); return nil })
-	g.Go(func() error { l.tick(ctx, c.ResyncPeriod, "resync"); return nil })
+	g.Go(func() error { l.forward(ctx, c.Leases.Changed(), leasesSource); return nil })
+	g.Go(func() error { l.tick(ctx, c.ResyncPeriod, l.markFor("timer"), "resync"); return nil })
 	if c.Rules != nil {
-		g.Go(func() error { l.tick(ctx, c.RulesResync, "rules resync"); return nil })
+		g.Go(func() error { l.tick(ctx, c.RulesResync, l.markFor(rulesSource), "due"); return nil })
 	}
 	if c.NetConfigPath != "" {
 		g.Go(func() error {
@@ -159,11 +159,32 @@ func (l *Loop) reloadChanged(data []byte) {
 	}
 }
 
+// markFor returns what marks the state dirty for source. Every source but
+// the lease store and the rules resync asks for a full pass; the rules
+// resync asks for the traffic rules to be checked (changed.go).
 func (l *Loop) markFor(source string) func(reason string) {
 	return func(reason string) {
 		l.log.Debug("state dirty", zap.String("source", source), zap.String("reason", reason))
+		switch source {
+		case leasesSource:
+		case rulesSource:
+			l.rulesDue.Store(true)
+		default:
+			l.full.Store(true)
+		}
 		l.queue.Add(syncKey)
 	}
+}
+
+const (
+	leasesSource = "leases"
+	rulesSource  = "rules resync"
+)
+
+// markFull asks for a full pass.
+func (l *Loop) markFull() {
+	l.full.Store(true)
+	l.queue.Add(syncKey)
 }
 
 func (l *Loop) forward(ctx context.Context, ch <-chan struct{}, source string) {
@@ -178,10 +199,9 @@ func (l *Loop) forward(ctx context.Context, ch <-chan struct{}, source string) {
 	}
 }
 
-func (l *Loop) tick(ctx context.Context, every time.Duration, reason string) {
+func (l *Loop) tick(ctx context.Context, every time.Duration, mark func(reason string), reason string) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	mark := l.markFor("timer")
 	for {
 		select {
 		case <-ctx.Done():

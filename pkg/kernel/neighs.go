@@ -94,120 +94,141 @@ func (r *Reconciler) listNeighs(links map[string]netlink.Link) (fdb map[fdbKey]n
 }
 
 // setFDB sets every wanted FDB entry that is missing or points elsewhere and
-// returns the keys of all wanted ones.
-func (r *Reconciler) setFDB(want []FDBEntry, have map[fdbKey]netip.Addr, index devIndex, ch *Changes, fail func(error)) map[fdbKey]bool {
-	keep := make(map[fdbKey]bool, len(want))
+// returns all wanted ones.
+func (r *Reconciler) setFDB(want []FDBEntry, have map[fdbKey]netip.Addr, index devIndex, ch *Changes, fail func(error)) map[fdbKey]counted[netip.Addr] {
+	keep := make(map[fdbKey]counted[netip.Addr], len(want))
 	var set []nlbatch.Change
 	for _, f := range want {
-		idx, err := index(f.Dev)
+		key, err := fdbKeyOf(f, index)
 		if err != nil {
-			fail(fmt.Errorf("FDB entry %s: %w", f, err))
+			fail(err)
 			continue
 		}
-		mac, ok := toMAC48(f.MAC)
-		if !ok {
-			fail(fmt.Errorf("FDB entry %s: not a 48-bit MAC address", f))
-			continue
-		}
-		key := fdbKey{idx, mac}
-		keep[key] = true
+		addWanted(keep, key, f.Dst)
 		dst, exists := have[key]
 		if exists && dst == f.Dst {
 			continue
 		}
-		n := &netlink.Neigh{
-			LinkIndex:    idx,
-			Family:       unix.AF_BRIDGE,
-			State:        netlink.NUD_PERMANENT,
-			Flags:        netlink.NTF_SELF,
-			IP:           f.Dst.AsSlice(),
-			HardwareAddr: f.MAC,
-		}
-		set = append(set, r.neighSetChange(n, func(err error) {
-			if err != nil {
-				fail(fmt.Errorf("setting FDB entry %s: %w", f, err))
-				return
-			}
-			countSet(ch, EntryFDB, exists)
-		}))
+		set = append(set, r.fdbSet(f, key, exists, ch, fail))
 	}
+	r.mu.Lock()
+	r.model.fdb = keep // before the writes: their events are its echo
+	r.mu.Unlock()
 	r.batch.Make(set)
 	return keep
 }
 
-// neighSetChange sets the entry n, then calls done with the outcome.
+func fdbKeyOf(f FDBEntry, index devIndex) (fdbKey, error) {
+	idx, err := index(f.Dev)
+	if err != nil {
+		return fdbKey{}, fmt.Errorf("FDB entry %s: %w", f, err)
+	}
+	mac, ok := toMAC48(f.MAC)
+	if !ok {
+		return fdbKey{}, fmt.Errorf("FDB entry %s: not a 48-bit MAC address", f)
+	}
+	return fdbKey{idx, mac}, nil
+}
+
+// fdbSet is the batch change setting f (at key), counted in ch.
+func (r *Reconciler) fdbSet(f FDBEntry, key fdbKey, exists bool, ch *Changes, fail func(error)) nlbatch.Change {
+	n := &netlink.Neigh{LinkIndex: key.index, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT, Flags: netlink.NTF_SELF,
+		IP: f.Dst.AsSlice(), HardwareAddr: key.mac[:]}
+	return r.neighSetChange(n, func(err error) {
+		if err != nil {
+			fail(fmt.Errorf("setting FDB entry %s: %w", f, err))
+			return
+		}
+		countSet(ch, EntryFDB, exists)
+	})
+}
+
 func (r *Reconciler) neighSetChange(n *netlink.Neigh, done func(error)) nlbatch.Change {
 	return nlbatch.Change{Msg: neighSetRequest(n), Alone: func() error { return r.h.NeighSet(n) }, Done: done}
 }
 
 // setNeighs sets every wanted neighbour entry that is missing or has
-// another MAC and returns the keys of all wanted ones.
-func (r *Reconciler) setNeighs(want []Neigh, have map[neighKey]mac48, index devIndex, ch *Changes, fail func(error)) map[neighKey]bool {
-	keep := make(map[neighKey]bool, len(want))
+// another MAC and returns all wanted ones.
+func (r *Reconciler) setNeighs(want []Neigh, have map[neighKey]mac48, index devIndex, ch *Changes, fail func(error)) map[neighKey]counted[mac48] {
+	keep := make(map[neighKey]counted[mac48], len(want))
 	var set []nlbatch.Change
 	for _, w := range want {
-		idx, err := index(w.Dev)
+		key, mac, err := neighKeyOf(w, index)
 		if err != nil {
-			fail(fmt.Errorf("neighbour %s: %w", w, err))
+			fail(err)
 			continue
 		}
-		mac, ok := toMAC48(w.MAC)
-		if !ok {
-			fail(fmt.Errorf("neighbour %s: not a 48-bit MAC address", w))
-			continue
-		}
-		key := neighKey{idx, w.IP}
-		keep[key] = true
+		addWanted(keep, key, mac)
 		cur, exists := have[key]
 		if exists && cur == mac {
 			continue
 		}
-		n := &netlink.Neigh{
-			LinkIndex:    idx,
-			Family:       family(w.IP),
-			State:        netlink.NUD_PERMANENT,
-			IP:           w.IP.AsSlice(),
-			HardwareAddr: w.MAC,
-		}
-		set = append(set, r.neighSetChange(n, func(err error) {
-			if err != nil {
-				fail(fmt.Errorf("setting neighbour %s: %w", w, err))
-				return
-			}
-			countSet(ch, EntryNeigh, exists)
-		}))
+		set = append(set, r.neighSet(w, key, mac, exists, ch, fail))
 	}
+	r.mu.Lock()
+	r.model.neighs = keep // before the writes: their events are its echo
+	r.mu.Unlock()
 	r.batch.Make(set)
 	return keep
 }
 
+func neighKeyOf(w Neigh, index devIndex) (neighKey, mac48, error) {
+	idx, err := index(w.Dev)
+	if err != nil {
+		return neighKey{}, mac48{}, fmt.Errorf("neighbour %s: %w", w, err)
+	}
+	mac, ok := toMAC48(w.MAC)
+	if !ok {
+		return neighKey{}, mac48{}, fmt.Errorf("neighbour %s: not a 48-bit MAC address", w)
+	}
+	return neighKey{idx, w.IP}, mac, nil
+}
+
+// neighSet is the batch change setting w (at key), counted in ch.
+func (r *Reconciler) neighSet(w Neigh, key neighKey, mac mac48, exists bool, ch *Changes, fail func(error)) nlbatch.Change {
+	n := &netlink.Neigh{LinkIndex: key.index, Family: family(w.IP), State: netlink.NUD_PERMANENT, IP: w.IP.AsSlice(), HardwareAddr: mac[:]}
+	return r.neighSetChange(n, func(err error) {
+		if err != nil {
+			fail(fmt.Errorf("setting neighbour %s: %w", w, err))
+			return
+		}
+		countSet(ch, EntryNeigh, exists)
+	})
+}
+
 // pruneNeighs deletes the neighbour entries of have that are not kept.
-func (r *Reconciler) pruneNeighs(have map[neighKey]mac48, keep map[neighKey]bool, ch *Changes, fail func(error)) {
+func (r *Reconciler) pruneNeighs(have map[neighKey]mac48, keep map[neighKey]counted[mac48], ch *Changes, fail func(error)) {
 	for key := range have {
-		if keep[key] {
-			continue
+		if _, ok := keep[key]; !ok {
+			r.deleteNeigh(key, ch, fail)
 		}
-		n := &netlink.Neigh{LinkIndex: key.index, Family: family(key.ip), IP: key.ip.AsSlice(), State: netlink.NUD_PERMANENT}
-		if err := r.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
-			fail(fmt.Errorf("deleting neighbour %s: %w", key.ip, err))
-			continue
-		}
-		ch.Deleted[EntryNeigh]++
 	}
 }
 
-// pruneFDB deletes the FDB entries of have that are not kept.
-func (r *Reconciler) pruneFDB(have map[fdbKey]netip.Addr, keep map[fdbKey]bool, ch *Changes, fail func(error)) {
-	for key, dst := range have {
-		if keep[key] {
-			continue
-		}
-		n := &netlink.Neigh{LinkIndex: key.index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
-			State: netlink.NUD_PERMANENT, HardwareAddr: key.mac[:], IP: dst.AsSlice()}
-		if err := r.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
-			fail(fmt.Errorf("deleting FDB entry %s: %w", net.HardwareAddr(key.mac[:]), err))
-			continue
-		}
-		ch.Deleted[EntryFDB]++
+func (r *Reconciler) deleteNeigh(key neighKey, ch *Changes, fail func(error)) {
+	n := &netlink.Neigh{LinkIndex: key.index, Family: family(key.ip), IP: key.ip.AsSlice(), State: netlink.NUD_PERMANENT}
+	if err := r.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+		fail(fmt.Errorf("deleting neighbour %s: %w", key.ip, err))
+		return
 	}
+	ch.Deleted[EntryNeigh]++
+}
+
+// pruneFDB deletes the FDB entries of have that are not kept.
+func (r *Reconciler) pruneFDB(have map[fdbKey]netip.Addr, keep map[fdbKey]counted[netip.Addr], ch *Changes, fail func(error)) {
+	for key, dst := range have {
+		if _, ok := keep[key]; !ok {
+			r.deleteFDB(key, dst, ch, fail)
+		}
+	}
+}
+
+func (r *Reconciler) deleteFDB(key fdbKey, dst netip.Addr, ch *Changes, fail func(error)) {
+	n := &netlink.Neigh{LinkIndex: key.index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
+		State: netlink.NUD_PERMANENT, HardwareAddr: key.mac[:], IP: dst.AsSlice()}
+	if err := r.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+		fail(fmt.Errorf("deleting FDB entry %s: %w", net.HardwareAddr(key.mac[:]), err))
+		return
+	}
+	ch.Deleted[EntryFDB]++
 }

@@ -24,6 +24,7 @@ type Reconciler struct {
 
 	mu    sync.Mutex
 	owned map[int]string // ifindex -> name of links that are ours, for the event filter
+	model model          // what the kernel is wanted to hold (model.go)
 }
 
 // NewReconciler returns a reconciler for the current network namespace.
@@ -84,6 +85,9 @@ func (r *Reconciler) Apply(want State) (Changes, Counts, error) {
 	}
 	var errs []error
 	fail := func(err error) { errs = append(errs, err) }
+	r.mu.Lock()
+	r.model.trusted = false // until this Apply has set everything
+	r.mu.Unlock()
 
 	links, err := r.ensureLinks(want.Links, &ch, fail)
 	if err != nil {
@@ -105,6 +109,14 @@ func (r *Reconciler) Apply(want State) (Changes, Counts, error) {
 	neighs.prune()
 	fdb.prune()
 	r.pruneLinks(want, &ch, fail)
+
+	r.mu.Lock()
+	r.model.links = make(map[string]int, len(links))
+	for name, l := range links {
+		r.model.links[name] = l.Attrs().Index
+	}
+	r.model.trusted = len(errs) == 0
+	r.mu.Unlock()
 
 	counts := Counts{
 		EntryLink:  len(want.Links),

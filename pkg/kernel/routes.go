@@ -35,7 +35,7 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 	if err != nil {
 		return ensured{}, err
 	}
-	keep := map[routeKey]bool{}
+	keep := make(map[routeKey]counted[routeVal], len(want))
 	var set []nlbatch.Change
 	var haveByDst map[netip.Prefix][]routeKey // built at the first missing device
 	for _, w := range want {
@@ -52,7 +52,7 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 					}
 				}
 				for _, k := range haveByDst[w.Dst.Masked()] {
-					keep[k] = true
+					keep[k] = counted[routeVal]{v: valOf(have[k]), refs: 1}
 				}
 				fail(fmt.Errorf("route %s: %w", w, err))
 				continue
@@ -60,28 +60,38 @@ func (r *Reconciler) ensureRoutes(want []Route, index devIndex, ch *Changes, fai
 		}
 		rt := netlinkRoute(w, idx)
 		key := keyOf(w.Dst, rt)
-		keep[key] = true
+		val := valOf(rt)
+		addWanted(keep, key, val)
 		cur, exists := have[key]
-		if exists && routeMatches(cur, rt) {
+		if exists && valOf(cur) == val {
 			continue
 		}
-		set = append(set, nlbatch.Change{Msg: routeReplaceRequest(&rt), Alone: func() error { return r.replaceRoute(&rt) }, Done: func(err error) {
-			if err != nil {
-				fail(fmt.Errorf("setting route %s: %w", w, err))
-				return
-			}
-			if exists {
-				r.log.Info("updated route", zap.Stringer("route", w))
-			} else {
-				r.log.Debug("added route", zap.Stringer("route", w))
-			}
-			countSet(ch, EntryRoute, exists)
-		}})
+		set = append(set, r.routeSet(w, rt, exists, ch, fail))
 	}
+	// The model first: the events of these writes are its echo.
+	r.mu.Lock()
+	r.model.routes = keep
+	r.mu.Unlock()
 	// A route the batch could not set is tried again through replaceRoute,
 	// which knows the one refusal that has a way around it.
 	r.batch.Make(set)
 	return ensured{wanted: len(keep), prune: func() { r.pruneRoutes(have, keep, ch, fail) }}, nil
+}
+
+// routeSet is the batch change setting w (rt in netlink's form), counted in ch.
+func (r *Reconciler) routeSet(w Route, rt netlink.Route, exists bool, ch *Changes, fail func(error)) nlbatch.Change {
+	return nlbatch.Change{Msg: routeReplaceRequest(&rt), Alone: func() error { return r.replaceRoute(&rt) }, Done: func(err error) {
+		if err != nil {
+			fail(fmt.Errorf("setting route %s: %w", w, err))
+			return
+		}
+		if exists {
+			r.log.Info("updated route", zap.Stringer("route", w))
+		} else {
+			r.log.Debug("added route", zap.Stringer("route", w))
+		}
+		countSet(ch, EntryRoute, exists)
+	}}
 }
 
 // replaceRoute puts rt in place of the route to its destination. The
@@ -183,13 +193,6 @@ func spreadMetric(dst netip.Prefix) int {
 	return int(n % spreadMetrics)
 }
 
-func routeMatches(cur, want netlink.Route) bool {
-	return cur.LinkIndex == want.LinkIndex && cur.Gw.Equal(want.Gw) && cur.Scope == want.Scope &&
-		cur.Type == want.Type && cur.Priority == kernelPriority(want) &&
-		cur.Flags&int(netlink.FLAG_ONLINK) == want.Flags&int(netlink.FLAG_ONLINK) &&
-		len(cur.MultiPath) == 0
-}
-
 // kernelPriority is the priority the kernel gives want: IPv6 routes without
 // one get 1024.
 func kernelPriority(want netlink.Route) int {
@@ -200,16 +203,19 @@ func kernelPriority(want netlink.Route) int {
 }
 
 // pruneRoutes deletes the routes of have that are not kept.
-func (r *Reconciler) pruneRoutes(have map[routeKey]netlink.Route, keep map[routeKey]bool, ch *Changes, fail func(error)) {
+func (r *Reconciler) pruneRoutes(have map[routeKey]netlink.Route, keep map[routeKey]counted[routeVal], ch *Changes, fail func(error)) {
 	for key, rt := range have {
-		if keep[key] {
-			continue
+		if _, ok := keep[key]; !ok {
+			r.deleteRoute(rt, ch, fail)
 		}
-		if err := r.h.RouteDel(&rt); err != nil && !errors.Is(err, unix.ESRCH) {
-			fail(fmt.Errorf("deleting route %s: %w", rt.Dst, err))
-			continue
-		}
-		r.log.Info("removed route", zap.Stringer("dst", rt.Dst), zap.Stringer("gw", rt.Gw))
-		ch.Deleted[EntryRoute]++
 	}
+}
+
+func (r *Reconciler) deleteRoute(rt netlink.Route, ch *Changes, fail func(error)) {
+	if err := r.h.RouteDel(&rt); err != nil && !errors.Is(err, unix.ESRCH) {
+		fail(fmt.Errorf("deleting route %s: %w", rt.Dst, err))
+		return
+	}
+	r.log.Info("removed route", zap.Stringer("dst", rt.Dst), zap.Stringer("gw", rt.Gw))
+	ch.Deleted[EntryRoute]++
 }

@@ -117,7 +117,7 @@ func (s *State) AddLink(l Link) error {
 		if have.Name != l.Name {
 			continue
 		}
-		if !have.equal(l) {
+		if !have.Equal(l) {
 			return fmt.Errorf("link %s is wanted with two different settings", l.Name)
 		}
 		return nil
@@ -136,7 +136,8 @@ func (s *State) Link(name string) (Link, bool) {
 	return Link{}, false
 }
 
-func (l Link) equal(o Link) bool {
+// Equal reports whether l and o are the same device with the same settings.
+func (l Link) Equal(o Link) bool {
 	return l.Name == o.Name && l.Kind == o.Kind && l.VXLAN == o.VXLAN && l.MTU == o.MTU &&
 		l.NoRouterAdvertisements == o.NoRouterAdvertisements &&
 		slices.Equal(l.MAC, o.MAC) &&

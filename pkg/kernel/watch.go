@@ -17,11 +17,14 @@ const subscriptionBuffer = 4 << 20
 
 // Watch calls notify whenever the kernel reports a change that may concern
 // overlayd's state: a change to one of its links, a route with its protocol,
-// a permanent neighbour or FDB entry on its links, or anything about a link
-// for which watched(ifindex) is true (the underlay). The events only say
-// "look again"; the reconcile that follows decides what to do. Watch
-// resubscribes after an error, notifying then too since events may have been
-// lost, and returns when ctx ends.
+// a permanent neighbour or FDB entry on its links (or a wanted one deleted
+// or replaced), or anything about a link for which watched(ifindex) is true
+// (the underlay). An event that leaves a route, neighbour or FDB entry as
+// the last Apply wanted it (the echo of overlayd's own writes) needs no
+// pass and is not reported. The events only say "look again"; the
+// reconcile that follows decides what to do. Watch resubscribes after an
+// error, notifying then too since events may have been lost, and returns
+// when ctx ends.
 func (r *Reconciler) Watch(ctx context.Context, watched func(ifindex int) bool, notify func(reason string)) {
 	relevant := func(ifindex int) bool { return r.OwnedIndex(ifindex) || watched(ifindex) }
 	for {
@@ -84,14 +87,14 @@ func (r *Reconciler) watchOnce(ctx context.Context, relevant func(int) bool, not
 			if !ok {
 				return errClosed
 			}
-			if u.Protocol == RouteProtocol || (u.Type == unix.RTM_DELROUTE && relevant(u.LinkIndex)) {
+			if u.Protocol == RouteProtocol && !r.routeEventExpected(u) || u.Protocol != RouteProtocol && u.Type == unix.RTM_DELROUTE && relevant(u.LinkIndex) {
 				notify("route changed")
 			}
 		case u, ok := <-neighs:
 			if !ok {
 				return errClosed
 			}
-			if u.State&netlink.NUD_PERMANENT != 0 && r.OwnedIndex(u.LinkIndex) {
+			if r.OwnedIndex(u.LinkIndex) && !r.neighEventExpected(u) {
 				notify("neighbour changed")
 			}
 		case u, ok := <-addrs:

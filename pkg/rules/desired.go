@@ -78,9 +78,12 @@ type Ingress struct {
 }
 
 // senders returns the senders of one family.
-func (in Ingress) senders(v6 bool) []netip.Addr {
+func (in Ingress) senders(v6 bool) []netip.Addr { return familyOf(in.Senders, v6) }
+
+// familyOf returns the addresses of one family.
+func familyOf(addrs []netip.Addr, v6 bool) []netip.Addr {
 	var out []netip.Addr
-	for _, a := range in.Senders {
+	for _, a := range addrs {
 		if a.Is6() == v6 && !a.Is4In6() {
 			out = append(out, a)
 		}

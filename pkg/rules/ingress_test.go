@@ -13,7 +13,8 @@ import (
 
 // The ingress filter, with real datagrams: a peer's reach the tunnel port,
 // anyone else's are dropped and counted; a peer added or removed is let in
-// or shut out at the next Ensure; ports that are no tunnel's are left alone;
+// or shut out at the next Ensure, or by ChangeSenders; ports that are no
+// tunnel's are left alone;
 // switched off, the chain and the sets go. In both modes and families.
 func TestIngressOnlyFromPeers(t *testing.T) {
 	for _, mode := range []string{"iptables", "nftables"} {
@@ -84,6 +85,23 @@ func TestIngressOnlyFromPeers(t *testing.T) {
 			sourceSeen(t, rogue, "198.18.10.1:8472", tunnel, "marker 2")
 			if got := received(t, tunnel); len(got) != 0 {
 				t.Errorf("a departed peer still reaches the tunnel port: %q", got)
+			}
+
+			// ChangeSenders, as a pass after one peer changed does it: the
+			// peer is back, the other gone, nothing else rewritten.
+			if err := node.do(t, func() error {
+				return m.ChangeSenders([]netip.Addr{netip.MustParseAddr("198.18.9.2"), netip.MustParseAddr("fd00:198:9::2")},
+					[]netip.Addr{netip.MustParseAddr("198.18.10.2")})
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if src := sourceSeen(t, peer, "[fd00:198:9::1]:8472", tunnel, "back, IPv6"); src != netip.MustParseAddr("fd00:198:9::2") {
+				t.Errorf("returning peer's IPv6 datagram arrived from %s", src)
+			}
+			rogue.sendUDP(t, "198.18.10.1:8472", "a peer gone again")
+			sourceSeen(t, peer, "198.18.9.1:8472", tunnel, "marker 3")
+			if got := received(t, tunnel); len(got) != 0 {
+				t.Errorf("a peer removed by ChangeSenders still reaches the tunnel port: %q", got)
 			}
 
 			// Off: everything reaches the port again, nothing of the filter is left.

@@ -170,3 +170,18 @@ func (f *family) ingressDropped() (uint64, error) {
 	}
 	return 0, nil
 }
+
+// changePeerSet adds and removes single senders in the family's set, which
+// the last Ensure filled.
+func changePeerSet(v6 bool, added, removed []netip.Addr) error {
+	name := peerSetName(v6)
+	if _, err := addToPeerSet(name, added); err != nil {
+		return err
+	}
+	for _, a := range removed {
+		if err := netlink.IpsetDel(name, &netlink.IPSetEntry{IP: net.IP(a.AsSlice())}); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("rules: removing %s from ipset %s: %w", a, name, err)
+		}
+	}
+	return nil
+}

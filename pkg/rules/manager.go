@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -198,6 +199,26 @@ func (m *Manager) Ensure(cfg Config) (changes int, err error) {
 		f.readDrops()
 	}
 	return changes, errors.Join(errs...)
+}
+
+// ChangeSenders adds and removes senders in the ingress filter's peer sets
+// and changes nothing else: for a configuration that differs from the one
+// the last Ensure put in place in its senders alone (a peer moved, joined
+// or left). The rules resync's Ensure finds anything else that differs.
+func (m *Manager) ChangeSenders(added, removed []netip.Addr) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var errs []error
+	for _, f := range []*family{m.v4, m.v6} {
+		if f == nil || !f.ingress {
+			continue
+		}
+		v6 := f == m.v6
+		if err := changePeerSet(v6, familyOf(added, v6), familyOf(removed, v6)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // readDrops refreshes the ingress drop counters of the families that have

@@ -3,6 +3,7 @@ package rules
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 
 	"go.uber.org/zap"
@@ -23,6 +24,8 @@ type Modes struct {
 	iptErr error
 	nft    *NFT
 	nftErr error
+	// nftActive: the last Ensure put the rules in nftables.
+	nftActive bool
 }
 
 // NewModes returns the rules in both modes; each mode's tools are looked
@@ -48,6 +51,20 @@ func (m *Modes) readDrops() {
 	}
 }
 
+// ChangeSenders changes the senders in the peer sets of the mode the last
+// Ensure used (Manager.ChangeSenders).
+func (m *Modes) ChangeSenders(added, removed []netip.Addr) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.nftActive && m.nft != nil {
+		return m.nft.ChangeSenders(added, removed)
+	}
+	if m.nftActive || m.ipt == nil {
+		return errors.New("rules: no Ensure has put the rules in place")
+	}
+	return m.ipt.ChangeSenders(added, removed)
+}
+
 func (m *Modes) iptables() (*Manager, error) {
 	if m.ipt == nil && m.iptErr == nil {
 		m.ipt, m.iptErr = New(m.log.Named("iptables"), m.opts...)
@@ -71,6 +88,7 @@ func (m *Modes) Ensure(cfg Config) (int, error) {
 	off := Config{}
 	var changes int
 	var err error
+	m.nftActive = cfg.NFTables
 	if cfg.NFTables {
 		nft, nerr := m.nftables()
 		if nerr != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"slices"
 	"strings"
@@ -153,6 +154,33 @@ func (n *NFT) observeDrops(ctx context.Context) {
 			ingressDropped.observe("nftables", *c.Packets)
 		}
 	}
+}
+
+// ChangeSenders adds and removes senders in the ingress filter's peer sets
+// in one transaction and changes nothing else (see Manager.ChangeSenders).
+func (n *NFT) ChangeSenders(added, removed []netip.Addr) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.ingress || len(added)+len(removed) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), nftTimeout)
+	defer cancel()
+	tx := n.nft.NewTransaction()
+	for _, a := range added {
+		tx.Add(&knftables.Element{Set: nftPeerSet(a.Is6()).Name, Key: []string{a.String()}})
+	}
+	for _, a := range removed {
+		// Added first, so that the delete of an element already gone
+		// (removed by hand) does not fail the transaction.
+		tx.Add(&knftables.Element{Set: nftPeerSet(a.Is6()).Name, Key: []string{a.String()}})
+		tx.Delete(&knftables.Element{Set: nftPeerSet(a.Is6()).Name, Key: []string{a.String()}})
+	}
+	if err := n.nft.Run(ctx, tx); err != nil {
+		nftErrors.Inc()
+		return fmt.Errorf("nft: changing the peer sets: %w", err)
+	}
+	return nil
 }
 
 // ensurePeerSets adds to tx what makes the peer sets hold exactly the

@@ -235,7 +235,8 @@ func coldStarts(b *testing.B) int {
 // seconds to its first route and to every entry of size peers, of each
 // family, and the CPU seconds the agent used until then: unlike the wall
 // time, barely moved by other load on the machine. With profile set, the
-// agent's CPU profile of its first seconds is summarised there.
+// agent's CPU profile of its first seconds is summarised there (and kept
+// in the results directory).
 func coldStart(b *testing.B, c *cluster, node *lab.Node, dual bool, size int, profile *string) (first, all, cpu float64) {
 	if p := c.Agents[node.Name]; p != nil && p.Running() {
 		if err := p.Stop(); err != nil && p.Running() {
@@ -259,7 +260,7 @@ func coldStart(b *testing.B, c *cluster, node *lab.Node, dual bool, size int, pr
 		profiled = make(chan struct{})
 		go func() {
 			defer close(profiled)
-			*profile, profileErr = cpuProfile(interrupted, node, coldStartProfile)
+			*profile, profileErr = cpuProfile(interrupted, node, coldStartProfile, fmt.Sprintf("coldstart-%d-%s.pb.gz", size, map[bool]string{false: "ipv4", true: "dual"}[dual]))
 		}()
 	}
 	var firstAt time.Time

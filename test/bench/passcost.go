@@ -15,4 +15,7 @@ type PassCostSize struct {
 	CPUMs  []float64 // agent CPU from the change until its passes ended
 	PassMs []float64 // the passes' duration in all
 	Passes []float64 // passes the change brought
+	// Profile is pprof's top functions by cumulative time over a few
+	// further changes.
+	Profile string
 }

@@ -33,8 +33,9 @@ func BenchmarkPassAfterOneChange(b *testing.B) {
 	counts := peerCounts(b, "OVERLAYD_BENCH_PASS_PEERS", defaultPassPeers)
 	c := newCluster(b, clusterOptions{
 		Nodes: 1, NetConf: `{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}`, AssignPodCIDRs: true, ManualAgents: true,
-		// No timer passes while a change is measured.
-		Args: []string{"--resync-period", "1h"},
+		// No timer passes while a change is measured; --profiling for the
+		// CPU profile of the changes after them.
+		Args: []string{"--resync-period", "1h", "--profiling"},
 	})
 	node := c.Lab.Nodes[0]
 	peers := &peerSet{admin: c.Admin, network: c.Net.Network, subnetLen: c.Net.SubnetLen}
@@ -65,6 +66,8 @@ func BenchmarkPassAfterOneChange(b *testing.B) {
 			}
 			b.Logf("%d peers: one changed peer costs the agent %.1f ms CPU (median of %d), %.0f passes of %.1f ms in all",
 				n, Median(r.CPUMs), len(r.CPUMs), Median(r.Passes), Median(r.PassMs))
+			r.Profile = profileChanges(b, c, agent.Pid(), peers, n, &changed)
+			b.Logf("%d peers: CPU profile of %d more changes:\n%s", n, profiledChanges, r.Profile)
 			// The testing package runs a benchmark once with b.N = 1
 			// before the -benchtime runs: the last run's figures count.
 			res.Sizes = append(slices.DeleteFunc(res.Sizes, func(z PassCostSize) bool { return z.Peers == n }), r)
@@ -73,6 +76,39 @@ func BenchmarkPassAfterOneChange(b *testing.B) {
 	if err := WriteResult(PassCostFile, res); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// profiledChanges are the changes a CPU profile covers, one after another.
+const profiledChanges = 5
+
+// profileChanges takes a CPU profile of the agent while profiledChanges
+// more peers move, and returns pprof's top functions by cumulative time.
+func profileChanges(b *testing.B, c *cluster, pid int, peers *peerSet, n int, changed *int) string {
+	b.Helper()
+	node := c.Lab.Nodes[0]
+	const d = 5 * time.Second
+	var profile string
+	var profileErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		profile, profileErr = cpuProfile(interrupted, node, d, fmt.Sprintf("passcost-%d.pb.gz", n))
+	}()
+	start := time.Now()
+	pause(b, 200*time.Millisecond) // the profile has started
+	for range profiledChanges {
+		_, moved := peers.node(churnBase + *changed)
+		onePeerChange(b, c, pid, fmt.Sprintf("peer-%05d", *changed%n), moved[0].publicIP.String())
+		*changed++
+	}
+	if time.Since(start) > d {
+		b.Logf("the %d changes took %s, longer than the profile's %s", profiledChanges, time.Since(start), d)
+	}
+	<-done
+	if profileErr != nil {
+		b.Fatal(profileErr)
+	}
+	return profile
 }
 
 // onePeerChange moves one peer to a new public IP and returns the agent's

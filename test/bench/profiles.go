@@ -37,7 +37,7 @@ func heapProfile(ctx context.Context, n *lab.Node) (HeapProfile, error) {
 		return HeapProfile{}, fmt.Errorf("fetching the heap profile: %w", err)
 	}
 	defer body.Close()
-	out, err := pprofTop(ctx, body, "-sample_index=inuse_space", "-nodecount=12")
+	out, err := pprofTop(ctx, body, "", "-sample_index=inuse_space", "-nodecount=12")
 	if err != nil {
 		return HeapProfile{}, err
 	}
@@ -68,8 +68,10 @@ func getProfile(ctx context.Context, client *http.Client, path string) (io.ReadC
 const coldStartProfile = 4 * time.Second
 
 // cpuProfile waits for node n's agent's health server, takes a CPU profile
-// of the next d and returns pprof's top functions by cumulative time.
-func cpuProfile(ctx context.Context, n *lab.Node, d time.Duration) (string, error) {
+// of the next d and returns pprof's top functions by cumulative time. The
+// profile itself is kept in the results directory as keep (for go tool
+// pprof), when both are set.
+func cpuProfile(ctx context.Context, n *lab.Node, d time.Duration, keep string) (string, error) {
 	client := harness.HTTPClient(n, d+30*time.Second)
 	defer client.CloseIdleConnections()
 	path := fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds()))
@@ -85,7 +87,7 @@ func cpuProfile(ctx context.Context, n *lab.Node, d time.Duration) (string, erro
 			return "", fmt.Errorf("fetching the CPU profile: %w", err)
 		}
 		defer body.Close()
-		out, err := pprofTop(ctx, body, "-cum", "-nodecount=25")
+		out, err := pprofTop(ctx, body, keep, "-cum", "-nodecount=25")
 		if err != nil {
 			return "", err
 		}
@@ -93,13 +95,22 @@ func cpuProfile(ctx context.Context, n *lab.Node, d time.Duration) (string, erro
 	}
 }
 
-// pprofTop runs go tool pprof -top with args on the profile read from r.
-func pprofTop(ctx context.Context, r io.Reader, args ...string) (string, error) {
+// pprofTop runs go tool pprof -top with args on the profile read from r,
+// and keeps the profile in the results directory as keep when both are set.
+func pprofTop(ctx context.Context, r io.Reader, keep string, args ...string) (string, error) {
 	f, err := os.CreateTemp("", "overlayd-profile-*.pb.gz")
 	if err != nil {
 		return "", err
 	}
 	defer os.Remove(f.Name())
+	if dir := os.Getenv(ResultsDirEnv); dir != "" && keep != "" {
+		kept, err := os.Create(filepath.Join(dir, keep))
+		if err != nil {
+			return "", err
+		}
+		defer kept.Close()
+		r = io.TeeReader(r, kept)
+	}
 	if _, err := io.Copy(f, r); err != nil {
 		f.Close()
 		return "", fmt.Errorf("reading the profile: %w", err)

@@ -57,7 +57,10 @@ func fdbDsts(t *testing.T, n *lab.Node, dev string) []string {
 
 // TestPublicAddressAnnotations: flanneld's public address annotations on a
 // Node (public-ip-overwrite, node-public-ip), with flanneld's precedence,
-// applied while the agents run: peers follow, pods keep talking.
+// applied while the agents run: peers follow, pods keep talking. A peer
+// follows such a change with a pass that applies the changed peer alone
+// (reconcile's changed-peers pass), and its kernel is then exactly what
+// the leases call for.
 func TestPublicAddressAnnotations(t *testing.T) {
 	c := newCluster(t, clusterOptions{Nodes: 3})
 	n1, n2 := c.node(0), c.node(1)
@@ -91,6 +94,13 @@ func TestPublicAddressAnnotations(t *testing.T) {
 	if link := run2(t, n1, "ip", "-d", "link", "show", "overlay.1"); !strings.Contains(link, "local "+n1.IP.String()) {
 		t.Errorf("the overwrite changed node-1's tunnel source:\n%s", link)
 	}
+
+	const changedRuns = "overlayd_reconcile_changed_peer_runs_total"
+	if n := metricValue(t, c, n2, changedRuns); n < 1 {
+		t.Errorf("node-2 followed node-1's change in %v changed-peer passes, want at least one", n)
+		t.Log(c.Agents[n2.Name].Log())
+	}
+	c.requireKernelStateMatchesLeases()
 
 	// Removed: back to the interface's address.
 	c.annotateNode(n1, map[string]string{p + "public-ip-overwrite": ""})
