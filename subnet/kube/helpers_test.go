@@ -204,6 +204,16 @@ func skippedCount(t testing.TB, reason string) float64 {
 	return m.GetCounter().GetValue()
 }
 
+// resolveCount is overlayd_lease_resolves_total of scope.
+func resolveCount(t testing.TB, scope string) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := resolves.WithLabelValues(scope).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
 // skipLogs returns the "skipping peer" lines an agent logged about a peer.
 func skipLogs(a *agent, peer string) []observer.LoggedEntry {
 	return a.logs.FilterMessageSnippet("skipping peer").FilterField(zap.String("peer", peer)).All()

@@ -99,8 +99,14 @@ type manager struct {
 	wake   chan struct{} // closed and replaced after every resolve
 	runErr error
 
-	dirty    chan struct{}
-	changed  chan struct{}
+	dirty   chan struct{}
+	changed chan struct{}
+	// What dirty is about (store.go): every record, or the records of
+	// these keys in what they publish alone.
+	changesMu    sync.Mutex
+	resolveAll   bool
+	attrsChanged map[string]bool
+
 	syncedCh chan struct{}
 	failed   chan struct{}
 	running  atomic.Bool
@@ -257,7 +263,7 @@ func (m *manager) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-m.dirty:
-			m.resolveNow()
+			m.resolveDirty()
 		case <-timer.C:
 		}
 		next, err := m.maintain(ctx)

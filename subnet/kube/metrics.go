@@ -15,4 +15,17 @@ var leasesGauge = prometheus.NewGauge(prometheus.GaugeOpts{
 	Help:      "Peer leases in the current snapshot (the own node excluded).",
 })
 
-func init() { metrics.MustRegister(leasesGauge) }
+// resolves counts how the snapshot was brought up to date: every record
+// resolved again ("all"), or only peers that changed what they publish
+// ("changed").
+var resolves = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: metrics.Namespace,
+	Name:      "lease_resolves_total",
+	Help:      "Lease snapshot updates, by scope: all (every record resolved again) or changed (only peers that changed what they publish).",
+}, []string{"scope"})
+
+func init() {
+	metrics.MustRegister(leasesGauge, resolves)
+	resolves.WithLabelValues("all")
+	resolves.WithLabelValues("changed")
+}

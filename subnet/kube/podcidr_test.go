@@ -226,9 +226,11 @@ func TestPodCIDRPeers(t *testing.T) {
 		t.Errorf("bad-ip skip log says %v; want it to name the annotation and value", l[0].ContextMap())
 	}
 
-	// Changes to good peers are delivered, with a notification; the bad
-	// peers stay skipped without another log line.
+	// Changes to good peers are delivered, with a notification, by taking
+	// that peer alone into the snapshot; the bad peers stay skipped
+	// without another log line.
 	drain(a.Changed())
+	changedResolves := resolveCount(t, "changed")
 	patchAnnotations(t, c, "good-a", map[string]string{"flannel.alpha.coreos.com/public-ip": "198.18.0.22"})
 	select {
 	case <-a.Changed():
@@ -239,11 +241,16 @@ func TestPodCIDRPeers(t *testing.T) {
 	ga.Attrs.PublicIP = netip.MustParseAddr("198.18.0.22")
 	want["good-a"] = ga
 	assertPeers("good-a's new public IP", a, want)
+	if d := resolveCount(t, "changed") - changedResolves; d != 1 {
+		t.Errorf("good-a's public IP taken into the snapshot by %v changed-peer resolves, want 1", d)
+	}
 	if n := len(skipLogs(a, "bad-ip")); n != 1 {
 		t.Errorf("bad-ip: %d skip log lines after unrelated changes, want still 1", n)
 	}
 
-	// A different problem is news: one more line and count.
+	// A different problem is news: one more line and count. (A skipped
+	// peer's change is resolved with every record.)
+	allResolves := resolveCount(t, "all")
 	count := skippedCount(t, reasonMalformedAnnotations)
 	patchAnnotations(t, c, "bad-ip", map[string]string{"flannel.alpha.coreos.com/public-ip": "not-an-ip"})
 	waitFor(t, "a second skip log line for bad-ip", func() (bool, string) {
@@ -252,6 +259,9 @@ func TestPodCIDRPeers(t *testing.T) {
 	})
 	if got := skippedCount(t, reasonMalformedAnnotations) - count; got != 1 {
 		t.Errorf("malformed_annotations counted %v more, want 1", got)
+	}
+	if resolveCount(t, "all") == allResolves {
+		t.Error("a skipped peer's change was not resolved with every record")
 	}
 	// Fixed, it becomes a peer.
 	patchAnnotations(t, c, "bad-ip", map[string]string{"flannel.alpha.coreos.com/public-ip": "198.18.0.15"})

@@ -9,10 +9,76 @@ import (
 	"github.com/overlayd/overlayd/pkg/metrics"
 )
 
+// resolveDirty brings the snapshot up to date with what changed: the
+// changed peers alone when only what they publish changed, else every
+// record.
+func (m *manager) resolveDirty() {
+	keys, all := m.takeChanges()
+	if !all && len(keys) > 0 && m.resolveChanged(keys) {
+		return
+	}
+	m.resolveNow()
+}
+
+// resolveChanged takes the current records of keys, each of a peer that
+// only changed what it publishes, into the snapshot, and notifies Changed:
+// an annotation changed on one Node costs that peer, not a resolve of
+// every record. False, changing nothing, when one of them is not a peer's
+// record as it stands in the snapshot (a skipped one, the own node's):
+// resolveNow decides then.
+func (m *manager) resolveChanged(keys map[string]bool) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.synced {
+		return false
+	}
+	type edit struct {
+		i      int
+		second bool
+		r      *record
+	}
+	var edits []edit
+	for key := range keys {
+		r := m.record(key)
+		if r == nil || r.node == m.cfg.NodeName {
+			return false
+		}
+		i, found := slices.BinarySearchFunc(m.res.peers, r.node, func(p peer, node string) int { return strings.Compare(p.first.node, node) })
+		if !found {
+			return false
+		}
+		p := m.res.peers[i]
+		switch {
+		case p.first.key == key && sameClaim(p.first, r):
+			edits = append(edits, edit{i: i, r: r})
+		case p.second != nil && p.second.key == key && sameClaim(p.second, r):
+			edits = append(edits, edit{i: i, second: true, r: r})
+		default:
+			return false
+		}
+	}
+	for _, e := range edits {
+		if e.second {
+			m.res.peers[e.i].second = e.r
+		} else {
+			m.res.peers[e.i].first = e.r
+		}
+	}
+	close(m.wake)
+	m.wake = make(chan struct{})
+	resolves.WithLabelValues("changed").Inc()
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
+	return true
+}
+
 // resolveNow recomputes the snapshot from the records and the own Node's
 // address annotations, reports newly skipped peers and notifies Changed if
 // the peers or the addresses differ.
 func (m *manager) resolveNow() {
+	resolves.WithLabelValues("all").Inc()
 	res := resolve(m.net, m.cfg.NodeName, m.records())
 	var bad []string
 	res.node, bad = m.keys.nodeAddresses(m.ownAnnotations())

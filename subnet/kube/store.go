@@ -1,6 +1,8 @@
 package kube
 
 import (
+	"maps"
+
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -19,7 +21,12 @@ func (m *manager) handlers() cache.ResourceEventHandlerFuncs {
 			}
 		},
 		UpdateFunc: func(old, obj any) {
-			if !sameRecord(m.mode.toRecord(old), m.mode.toRecord(obj)) {
+			was, is := m.mode.toRecord(old), m.mode.toRecord(obj)
+			switch {
+			case sameRecord(was, is):
+			case was != nil && is != nil && sameClaim(was, is):
+				m.markAttrsChanged(is.key)
+			default:
 				m.markDirty()
 			}
 		},
@@ -38,7 +45,46 @@ func sameRecord(a, b *record) bool {
 	return (a == nil && b == nil) || (a != nil && b != nil && a.equal(b))
 }
 
+// sameClaim reports whether two records of one object claim the same and
+// win or lose the same way: all that resolve's arbitration looks at.
+// Records that differ only in what they publish change one peer's lease.
+func sameClaim(a, b *record) bool {
+	return a.key == b.key && a.name == b.name && a.node == b.node && a.created.Equal(b.created) &&
+		a.v4 == b.v4 && a.v6 == b.v6 && a.subnetProblem() == b.subnetProblem() && a.attrsProblem() == b.attrsProblem() &&
+		maps.Equal(a.ours, b.ours)
+}
+
+// markDirty asks for a resolve of every record.
 func (m *manager) markDirty() {
+	m.changesMu.Lock()
+	m.resolveAll = true
+	m.changesMu.Unlock()
+	m.wakeResolve()
+}
+
+// markAttrsChanged asks for the record of key, whose claim is unchanged,
+// to be taken into the snapshot (resolveChanged).
+func (m *manager) markAttrsChanged(key string) {
+	m.changesMu.Lock()
+	if m.attrsChanged == nil {
+		m.attrsChanged = map[string]bool{}
+	}
+	m.attrsChanged[key] = true
+	m.changesMu.Unlock()
+	m.wakeResolve()
+}
+
+// takeChanges returns what changed since the last call: every record
+// (all), or the records of these keys in what they publish alone.
+func (m *manager) takeChanges() (keys map[string]bool, all bool) {
+	m.changesMu.Lock()
+	defer m.changesMu.Unlock()
+	keys, all = m.attrsChanged, m.resolveAll
+	m.attrsChanged, m.resolveAll = nil, false
+	return keys, all
+}
+
+func (m *manager) wakeResolve() {
 	select {
 	case m.dirty <- struct{}{}:
 	default:
