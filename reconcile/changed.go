@@ -26,9 +26,12 @@ import (
 // so nothing the kernel lost waits for a change. The rules resync checks
 // the traffic rules alone.
 
-// maxChangedPeers is the most peers one changed-peers pass takes on; more
-// (a cluster starting, a mass update) are as cheap in one full pass.
-const maxChangedPeers = 64
+// A changed-peers pass takes on at most a quarter of the peers, and at
+// least minChangedPeers: more (a cluster starting, a mass update) are as
+// cheap in one full pass.
+const minChangedPeers = 64
+
+func maxChangedPeers(peers int) int { return max(minChangedPeers, peers/4) }
 
 // changedPeer is one peer's result before and after a lease change; nil
 // for a peer that was not there, or is gone.
@@ -185,6 +188,7 @@ func (l *Loop) fullPassNeeded() string {
 // a changed-peers pass.
 func (l *Loop) changedPeers(peers []subnet.Lease) ([]changedPeer, bool) {
 	var changed []changedPeer
+	limit := maxChangedPeers(len(peers))
 	known := 0
 	for _, p := range peers {
 		res := l.peers.results[p.Node]
@@ -194,7 +198,7 @@ func (l *Loop) changedPeers(peers []subnet.Lease) ([]changedPeer, bool) {
 				continue
 			}
 		}
-		if len(changed) == maxChangedPeers {
+		if len(changed) == limit {
 			return nil, false
 		}
 		changed = append(changed, changedPeer{node: p.Node, lease: p, before: res})
@@ -209,7 +213,7 @@ func (l *Loop) changedPeers(peers []subnet.Lease) ([]changedPeer, bool) {
 			if present[node] {
 				continue
 			}
-			if len(changed) == maxChangedPeers {
+			if len(changed) == limit {
 				return nil, false
 			}
 			changed = append(changed, changedPeer{node: node, before: res})
