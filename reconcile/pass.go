@@ -87,6 +87,7 @@ func (l *Loop) pass(ctx context.Context) error {
 	// before its routes point at it.
 	var rulesErr error
 	if l.cfg.Rules != nil {
+		l.rulesDue.Store(false)
 		rulesErr = l.ensureRules(want)
 	}
 

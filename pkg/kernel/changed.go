@@ -3,6 +3,7 @@ package kernel
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -56,7 +57,9 @@ func (r *Reconciler) ApplyChanged(unset, set State) (Changes, Counts, error) {
 
 	// The model first, under the lock, then the writes: their events are
 	// its echo. Unset before set, so that an entry in both (a peer's FDB
-	// entry to a new address) is one update.
+	// entry to a new address) is one update. An entry another peer wants
+	// with another value is refused, as Validate refuses it in a whole
+	// state.
 	var writes []nlbatch.Change
 	var deletes []func()
 	r.mu.Lock()
@@ -77,6 +80,10 @@ func (r *Reconciler) ApplyChanged(unset, set State) (Changes, Counts, error) {
 			continue
 		}
 		was, in := m.fdb[key]
+		if in && was.v != f.Dst {
+			fail(fmt.Errorf("FDB entry %s on %s wanted to both %s and %s", f.MAC, f.Dev, was.v, f.Dst))
+			continue
+		}
 		if !in {
 			was, in = fdbWas[key], fdbWas[key].refs > 0
 		}
@@ -107,6 +114,10 @@ func (r *Reconciler) ApplyChanged(unset, set State) (Changes, Counts, error) {
 			continue
 		}
 		was, in := m.neighs[key]
+		if in && was.v != mac {
+			fail(fmt.Errorf("neighbour %s on %s wanted as both %s and %s", n.IP, n.Dev, net.HardwareAddr(was.v[:]), n.MAC))
+			continue
+		}
 		if !in {
 			was, in = neighWas[key], neighWas[key].refs > 0
 		}
@@ -145,6 +156,10 @@ func (r *Reconciler) ApplyChanged(unset, set State) (Changes, Counts, error) {
 		}
 		key, val := keyOf(w.Dst, rt), valOf(rt)
 		was, in := m.routes[key]
+		if in && was.v != val {
+			fail(fmt.Errorf("route %s wanted twice, through different next hops", w.Dst))
+			continue
+		}
 		if !in {
 			was, in = routeWas[key].was, routeWas[key].was.refs > 0
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,6 +59,17 @@ func TestApplyChanged(t *testing.T) {
 	if ch := mustApply(t, r, after); ch.Total() != 0 {
 		t.Errorf("Apply after ApplyChanged changed %+v", ch)
 	}
+
+	// An entry another peer wants otherwise is refused (Validate would
+	// refuse the whole state), and the kernel keeps the first.
+	clash := State{FDB: []FDBEntry{{Dev: "overlay.1", MAC: want.FDB[1].MAC, Dst: netip.MustParseAddr("198.18.1.77")}}}
+	if _, _, err := r.ApplyChanged(State{}, clash); err == nil || !strings.Contains(err.Error(), "wanted to both") {
+		t.Errorf("a clashing FDB entry: %v, want it refused", err)
+	}
+	if fdb, _ := execBridge(name, "fdb", "show", "dev", "overlay.1"); !strings.Contains(string(fdb), want.FDB[1].Dst.String()) {
+		t.Errorf("the clash changed the FDB:\n%s", fdb)
+	}
+	mustApply(t, r, after)
 
 	// A failed Apply leaves nothing to build on.
 	broken := after
