@@ -17,8 +17,9 @@ import (
 )
 
 // A pass after lease changes alone (no kernel event, timer, configuration
-// or failure since the last pass) applies only what the changed peers
-// need: their entries before and after go to Kernel.ApplyChanged, which
+// or failure since the last pass) applies only what the changed peers —
+// the lease store names them — need: their entries before and after go to
+// Kernel.ApplyChanged, which
 // trusts what the last full pass set instead of reading every table back,
 // and their senders to the ingress filter. A full pass still runs at the
 // start, on every kernel event (the kernel's echo of our own writes
@@ -43,13 +44,21 @@ type changedPeer struct {
 }
 
 // passChanged runs the pass as a changed-peers pass when it can; false
-// when a full pass must run instead.
-func (l *Loop) passChanged(ctx context.Context, peers []subnet.Lease) (bool, error) {
+// when a full pass must run instead. nodes are the peers the lease store
+// says changed, or any (all: every peer is compared with the cache).
+func (l *Loop) passChanged(ctx context.Context, nodes []string, all bool) (bool, error) {
 	if why := l.fullPassNeeded(); why != "" {
 		l.log.Debug("full pass", zap.String("reason", why))
 		return false, nil
 	}
-	changed, ok := l.changedPeers(peers)
+	var changed []changedPeer
+	ok := true
+	if all {
+		peers, _ := l.cfg.Leases.Peers()
+		changed, ok = l.changedPeers(peers)
+	} else if len(nodes) > 0 {
+		changed, ok = l.changedNodes(nodes)
+	}
 	if !ok {
 		l.log.Debug("full pass", zap.String("reason", "many peers changed"))
 		return false, nil
@@ -131,6 +140,8 @@ func (l *Loop) passChanged(ctx context.Context, peers []subnet.Lease) (bool, err
 		return false, nil
 	}
 	if err != nil {
+		// The full pass that follows puts right what failed: no repairs.
+		l.lastState = nil
 		l.cfg.Status.Set(health.Datapath, false, err.Error())
 		return true, errors.Join(fmt.Errorf("kernel: %w", err), rulesErr)
 	}
@@ -138,7 +149,7 @@ func (l *Loop) passChanged(ctx context.Context, peers []subnet.Lease) (bool, err
 	changedPeerRuns.Inc()
 	l.log.Debug("applied changed peers only", zap.Int("peers", len(changed)),
 		zap.Any("created", changes.Created), zap.Any("updated", changes.Updated), zap.Any("deleted", changes.Deleted))
-	l.datapathReady(len(peers))
+	l.datapathReady(len(l.peers.results))
 	return true, errors.Join(l.publish(ctx), rulesErr)
 }
 
@@ -216,6 +227,26 @@ func (l *Loop) changedPeers(peers []subnet.Lease) ([]changedPeer, bool) {
 			if len(changed) == limit {
 				return nil, false
 			}
+			changed = append(changed, changedPeer{node: node, before: res})
+		}
+	}
+	return changed, true
+}
+
+// changedNodes is changedPeers for the nodes the lease store names.
+func (l *Loop) changedNodes(nodes []string) ([]changedPeer, bool) {
+	if len(nodes) > maxChangedPeers(len(l.peers.results)) {
+		return nil, false
+	}
+	var changed []changedPeer
+	for _, node := range nodes {
+		res := l.peers.results[node]
+		lease, isPeer := l.cfg.Leases.Peer(node)
+		switch {
+		case isPeer && res != nil && res.key.matches(lease):
+		case isPeer:
+			changed = append(changed, changedPeer{node: node, lease: lease, before: res})
+		case res != nil:
 			changed = append(changed, changedPeer{node: node, before: res})
 		}
 	}

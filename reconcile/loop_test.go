@@ -38,6 +38,15 @@ func (s *staticLeases) Changed() <-chan struct{}                         { retur
 func (s *staticLeases) NodeAddresses() (subnet.NodeAddresses, bool) {
 	return subnet.NodeAddresses{}, true
 }
+func (s *staticLeases) ChangedPeers() ([]string, bool) { return nil, true }
+func (s *staticLeases) Peer(node string) (subnet.Lease, bool) {
+	for _, p := range s.peers {
+		if p.Node == node {
+			return p, true
+		}
+	}
+	return subnet.Lease{}, false
+}
 
 func newTestLoop(t *testing.T, netConf string, peers ...subnet.Lease) *Loop {
 	t.Helper()

@@ -49,15 +49,18 @@ func (l *Loop) processOne(ctx context.Context) bool {
 // pass computes the whole desired state and makes the node match it; after
 // lease changes alone, only the changed peers' part (changed.go).
 func (l *Loop) pass(ctx context.Context) error {
-	peers, synced := l.cfg.Leases.Peers()
-	if !synced {
+	// Taken every pass: a full pass covers them.
+	changedPeers, anyChanged := l.cfg.Leases.ChangedPeers()
+	if _, synced := l.cfg.Leases.NodeAddresses(); !synced {
 		// A partial snapshot would look like departed peers: wait for the
 		// full one (its arrival marks the state dirty again).
+		l.full.Store(true)
 		return nil
 	}
 	if l.flanneldRunning(health.Datapath) {
 		// Never fight another agent over the same kernel state.
 		l.takeover.again = true
+		l.full.Store(true)
 		l.queue.AddAfter(syncKey, flanneldPoll)
 		return nil
 	}
@@ -70,9 +73,10 @@ func (l *Loop) pass(ctx context.Context) error {
 	}
 	if l.full.Swap(false) {
 		l.log.Debug("full pass", zap.String("reason", "asked for"))
-	} else if done, err := l.passChanged(ctx, peers); done {
+	} else if done, err := l.passChanged(ctx, changedPeers, anyChanged); done {
 		return err
 	}
+	peers, _ := l.cfg.Leases.Peers()
 	l.applyPending()
 	if a, _ := l.cfg.Leases.NodeAddresses(); a != l.addrs {
 		l.applyNodeAddresses(a)

@@ -54,6 +54,14 @@ type Manager interface {
 	// NodeAddresses returns what this node's own object says about its
 	// public addresses, and whether the initial sync is complete.
 	NodeAddresses() (NodeAddresses, bool)
+	// ChangedPeers returns the nodes whose peer lease may have appeared,
+	// changed or gone since the last call, or all when that is not known
+	// (then any may have): what a pass after lease changes alone looks at
+	// instead of every peer.
+	ChangedPeers() (nodes []string, all bool)
+	// Peer returns node's peer lease as Peers has it; false when node is
+	// not a peer.
+	Peer(node string) (Lease, bool)
 	// Changed receives a value, coalesced, whenever Peers or NodeAddresses
 	// may have changed.
 	Changed() <-chan struct{}

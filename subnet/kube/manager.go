@@ -21,6 +21,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,8 +98,12 @@ type manager struct {
 	mu     sync.Mutex
 	res    resolution
 	synced bool
-	wake   chan struct{} // closed and replaced after every resolve
-	runErr error
+	// The peers changed since ChangedPeers last asked: these, or any
+	// (after a resolve of every record).
+	changedPeers map[string]bool
+	changedAll   bool
+	wake         chan struct{} // closed and replaced after every resolve
+	runErr       error
 
 	dirty   chan struct{}
 	changed chan struct{}
@@ -209,6 +215,25 @@ func (m *manager) Peers() ([]subnet.Lease, bool) {
 
 // Changed implements subnet.Manager.
 func (m *manager) Changed() <-chan struct{} { return m.changed }
+
+// ChangedPeers implements subnet.Manager.
+func (m *manager) ChangedPeers() ([]string, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	nodes, all := slices.Collect(maps.Keys(m.changedPeers)), m.changedAll || !m.synced
+	m.changedPeers, m.changedAll = nil, false
+	return nodes, all
+}
+
+// Peer implements subnet.Manager.
+func (m *manager) Peer(node string) (subnet.Lease, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if i, found := m.res.find(node); found {
+		return m.res.peers[i].lease(), true
+	}
+	return subnet.Lease{}, false
+}
 
 // Run implements subnet.Manager: it checks the RBAC permissions the mode
 // needs, runs the informer, resolves every change into the snapshot and

@@ -230,6 +230,7 @@ func TestPodCIDRPeers(t *testing.T) {
 	// that peer alone into the snapshot; the bad peers stay skipped
 	// without another log line.
 	drain(a.Changed())
+	a.ChangedPeers()
 	changedResolves := resolveCount(t, "changed")
 	patchAnnotations(t, c, "good-a", map[string]string{"flannel.alpha.coreos.com/public-ip": "198.18.0.22"})
 	select {
@@ -243,6 +244,16 @@ func TestPodCIDRPeers(t *testing.T) {
 	assertPeers("good-a's new public IP", a, want)
 	if d := resolveCount(t, "changed") - changedResolves; d != 1 {
 		t.Errorf("good-a's public IP taken into the snapshot by %v changed-peer resolves, want 1", d)
+	}
+	// The loop asks what changed, and for that peer alone.
+	if nodes, all := a.ChangedPeers(); !all && !slices.Equal(nodes, []string{"good-a"}) {
+		t.Errorf("ChangedPeers after good-a's change: %v, want good-a", nodes)
+	}
+	if got, ok := a.Peer("good-a"); !ok || !leaseEqual(got, ga) {
+		t.Errorf("Peer(good-a) = %v, %v; want its new lease", got, ok)
+	}
+	if _, ok := a.Peer("bad-ip"); ok {
+		t.Error("Peer(bad-ip): a skipped node is a peer")
 	}
 	if n := len(skipLogs(a, "bad-ip")); n != 1 {
 		t.Errorf("bad-ip: %d skip log lines after unrelated changes, want still 1", n)

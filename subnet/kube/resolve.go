@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -133,6 +134,11 @@ func (p peer) lease() subnet.Lease {
 
 func samePeer(a, b peer) bool {
 	return (a.first == b.first && a.second == b.second) || leaseEqual(a.lease(), b.lease())
+}
+
+// find returns the index of node's peer in r.peers (sorted by node name).
+func (r resolution) find(node string) (int, bool) {
+	return slices.BinarySearchFunc(r.peers, node, func(p peer, node string) int { return strings.Compare(p.first.node, node) })
 }
 
 // leases builds the peer leases of a resolution.

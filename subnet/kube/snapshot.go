@@ -43,7 +43,7 @@ func (m *manager) resolveChanged(keys map[string]bool) bool {
 		if r == nil || r.node == m.cfg.NodeName {
 			return false
 		}
-		i, found := slices.BinarySearchFunc(m.res.peers, r.node, func(p peer, node string) int { return strings.Compare(p.first.node, node) })
+		i, found := m.res.find(r.node)
 		if !found {
 			return false
 		}
@@ -57,12 +57,16 @@ func (m *manager) resolveChanged(keys map[string]bool) bool {
 			return false
 		}
 	}
+	if m.changedPeers == nil {
+		m.changedPeers = map[string]bool{}
+	}
 	for _, e := range edits {
 		if e.second {
 			m.res.peers[e.i].second = e.r
 		} else {
 			m.res.peers[e.i].first = e.r
 		}
+		m.changedPeers[e.r.node] = true
 	}
 	close(m.wake)
 	m.wake = make(chan struct{})
@@ -92,6 +96,7 @@ func (m *manager) resolveNow() {
 	}
 	changed := !m.synced || res.node != m.res.node || !slices.EqualFunc(m.res.peers, res.peers, samePeer)
 	m.res, m.synced = res, true
+	m.changedAll = m.changedAll || changed
 	close(m.wake)
 	m.wake = make(chan struct{})
 	m.mu.Unlock()
