@@ -145,7 +145,7 @@ func (d *datapath) ensureDevice(ds *DeviceSpec) error {
 		return err
 	}
 	if fresh != nil {
-		fresh.greet(ds.Peers)
+		fresh.greet(ds.PrivateKey.k.PublicKey(), ds.Peers)
 	}
 	if !d.report(ds) && changed {
 		d.log.Debug("WireGuard peers updated", zap.String("device", ds.Name), zap.Int("peers", len(ds.Peers)))

@@ -1,10 +1,12 @@
 package wireguard
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -108,13 +110,30 @@ func startUserDevice(name string, log *zap.Logger) (*userDevice, error) {
 // process's: a peer that only answers would go on sending with those, which
 // nothing here can decrypt, until WireGuard's own 15 s timeout makes it
 // handshake again.
-func (u *userDevice) greet(peers map[wgtypes.Key]PeerSpec) {
+//
+// Of two agents that start together (a cluster start, several nodes rolled
+// at once) the one with the greater public key greets greetDelay later.
+// Greeting in the same millisecond, each would answer the other's
+// initiation, so neither's own is answered; with traffic queued both
+// would retry exactly RekeyTimeout later, again together, for as long as
+// traffic flows (seen in the e2e lab).
+func (u *userDevice) greet(own wgtypes.Key, peers map[wgtypes.Key]PeerSpec) {
 	for k := range peers {
-		if p := u.dev.LookupPeer(device.NoisePublicKey(k)); p != nil {
-			p.SendHandshakeInitiation(false)
+		p := u.dev.LookupPeer(device.NoisePublicKey(k))
+		if p == nil {
+			continue
 		}
+		if bytes.Compare(own[:], k[:]) < 0 {
+			p.SendHandshakeInitiation(false)
+			continue
+		}
+		time.AfterFunc(greetDelay, func() { p.SendHandshakeInitiation(false) })
 	}
 }
+
+// greetDelay is far longer than a handshake's round trip between nodes,
+// and short against what a restart loses anyway.
+const greetDelay = 30 * time.Millisecond
 
 // alive reports whether the device still runs on the TUN device of ifindex
 // (wireguard-go closes itself when its TUN goes away).
