@@ -56,136 +56,115 @@ func (r *Reconciler) ApplyChanged(unset, set State) (Changes, Counts, error) {
 	}
 
 	// The model first, under the lock, then the writes: their events are
-	// its echo. Unset before set, so that an entry in both (a peer's FDB
-	// entry to a new address) is one update. An entry another peer wants
-	// with another value is refused, as Validate refuses it in a whole
-	// state.
+	// its echo. Routes go before the next hops they used.
 	var writes []nlbatch.Change
 	var deletes []func()
 	r.mu.Lock()
 	m := &r.model
-	fdbWas := map[fdbKey]counted[netip.Addr]{}
-	for _, f := range unset.FDB {
-		if key, err := fdbKeyOf(f, index); err == nil {
-			if _, seen := fdbWas[key]; !seen {
-				fdbWas[key] = m.fdb[key]
-			}
-			dropWanted(m.fdb, key)
-		}
-	}
-	for _, f := range set.FDB {
+	fdbSets, fdbGone := changeTable(m.fdb, unset.FDB, set.FDB, func(f FDBEntry) (fdbKey, netip.Addr, error) {
 		key, err := fdbKeyOf(f, index)
-		if err != nil {
-			fail(err)
-			continue
-		}
-		was, in := m.fdb[key]
-		if in && was.v != f.Dst {
-			fail(fmt.Errorf("FDB entry %s on %s wanted to both %s and %s", f.MAC, f.Dev, was.v, f.Dst))
-			continue
-		}
-		if !in {
-			was, in = fdbWas[key], fdbWas[key].refs > 0
-		}
-		addWanted(m.fdb, key, f.Dst)
-		if !in || was.v != f.Dst {
-			writes = append(writes, r.fdbSet(f, key, in, &ch, fail))
-		}
-	}
-	for key, was := range fdbWas {
-		if _, kept := m.fdb[key]; !kept && was.refs > 0 {
-			deletes = append(deletes, func() { r.deleteFDB(key, was.v, &ch, fail) })
-		}
-	}
-
-	neighWas := map[neighKey]counted[mac48]{}
-	for _, n := range unset.Neighs {
-		if key, _, err := neighKeyOf(n, index); err == nil {
-			if _, seen := neighWas[key]; !seen {
-				neighWas[key] = m.neighs[key]
-			}
-			dropWanted(m.neighs, key)
-		}
-	}
-	for _, n := range set.Neighs {
-		key, mac, err := neighKeyOf(n, index)
-		if err != nil {
-			fail(err)
-			continue
-		}
-		was, in := m.neighs[key]
-		if in && was.v != mac {
-			fail(fmt.Errorf("neighbour %s on %s wanted as both %s and %s", n.IP, n.Dev, net.HardwareAddr(was.v[:]), n.MAC))
-			continue
-		}
-		if !in {
-			was, in = neighWas[key], neighWas[key].refs > 0
-		}
-		addWanted(m.neighs, key, mac)
-		if !in || was.v != mac {
-			writes = append(writes, r.neighSet(n, key, mac, in, &ch, fail))
-		}
-	}
-	for key, was := range neighWas {
-		if _, kept := m.neighs[key]; !kept && was.refs > 0 {
-			deletes = append(deletes, func() { r.deleteNeigh(key, &ch, fail) })
-		}
-	}
-
-	type unsetRoute struct {
-		was counted[routeVal]
-		rt  netlink.Route
-	}
-	routeWas := map[routeKey]unsetRoute{}
-	for _, w := range unset.Routes {
+		return key, f.Dst, err
+	}, func(f FDBEntry, was netip.Addr) error {
+		return fmt.Errorf("FDB entry %s on %s wanted to both %s and %s", f.MAC, f.Dev, was, f.Dst)
+	}, fail)
+	neighSets, neighGone := changeTable(m.neighs, unset.Neighs, set.Neighs, func(n Neigh) (neighKey, mac48, error) {
+		return neighKeyOf(n, index)
+	}, func(n Neigh, was mac48) error {
+		return fmt.Errorf("neighbour %s on %s wanted as both %s and %s", n.IP, n.Dev, net.HardwareAddr(was[:]), n.MAC)
+	}, fail)
+	routeSets, routeGone := changeTable(m.routes, unset.Routes, set.Routes, func(w Route) (routeKey, routeVal, error) {
 		rt, err := routeAt(w, index)
-		if err != nil {
-			continue // its device is gone, and the route with it
-		}
-		key := keyOf(w.Dst, rt)
-		if _, seen := routeWas[key]; !seen {
-			routeWas[key] = unsetRoute{was: m.routes[key], rt: rt}
-		}
-		dropWanted(m.routes, key)
+		return keyOf(w.Dst, rt), valOf(rt), err
+	}, func(w Route, _ routeVal) error {
+		return fmt.Errorf("route %s wanted twice, through different next hops", w.Dst)
+	}, fail)
+	for _, c := range fdbSets {
+		writes = append(writes, r.fdbSet(c.entry, c.key, c.existed, &ch, fail))
 	}
-	for _, w := range set.Routes {
-		rt, err := routeAt(w, index)
-		if err != nil {
-			fail(err)
-			continue
-		}
-		key, val := keyOf(w.Dst, rt), valOf(rt)
-		was, in := m.routes[key]
-		if in && was.v != val {
-			fail(fmt.Errorf("route %s wanted twice, through different next hops", w.Dst))
-			continue
-		}
-		if !in {
-			was, in = routeWas[key].was, routeWas[key].was.refs > 0
-		}
-		addWanted(m.routes, key, val)
-		if !in || was.v != val {
-			writes = append(writes, r.routeSet(w, rt, in, &ch, fail))
-		}
+	for _, c := range neighSets {
+		writes = append(writes, r.neighSet(c.entry, c.key, c.val, c.existed, &ch, fail))
 	}
-	// Routes go before the next hops they used.
-	var routeDeletes []func()
-	for key, u := range routeWas {
-		if _, kept := m.routes[key]; !kept && u.was.refs > 0 {
-			routeDeletes = append(routeDeletes, func() { r.deleteRoute(u.rt, &ch, fail) })
-		}
+	for _, c := range routeSets {
+		rt, _ := routeAt(c.entry, index)
+		writes = append(writes, r.routeSet(c.entry, rt, c.existed, &ch, fail))
+	}
+	for _, c := range routeGone {
+		rt, _ := routeAt(c.entry, index)
+		deletes = append(deletes, func() { r.deleteRoute(rt, &ch, fail) })
+	}
+	for _, c := range fdbGone {
+		deletes = append(deletes, func() { r.deleteFDB(c.key, c.val, &ch, fail) })
+	}
+	for _, c := range neighGone {
+		deletes = append(deletes, func() { r.deleteNeigh(c.key, &ch, fail) })
 	}
 	counts := Counts{EntryLink: len(links), EntryRoute: len(m.routes), EntryNeigh: len(m.neighs), EntryFDB: len(m.fdb)}
 	r.mu.Unlock()
 
 	r.batch.Make(writes)
-	for _, del := range append(routeDeletes, deletes...) {
+	for _, del := range deletes {
 		del()
 	}
 	r.mu.Lock()
 	r.model.trusted = len(errs) == 0
 	r.mu.Unlock()
 	return ch, counts, errors.Join(errs...)
+}
+
+// tableEdit is one entry ApplyChanged writes (existed: the kernel has its
+// key, with another value) or deletes (val: what the kernel has).
+type tableEdit[E any, K, V comparable] struct {
+	entry   E
+	key     K
+	val     V
+	existed bool
+}
+
+// changeTable edits one table of the model: it drops one wanted entry for
+// each of unset and adds set, and returns the entries to write and the
+// keys nothing wants any more. Unset goes first, so that an entry in both
+// (a peer's FDB entry to a new address) is one update. An entry another
+// peer wants with another value is refused (clash), as Validate refuses it
+// in a whole state; an unset entry whose device is gone is gone with it.
+func changeTable[E any, K, V comparable](m map[K]counted[V], unset, set []E, at func(E) (K, V, error),
+	clash func(E, V) error, fail func(error)) (writes, gone []tableEdit[E, K, V]) {
+	was := map[K]tableEdit[E, K, V]{} // the model's value of each unset key, before
+	for _, e := range unset {
+		k, _, err := at(e)
+		if err != nil {
+			continue
+		}
+		if _, seen := was[k]; !seen {
+			c, in := m[k]
+			was[k] = tableEdit[E, K, V]{entry: e, key: k, val: c.v, existed: in}
+		}
+		dropWanted(m, k)
+	}
+	for _, e := range set {
+		k, v, err := at(e)
+		if err != nil {
+			fail(err)
+			continue
+		}
+		cur, in := m[k]
+		if in && cur.v != v {
+			fail(clash(e, cur.v))
+			continue
+		}
+		if !in {
+			cur.v, in = was[k].val, was[k].existed
+		}
+		addWanted(m, k, v)
+		if !in || cur.v != v {
+			writes = append(writes, tableEdit[E, K, V]{entry: e, key: k, val: v, existed: in})
+		}
+	}
+	for k, w := range was {
+		if _, kept := m[k]; !kept && w.existed {
+			gone = append(gone, w)
+		}
+	}
+	return writes, gone
 }
 
 // routeAt is w in netlink's form, through its device's ifindex.
