@@ -51,30 +51,20 @@ func ensurePeerSet(v6 bool, senders []netip.Addr) (int, error) {
 			have[a.Unmap()] = true
 		}
 	}
-	changes := 0
 	want := make(map[netip.Addr]bool, len(senders))
-	var add []netip.Addr
+	var add, remove []netip.Addr
 	for _, a := range senders {
 		want[a] = true
 		if !have[a] {
 			add = append(add, a)
 		}
 	}
-	n, err := addToPeerSet(name, add)
-	changes += n
-	if err != nil {
-		return changes, err
-	}
 	for a := range have {
-		if want[a] {
-			continue
+		if !want[a] {
+			remove = append(remove, a)
 		}
-		if err := netlink.IpsetDel(name, &netlink.IPSetEntry{IP: net.IP(a.AsSlice())}); err != nil && !errors.Is(err, unix.ENOENT) {
-			return changes, fmt.Errorf("rules: removing %s from ipset %s: %w", a, name, err)
-		}
-		changes++
 	}
-	return changes, nil
+	return changePeerSet(v6, add, remove)
 }
 
 // addToPeerSet adds the addresses to the set: many to a netlink write
@@ -171,17 +161,19 @@ func (f *family) ingressDropped() (uint64, error) {
 	return 0, nil
 }
 
-// changePeerSet adds and removes single senders in the family's set, which
-// the last Ensure filled.
-func changePeerSet(v6 bool, added, removed []netip.Addr) error {
+// changePeerSet adds and removes senders in the family's set, which
+// exists, and returns how many entries it changed.
+func changePeerSet(v6 bool, added, removed []netip.Addr) (int, error) {
 	name := peerSetName(v6)
-	if _, err := addToPeerSet(name, added); err != nil {
-		return err
+	changes, err := addToPeerSet(name, added)
+	if err != nil {
+		return changes, err
 	}
 	for _, a := range removed {
 		if err := netlink.IpsetDel(name, &netlink.IPSetEntry{IP: net.IP(a.AsSlice())}); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("rules: removing %s from ipset %s: %w", a, name, err)
+			return changes, fmt.Errorf("rules: removing %s from ipset %s: %w", a, name, err)
 		}
+		changes++
 	}
-	return nil
+	return changes, nil
 }

@@ -214,7 +214,7 @@ func (m *Manager) ChangeSenders(added, removed []netip.Addr) error {
 			continue
 		}
 		v6 := f == m.v6
-		if err := changePeerSet(v6, familyOf(added, v6), familyOf(removed, v6)); err != nil {
+		if _, err := changePeerSet(v6, familyOf(added, v6), familyOf(removed, v6)); err != nil {
 			errs = append(errs, err)
 		}
 	}

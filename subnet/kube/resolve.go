@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -83,12 +82,7 @@ func (r *record) attrsProblem() problem {
 	return *r.attrsP
 }
 
-func (r *record) equal(o *record) bool {
-	return r.key == o.key && r.name == o.name && r.node == o.node &&
-		r.created.Equal(o.created) && r.v4 == o.v4 && r.v6 == o.v6 &&
-		r.subnetProblem() == o.subnetProblem() && r.attrsProblem() == o.attrsProblem() &&
-		attrsEqual(r.attrs, o.attrs) && maps.Equal(r.ours, o.ours)
-}
+func (r *record) equal(o *record) bool { return sameClaim(r, o) && attrsEqual(r.attrs, o.attrs) }
 
 func attrsEqual(a, b subnet.LeaseAttrs) bool {
 	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 && a.SourceIP == b.SourceIP && a.SourceIPv6 == b.SourceIPv6 &&
