@@ -141,6 +141,7 @@ func (p *podCIDRMode) acquire(ctx context.Context, attrs subnet.LeaseAttrs) (sub
 			}
 			m.ownMu.Lock()
 			p.lease = lease
+			p.wrote()
 			m.ownMu.Unlock()
 			return lease, nil
 		}
@@ -215,7 +216,16 @@ func (p *podCIDRMode) publish(ctx context.Context, attrs subnet.LeaseAttrs) erro
 		return err
 	}
 	p.lease.Attrs = attrs
+	p.wrote()
 	return nil
+}
+
+// wrote holds back maintain's repair for a second after this agent wrote
+// its annotations: the informer's copy of the own Node may not show the
+// write yet, and "repairing" it would be one more API request per node
+// start. Called with ownMu held.
+func (p *podCIDRMode) wrote() {
+	p.repairAfter = time.Now().Add(time.Second)
 }
 
 // maintain notices a changed podCIDR (the Node was deleted and registered
@@ -245,6 +255,6 @@ func (p *podCIDRMode) maintain(ctx context.Context) (time.Duration, error) {
 		p.repairAfter = time.Now().Add(10 * time.Second)
 		return 10 * time.Second, nil
 	}
-	p.repairAfter = time.Now().Add(time.Second) // at most once a second, whatever else writes them
+	p.wrote() // and at most once a second, whatever else writes them
 	return time.Hour, nil
 }
