@@ -361,6 +361,9 @@ func (s *summary) print(out io.Writer) {
 		row("agent VmRSS / VmHWM", func(z bench.ConvergenceSize) string {
 			return fmt.Sprintf("%.1f / %.1f MiB", float64(z.VmRSSKiB)/1024, float64(z.VmHWMKiB)/1024)
 		})
+		row("agent VmRSS: anonymous + file-backed (binary)", func(z bench.ConvergenceSize) string {
+			return fmt.Sprintf("%.1f + %.1f MiB", float64(z.RssAnonKiB)/1024, float64(z.RssFileKiB)/1024)
+		})
 		row("agent VmRSS at ready, after the cold start", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.1f MiB", float64(z.ReadyRSSKiB)/1024) })
 		row("agent heap in use (after a collection)", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.1f MiB", z.Heap.InuseMiB) })
 		row("agent CPU when idle (resync every 2 s)", func(z bench.ConvergenceSize) string { return fmt.Sprintf("%.1f%%", z.IdleCPUPercent) })

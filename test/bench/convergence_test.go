@@ -324,6 +324,9 @@ func quietWindow(b *testing.B, c *cluster, node *lab.Node, res *ConvergenceSize)
 	if res.VmRSSKiB, res.VmHWMKiB, err = harness.ProcessMemory(agent.Pid()); err != nil {
 		b.Fatal(err)
 	}
+	if res.RssAnonKiB, res.RssFileKiB, err = harness.ProcessRSSParts(agent.Pid()); err != nil {
+		b.Fatal(err)
+	}
 	for _, kind := range []string{"route", "neigh", "fdb"} {
 		key := fmt.Sprintf(`overlayd_repairs_total{kind=%q}`, kind)
 		if m1[key] != m0[key] {

@@ -92,6 +92,8 @@ type ConvergenceSize struct {
 	ReadyRSSKiB     int64       // when /readyz first answers after the last cold start
 	VmRSSKiB        int64       // steady state, after the no-change window
 	VmHWMKiB        int64       // peak since the agent's start (the last cold start)
+	RssAnonKiB      int64       // VmRSSKiB's anonymous part (heap, stacks)
+	RssFileKiB      int64       // VmRSSKiB's file-backed part (the binary's pages)
 	NoopReconcileMs float64     // mean overlayd_reconcile_duration_seconds over no-change passes
 	NoopReconciles  int         // passes that mean is over
 	IdleCPUPercent  float64     // agent CPU over the no-change window

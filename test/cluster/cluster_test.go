@@ -108,8 +108,16 @@ func TestProcessFigures(t *testing.T) {
 	if err != nil || rss <= 0 || hwm < rss {
 		t.Fatalf("ProcessMemory = %d, %d, %v; want 0 < VmRSS <= VmHWM", rss, hwm, err)
 	}
+	anon, file, err := ProcessRSSParts(os.Getpid())
+	_, hwm, _ = ProcessMemory(os.Getpid()) // read after: the peak is at least any RSS before it
+	if err != nil || anon <= 0 || file <= 0 || anon+file > hwm {
+		t.Fatalf("ProcessRSSParts = %d, %d, %v; want both > 0, their sum <= VmHWM %d", anon, file, err, hwm)
+	}
 	if _, err := ProcessCPUSeconds(os.Getpid()); err != nil {
 		t.Fatal(err)
+	}
+	if _, _, err := ProcessRSSParts(-1); err == nil {
+		t.Fatal("ProcessRSSParts of no process: no error")
 	}
 	if _, _, err := ProcessMemory(-1); err == nil {
 		t.Fatal("ProcessMemory of no process: no error")

@@ -28,6 +28,29 @@ func ProcessMemory(pid int) (rssKiB, hwmKiB int64, err error) {
 	return rssKiB, hwmKiB, nil
 }
 
+// ProcessRSSParts returns what a process's VmRSS is made of (KiB): its
+// anonymous memory (heap, stacks) and its file-backed pages (for a Go
+// program, the parts of its binary it has touched).
+func ProcessRSSParts(pid int) (anonKiB, fileKiB int64, err error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "RssAnon:":
+			anonKiB, _ = strconv.ParseInt(f[1], 10, 64)
+		case "RssFile:":
+			fileKiB, _ = strconv.ParseInt(f[1], 10, 64)
+		}
+	}
+	return anonKiB, fileKiB, nil
+}
+
 // ProcessCPUSeconds is the user+system CPU time a process has used.
 func ProcessCPUSeconds(pid int) (float64, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
