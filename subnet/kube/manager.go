@@ -108,10 +108,12 @@ type manager struct {
 	dirty   chan struct{}
 	changed chan struct{}
 	// What dirty is about (store.go): every record, or the records of
-	// these keys in what they publish alone.
+	// these keys in what they publish alone, and deleted records (key ->
+	// node).
 	changesMu    sync.Mutex
 	resolveAll   bool
 	attrsChanged map[string]bool
+	gone         map[string]string
 
 	syncedCh chan struct{}
 	failed   chan struct{}

@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -374,4 +375,74 @@ func formatPeers(m map[string]subnet.Lease) string {
 		b.WriteString(k + "=" + l.Subnet.String() + "," + l.IPv6Subnet.String() + "," + l.Attrs.PublicIP.String() + "," + l.Attrs.BackendType + "," + string(l.Attrs.BackendData) + "; ")
 	}
 	return b.String()
+}
+
+// TestPodCIDRPeerDeleted: a deleted peer's Node is taken out of the
+// snapshot alone, without a resolve of every record, and named by
+// ChangedPeers; a deleted Node that held a subnet another one claimed too
+// is resolved with every record, and the other claim wins then.
+func TestPodCIDRPeerDeleted(t *testing.T) {
+	c := startCluster(t, controlplane.Options{})
+	net := mustNet(t, `{"Network": "10.244.0.0/16"}`)
+	const prefix = "flannel.alpha.coreos.com"
+	vx := func(ip, mac string) map[string]string {
+		return flannelAnnotations(ip, "vxlan", `{"VNI":1,"VtepMAC":"`+mac+`"}`)
+	}
+	createNode(t, c.admin, "self", []string{"10.244.1.0/24"}, nil)
+	createNode(t, c.admin, "p-gone", []string{"10.244.2.0/24"}, vx("198.18.0.12", "a2:54:1c:5e:7f:02"))
+	createNode(t, c.admin, "p-stays", []string{"10.244.3.0/24"}, vx("198.18.0.13", "a2:54:1c:5e:7f:03"))
+	// Created in the same second or later, and sorting after it: the
+	// holder keeps 10.244.7.0/24.
+	createNode(t, c.admin, "h-holder", []string{"10.244.7.0/24"}, vx("198.18.0.17", "a2:54:1c:5e:7f:07"))
+	createNode(t, c.admin, "l-claimant", []string{"10.244.7.0/24"}, vx("198.18.0.18", "a2:54:1c:5e:7f:08"))
+
+	a := startAgent(t, Config{Client: c.admin, NodeName: "self", Net: net, AnnotationPrefix: prefix})
+	a.acquire(t, vxlanAttrs("198.18.0.11", "a2:54:1c:5e:7f:01"))
+	peersAre := func(what string, nodes ...string) {
+		t.Helper()
+		waitFor(t, what, func() (bool, string) {
+			got := a.peerMap()
+			return got != nil && slices.Equal(slices.Sorted(maps.Keys(got)), nodes), formatPeers(got)
+		})
+	}
+	peersAre("the peers", "h-holder", "p-gone", "p-stays")
+	// A barrier (see TestPodCIDRPeers): the Acquire write's event is taken.
+	patchAnnotations(t, c, "p-stays", map[string]string{prefix + "/public-ip": "198.18.0.23"})
+	waitFor(t, "p-stays's new public IP", func() (bool, string) {
+		l, ok := a.Peer("p-stays")
+		return ok && l.Attrs.PublicIP == netip.MustParseAddr("198.18.0.23"), fmt.Sprint(l)
+	})
+
+	a.ChangedPeers()
+	all, changed := resolveCount(t, "all"), resolveCount(t, "changed")
+	ctx := context.Background()
+	if err := c.admin.CoreV1().Nodes().Delete(ctx, "p-gone", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	peersAre("the peers without p-gone", "h-holder", "p-stays")
+	if d := resolveCount(t, "changed") - changed; d != 1 {
+		t.Errorf("p-gone taken out by %v changed-peer resolves, want 1", d)
+	}
+	if d := resolveCount(t, "all") - all; d != 0 {
+		t.Errorf("%v resolves of every record after p-gone's deletion, want 0", d)
+	}
+	if nodes, any := a.ChangedPeers(); any || !slices.Equal(nodes, []string{"p-gone"}) {
+		t.Errorf("ChangedPeers after p-gone's deletion: %v (any: %v), want p-gone", nodes, any)
+	}
+	if _, ok := a.Peer("p-gone"); ok {
+		t.Error("Peer(p-gone): a deleted node is a peer")
+	}
+
+	// The holder's deletion lets the claimant in: that takes every record.
+	all = resolveCount(t, "all")
+	if err := c.admin.CoreV1().Nodes().Delete(ctx, "h-holder", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	peersAre("the claimant in the holder's place", "l-claimant", "p-stays")
+	if resolveCount(t, "all") == all {
+		t.Error("the holder's deletion was not resolved with every record")
+	}
+	if l, _ := a.Peer("l-claimant"); l.Subnet != netip.MustParsePrefix("10.244.7.0/24") {
+		t.Errorf("Peer(l-claimant) = %v, want 10.244.7.0/24", l)
+	}
 }

@@ -10,23 +10,25 @@ import (
 )
 
 // resolveDirty brings the snapshot up to date with what changed: the
-// changed peers alone when only what they publish changed, else every
-// record.
+// changed peers alone when only what they publish changed or they were
+// deleted, else every record.
 func (m *manager) resolveDirty() {
-	keys, all := m.takeChanges()
-	if !all && len(keys) > 0 && m.resolveChanged(keys) {
+	keys, gone, all := m.takeChanges()
+	if !all && len(keys)+len(gone) > 0 && m.resolveChanged(keys, gone) {
 		return
 	}
 	m.resolveNow()
 }
 
 // resolveChanged takes the current records of keys, each of a peer that
-// only changed what it publishes, into the snapshot, and notifies Changed:
-// an annotation changed on one Node costs that peer, not a resolve of
-// every record. False, changing nothing, when one of them is not a peer's
-// record as it stands in the snapshot (a skipped one, the own node's):
+// only changed what it publishes, into the snapshot, takes the peers of
+// the deleted records gone out of it, and notifies Changed: an annotation
+// changed on one Node, or one Node deleted, costs that peer, not a resolve
+// of every record. False, changing nothing, when one of them is not a
+// peer's record as it stands in the snapshot (a skipped one, the own
+// node's), or a deleted one may let another record win (resolveGone):
 // resolveNow decides then.
-func (m *manager) resolveChanged(keys map[string]bool) bool {
+func (m *manager) resolveChanged(keys map[string]bool, gone map[string]string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.synced {
@@ -57,6 +59,14 @@ func (m *manager) resolveChanged(keys map[string]bool) bool {
 			return false
 		}
 	}
+	removed := map[int]bool{}
+	for key, node := range gone {
+		i, ok := m.resolveGone(key, node)
+		if !ok {
+			return false
+		}
+		removed[i] = true
+	}
 	if m.changedPeers == nil {
 		m.changedPeers = map[string]bool{}
 	}
@@ -68,6 +78,19 @@ func (m *manager) resolveChanged(keys map[string]bool) bool {
 		}
 		m.changedPeers[e.r.node] = true
 	}
+	if len(removed) > 0 {
+		// A new slice: a resolution handed out (state) keeps its own.
+		kept := make([]peer, 0, len(m.res.peers)-len(removed))
+		for i, p := range m.res.peers {
+			if removed[i] {
+				m.changedPeers[p.first.node] = true
+			} else {
+				kept = append(kept, p)
+			}
+		}
+		m.res.peers = kept
+		leasesGauge.Set(float64(len(kept)))
+	}
 	close(m.wake)
 	m.wake = make(chan struct{})
 	resolves.WithLabelValues("changed").Inc()
@@ -76,6 +99,30 @@ func (m *manager) resolveChanged(keys map[string]bool) bool {
 	default:
 	}
 	return true
+}
+
+// resolveGone returns the index in the snapshot of the peer whose one
+// record, key, was deleted, if taking it out is all a resolve of every
+// record would do: the record is still gone, no other record of its node
+// exists, and it held nothing another record (a skipped peer's, the own
+// node's) lost to it. Called with mu held.
+func (m *manager) resolveGone(key, node string) (int, bool) {
+	if node == m.cfg.NodeName || m.record(key) != nil || m.res.ownProblem.holder == node {
+		return 0, false
+	}
+	i, found := m.res.find(node)
+	if !found {
+		return 0, false
+	}
+	if p := m.res.peers[i]; p.first.key != key || p.second != nil {
+		return 0, false
+	}
+	for _, s := range m.res.skipped {
+		if s.problem.holder == node || s.record.node == node {
+			return 0, false
+		}
+	}
+	return i, true
 }
 
 // resolveNow recomputes the snapshot from the records and the own Node's

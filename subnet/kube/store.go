@@ -34,8 +34,8 @@ func (m *manager) handlers() cache.ResourceEventHandlerFuncs {
 			if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = tomb.Obj
 			}
-			if m.mode.toRecord(obj) != nil {
-				m.markDirty()
+			if r := m.mode.toRecord(obj); r != nil {
+				m.markGone(r)
 			}
 		},
 	}
@@ -74,14 +74,27 @@ func (m *manager) markAttrsChanged(key string) {
 	m.wakeResolve()
 }
 
+// markGone asks for the deleted record r to be taken out of the snapshot
+// (resolveChanged).
+func (m *manager) markGone(r *record) {
+	m.changesMu.Lock()
+	if m.gone == nil {
+		m.gone = map[string]string{}
+	}
+	m.gone[r.key] = r.node
+	m.changesMu.Unlock()
+	m.wakeResolve()
+}
+
 // takeChanges returns what changed since the last call: every record
-// (all), or the records of these keys in what they publish alone.
-func (m *manager) takeChanges() (keys map[string]bool, all bool) {
+// (all), or the records of these keys in what they publish alone and the
+// deleted records of these keys (to their nodes).
+func (m *manager) takeChanges() (keys map[string]bool, gone map[string]string, all bool) {
 	m.changesMu.Lock()
 	defer m.changesMu.Unlock()
-	keys, all = m.attrsChanged, m.resolveAll
-	m.attrsChanged, m.resolveAll = nil, false
-	return keys, all
+	keys, gone, all = m.attrsChanged, m.gone, m.resolveAll
+	m.attrsChanged, m.gone, m.resolveAll = nil, nil, false
+	return keys, gone, all
 }
 
 func (m *manager) wakeResolve() {
