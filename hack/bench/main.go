@@ -44,27 +44,29 @@ import (
 const labPrefix = "ovlH"
 
 type options struct {
-	overlayd     string
-	only         string
-	rounds       int
-	iperfSeconds int
-	churn        int
-	peers        string
-	families     string
-	coldStarts   int
-	snapshotRuns int
+	overlayd      string
+	only          string
+	rounds        int
+	iperfSeconds  int
+	churn         int
+	peers         string
+	families      string
+	coldStarts    int
+	snapshotRuns  int
+	flanneldPeers string
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.overlayd, "overlayd", "bin/overlayd", "overlayd binary the cluster benchmarks run")
-	flag.StringVar(&o.only, "only", "throughput,convergence,snapshot,apiserver,passcost", "benchmarks to run, comma-separated")
+	flag.StringVar(&o.only, "only", "throughput,convergence,snapshot,apiserver,passcost,flanneld", "benchmarks to run, comma-separated")
 	flag.IntVar(&o.rounds, "rounds", 5, "throughput rounds; each runs every backend once")
 	flag.IntVar(&o.iperfSeconds, "iperf-seconds", 10, "length of one iperf3 run")
 	flag.IntVar(&o.churn, "churn", 5, "peers added and deleted one at a time, per peer count")
 	flag.StringVar(&o.peers, "peers", "1000,5000", "peer counts of the convergence benchmark")
 	flag.StringVar(&o.families, "families", bench.FamilyIPv4+","+bench.FamilyDual, "clusters of the convergence benchmark: ipv4 (IPv4-only), dual (dual-stack), or both to compare them")
 	flag.IntVar(&o.coldStarts, "cold-starts", 3, "cold starts per peer count and family of the convergence benchmark (the median is shown)")
+	flag.StringVar(&o.flanneldPeers, "flanneld-peers", "1000,5000,10000", "peer counts of the benchmark beside the real flanneld")
 	flag.IntVar(&o.snapshotRuns, "snapshot-runs", 3, "runs of the lease store snapshot probe")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -115,6 +117,9 @@ func run(o options) error {
 			args = []string{"./test/bench/", "-bench", "^BenchmarkAPIServerCost$", "-benchtime", "1x"}
 		case "passcost":
 			args = []string{"./test/bench/", "-bench", "^BenchmarkPassAfterOneChange$", "-benchtime", fmt.Sprintf("%dx", o.churn*2)}
+		case "flanneld":
+			args = []string{"./test/bench/", "-bench", "^BenchmarkBesideFlanneld$", "-benchtime", "1x"}
+			env = append(env, "OVERLAYD_BENCH_FLANNELD_PEERS="+o.flanneldPeers)
 		default:
 			return fmt.Errorf("-only: unknown benchmark %q", name)
 		}
@@ -142,6 +147,11 @@ func run(o options) error {
 			s.passCost = &bench.PassCost{}
 			if rerr := bench.ReadResult(resultsDir, bench.PassCostFile, s.passCost); rerr != nil {
 				s.passCost = nil
+			}
+		case "flanneld":
+			s.besideFlanneld = &bench.BesideFlanneld{}
+			if rerr := bench.ReadResult(resultsDir, bench.BesideFlanneldFile, s.besideFlanneld); rerr != nil {
+				s.besideFlanneld = nil
 			}
 		case "apiserver":
 			s.apiserver = &bench.APIServerCost{}
@@ -248,13 +258,14 @@ func parseSnapshot(out []byte) *snapshot {
 }
 
 type summary struct {
-	start       time.Time
-	load        string
-	throughput  *bench.Throughput
-	convergence *bench.Convergence
-	snapshot    *snapshot
-	apiserver   *bench.APIServerCost
-	passCost    *bench.PassCost
+	start          time.Time
+	load           string
+	throughput     *bench.Throughput
+	convergence    *bench.Convergence
+	snapshot       *snapshot
+	apiserver      *bench.APIServerCost
+	passCost       *bench.PassCost
+	besideFlanneld *bench.BesideFlanneld
 }
 
 func (s *summary) print(out io.Writer) {
@@ -335,6 +346,8 @@ func (s *summary) print(out io.Writer) {
 	} else {
 		fmt.Fprintln(out, "\nOne changed peer: not measured")
 	}
+
+	printBesideFlanneld(out, s.besideFlanneld)
 
 	if c := s.convergence; c != nil && len(c.Sizes) > 0 {
 		fmt.Fprintf(out, "\nConvergence: one real overlayd agent (vxlan), N peer Nodes of kubelet size in a real API server;\n")
@@ -461,6 +474,68 @@ func orUnknown(s string) string {
 func medianRange(xs []float64) string {
 	lo, hi := bench.Spread(xs)
 	return fmt.Sprintf("%.0f ms (%.0f - %.0f, n=%d)", bench.Median(xs), lo, hi, len(xs))
+}
+
+// printBesideFlanneld prints BenchmarkBesideFlanneld's table: a column per
+// agent and peer count, then whether overlayd's batch changes were as fast
+// as flanneld's at each count.
+func printBesideFlanneld(out io.Writer, r *bench.BesideFlanneld) {
+	if r == nil || len(r.Sizes) == 0 {
+		fmt.Fprintln(out, "\nBeside flanneld: not measured")
+		return
+	}
+	fmt.Fprintf(out, "\nBeside flanneld: the real flanneld and overlayd, one after the other, as the agent of one node (vxlan, IPv4),\n")
+	fmt.Fprintf(out, "N peer Nodes of kubelet size with flannel's annotations in a real API server; cold start waited for up to %.0f s\n", r.LimitSec)
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	row := func(label string, cell func(bench.AgentFigures) string) {
+		fmt.Fprintf(w, "  %s", label)
+		for _, z := range r.Sizes {
+			for _, a := range z.Agents {
+				if !a.Programmed && label != "" {
+					fmt.Fprintf(w, "\t%s", cellIfProgrammed(label, a))
+					continue
+				}
+				fmt.Fprintf(w, "\t%s", cell(a))
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "  ")
+	for _, z := range r.Sizes {
+		for _, a := range z.Agents {
+			fmt.Fprintf(w, "\t%s %d", a.Agent, z.Peers)
+		}
+	}
+	fmt.Fprintln(w)
+	row("start -> every peer's route, neighbour, FDB entry", func(a bench.AgentFigures) string { return fmt.Sprintf("%.2f s", a.ColdStartSec) })
+	row("VmRSS then", func(a bench.AgentFigures) string { return fmt.Sprintf("%.1f MiB", float64(a.RSSKiB)/1024) })
+	row("CPU seconds until then", func(a bench.AgentFigures) string { return fmt.Sprintf("%.2f", a.CPUSec) })
+	row(fmt.Sprintf("%d Nodes added -> programmed", r.BatchChange), func(a bench.AgentFigures) string { return fmt.Sprintf("%.2f s", a.AddSec) })
+	row(fmt.Sprintf("%d Nodes deleted -> gone", r.BatchChange), func(a bench.AgentFigures) string { return fmt.Sprintf("%.2f s", a.DeleteSec) })
+	w.Flush()
+	for _, z := range r.Sizes {
+		if len(z.Agents) != 2 {
+			continue
+		}
+		o, f := z.Agents[0], z.Agents[1]
+		switch {
+		case !o.Programmed:
+			fmt.Fprintf(out, "  N = %d: overlayd did not program every peer%s\n", z.Peers, target(false, "target: batch changes no slower than flanneld"))
+		case !f.Programmed:
+			fmt.Fprintf(out, "  N = %d: flanneld did not program every peer within %.0f s: nothing to compare its batch changes with\n", z.Peers, r.LimitSec)
+		default:
+			fmt.Fprintf(out, "  N = %d: added %.2f s vs %.2f s, deleted %.2f s vs %.2f s%s\n", z.Peers, o.AddSec, f.AddSec, o.DeleteSec, f.DeleteSec,
+				target(o.AddSec <= f.AddSec && o.DeleteSec <= f.DeleteSec, "target: no slower than flanneld"))
+		}
+	}
+}
+
+// cellIfProgrammed is the cell of an agent that did not program every peer.
+func cellIfProgrammed(label string, a bench.AgentFigures) string {
+	if strings.HasPrefix(label, "start") {
+		return "not programmed (" + a.Entries + ")"
+	}
+	return "-"
 }
 
 func target(met bool, what string) string {

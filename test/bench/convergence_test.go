@@ -417,6 +417,9 @@ type peerSet struct {
 	network6   netip.Prefix
 	subnetLen6 int
 	created    int // peers 0..created-1 exist
+	// prefix is the annotations' prefix; kube.DefaultAnnotationPrefix
+	// when empty.
+	prefix string
 }
 
 // ensure creates peers up to count, 32 at a time, and returns how many it
@@ -456,6 +459,9 @@ func (s *peerSet) node(i int) (*corev1.Node, peerEntries) {
 	public := netip.AddrFrom4([4]byte{198, 18 + byte(off>>16), byte(off >> 8), byte(off)})
 	mac := net.HardwareAddr{0x0a, 0x58, byte(i >> 16), byte(i >> 8), byte(i), 0x7e}
 	k := kube.DefaultAnnotationPrefix + "/"
+	if s.prefix != "" {
+		k = s.prefix + "/"
+	}
 	n := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name,

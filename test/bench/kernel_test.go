@@ -89,18 +89,26 @@ func countFamily(n *lab.Node, nl *netlink.Handle, v6 bool) (entryCounts, error) 
 		return k, fmt.Errorf("%s: listing routes (family %d): %w", n.Name, family, err)
 	}
 	k.routes = len(routes)
+	neighs, fdb, err := countDevice(n, nl, dev, family)
+	k.neighs, k.fdb = neighs, fdb
+	return k, err
+}
+
+// countDevice counts the permanent neighbour entries of family and the
+// permanent FDB entries of the device dev; none when it does not exist.
+func countDevice(n *lab.Node, nl *netlink.Handle, dev string, family int) (neighs, fdb int, err error) {
 	link, err := nl.LinkByName(dev)
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
-		return k, nil
+		return 0, 0, nil
 	}
 	if err != nil {
-		return k, fmt.Errorf("%s: %s: %w", n.Name, dev, err)
+		return 0, 0, fmt.Errorf("%s: %s: %w", n.Name, dev, err)
 	}
 	for _, fam := range []int{family, unix.AF_BRIDGE} {
 		entries, err := nl.NeighList(link.Attrs().Index, fam)
 		if err != nil {
-			return k, fmt.Errorf("%s: listing neighbours of %s (family %d): %w", n.Name, dev, fam, err)
+			return 0, 0, fmt.Errorf("%s: listing neighbours of %s (family %d): %w", n.Name, dev, fam, err)
 		}
 		perm := 0
 		for _, e := range entries {
@@ -109,12 +117,39 @@ func countFamily(n *lab.Node, nl *netlink.Handle, v6 bool) (entryCounts, error) 
 			}
 		}
 		if fam == unix.AF_BRIDGE {
-			k.fdb = perm
+			fdb = perm
 		} else {
-			k.neighs = perm
+			neighs = perm
 		}
 	}
-	return k, nil
+	return neighs, fdb, nil
+}
+
+// countThrough counts the IPv4 routes through the device dev and its
+// permanent neighbour and FDB entries, whichever agent wrote them (flanneld
+// marks its routes with no protocol of its own).
+func countThrough(n *lab.Node, dev string) (entryCounts, error) {
+	var k entryCounts
+	nl, err := n.Netlink()
+	if err != nil {
+		return k, err
+	}
+	defer nl.Close()
+	link, err := nl.LinkByName(dev)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return k, nil
+	}
+	if err != nil {
+		return k, fmt.Errorf("%s: %s: %w", n.Name, dev, err)
+	}
+	routes, err := nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: link.Attrs().Index}, netlink.RT_FILTER_OIF)
+	if err != nil {
+		return k, fmt.Errorf("%s: listing routes through %s: %w", n.Name, dev, err)
+	}
+	k.routes = len(routes)
+	k.neighs, k.fdb, err = countDevice(n, nl, dev, netlink.FAMILY_V4)
+	return k, err
 }
 
 // deleteLink removes a link of the node if it exists; routes through it,
@@ -143,6 +178,10 @@ func deleteLink(n *lab.Node, name string) error {
 // node, so the moment an entry appears or goes is seen to the millisecond
 // without dumping thousands of entries in a loop.
 type kernelWatch struct {
+	// anyRouteProtocol: wait counts routes of any protocol, not only
+	// overlayd's (flanneld marks its routes with none of its own).
+	anyRouteProtocol bool
+
 	routes chan netlink.RouteUpdate
 	neighs chan netlink.NeighUpdate
 	errs   chan error
@@ -240,7 +279,7 @@ func (w *kernelWatch) wait(ctx context.Context, p peerEntries, present bool) (ti
 			return last, fmt.Errorf("netlink subscription: %w", err)
 		case u := <-w.routes:
 			added := u.Type == unix.RTM_NEWROUTE
-			if added == present && u.Protocol == kernel.RouteProtocol && u.Dst != nil {
+			if added == present && (w.anyRouteProtocol || u.Protocol == kernel.RouteProtocol) && u.Dst != nil {
 				ones, _ := u.Dst.Mask.Size()
 				seen(routeKey(netip.PrefixFrom(addrOf(u.Dst.IP), ones)))
 			}
