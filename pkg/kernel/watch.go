@@ -70,6 +70,10 @@ func (r *Reconciler) watchOnce(ctx context.Context, relevant func(int) bool, not
 		Namespace: &r.ns, ErrorCallback: onErr, ReceiveBufferSize: subscriptionBuffer}); err != nil {
 		return err
 	}
+	watched, err := seedWatchedLinks(r.ns, func(idx int) bool { return relevant(idx) && !r.OwnedIndex(idx) })
+	if err != nil {
+		return err
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -80,7 +84,11 @@ func (r *Reconciler) watchOnce(ctx context.Context, relevant func(int) bool, not
 			if !ok {
 				return errClosed
 			}
-			if relevant(int(u.Index)) {
+			idx := int(u.Index)
+			switch {
+			case r.OwnedIndex(idx):
+				notify("link " + u.Attrs().Name + " changed")
+			case relevant(idx) && watched.changed(u):
 				notify("link " + u.Attrs().Name + " changed")
 			}
 		case u, ok := <-routes:
