@@ -107,12 +107,13 @@ type manager struct {
 
 	dirty   chan struct{}
 	changed chan struct{}
-	// What dirty is about (store.go): every record, or the records of
-	// these keys in what they publish alone, and deleted records (key ->
-	// node).
+	// What dirty is about (store.go, changes): every record, or the
+	// records of these keys in what they publish alone, new records, and
+	// deleted records (key -> node).
 	changesMu    sync.Mutex
 	resolveAll   bool
 	attrsChanged map[string]bool
+	added        map[string]bool
 	gone         map[string]string
 
 	syncedCh chan struct{}

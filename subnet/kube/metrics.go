@@ -16,12 +16,12 @@ var leasesGauge = prometheus.NewGauge(prometheus.GaugeOpts{
 })
 
 // resolves counts how the snapshot was brought up to date: every record
-// resolved again ("all"), or only peers that changed what they publish
-// ("changed").
+// resolved again ("all"), or only peers that changed what they publish,
+// were added or were deleted ("changed").
 var resolves = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Namespace: metrics.Namespace,
 	Name:      "lease_resolves_total",
-	Help:      "Lease snapshot updates, by scope: all (every record resolved again) or changed (only peers that changed what they publish).",
+	Help:      "Lease snapshot updates, by scope: all (every record resolved again) or changed (only peers that changed what they publish, were added or were deleted).",
 }, []string{"scope"})
 
 func init() {

@@ -377,11 +377,12 @@ func formatPeers(m map[string]subnet.Lease) string {
 	return b.String()
 }
 
-// TestPodCIDRPeerDeleted: a deleted peer's Node is taken out of the
-// snapshot alone, without a resolve of every record, and named by
-// ChangedPeers; a deleted Node that held a subnet another one claimed too
-// is resolved with every record, and the other claim wins then.
-func TestPodCIDRPeerDeleted(t *testing.T) {
+// TestPodCIDRPeerAddedDeleted: a new peer's Node is taken into the
+// snapshot alone, and a deleted one out of it, without a resolve of every
+// record, each named by ChangedPeers; a new Node claiming a held subnet,
+// or a deleted one that held a subnet another claimed too, is resolved
+// with every record, and the earlier claim wins then.
+func TestPodCIDRPeerAddedDeleted(t *testing.T) {
 	c := startCluster(t, controlplane.Options{})
 	net := mustNet(t, `{"Network": "10.244.0.0/16"}`)
 	const prefix = "flannel.alpha.coreos.com"
@@ -433,12 +434,51 @@ func TestPodCIDRPeerDeleted(t *testing.T) {
 		t.Error("Peer(p-gone): a deleted node is a peer")
 	}
 
+	// A new peer is taken in alone.
+	a.ChangedPeers()
+	all, changed = resolveCount(t, "all"), resolveCount(t, "changed")
+	createNode(t, c.admin, "p-new", []string{"10.244.4.0/24"}, vx("198.18.0.14", "a2:54:1c:5e:7f:04"))
+	peersAre("the peers with p-new", "h-holder", "p-new", "p-stays")
+	if d := resolveCount(t, "changed") - changed; d != 1 {
+		t.Errorf("p-new taken in by %v changed-peer resolves, want 1", d)
+	}
+	if d := resolveCount(t, "all") - all; d != 0 {
+		t.Errorf("%v resolves of every record after p-new's creation, want 0", d)
+	}
+	if nodes, any := a.ChangedPeers(); any || !slices.Equal(nodes, []string{"p-new"}) {
+		t.Errorf("ChangedPeers after p-new's creation: %v (any: %v), want p-new", nodes, any)
+	}
+	if l, ok := a.Peer("p-new"); !ok || l.Subnet != netip.MustParsePrefix("10.244.4.0/24") || l.Attrs.PublicIP != netip.MustParseAddr("198.18.0.14") {
+		t.Errorf("Peer(p-new) = %v, %v", l, ok)
+	}
+	// A new claim on a held subnet, and a new Node with broken
+	// annotations, take every record, and are skipped.
+	for _, n := range []struct {
+		name, cidr  string
+		annotations map[string]string
+	}{
+		{"q-claimant", "10.244.3.0/25", vx("198.18.0.19", "a2:54:1c:5e:7f:09")},
+		{"q-broken", "10.244.5.0/24", flannelAnnotations("198.18.0.999", "vxlan", `{"VNI":1}`)},
+	} {
+		all = resolveCount(t, "all")
+		createNode(t, c.admin, n.name, []string{n.cidr}, n.annotations)
+		waitFor(t, n.name+" skipped", func() (bool, string) {
+			res, _ := a.state()
+			_, skipped := res.skipped[n.name]
+			return skipped, fmt.Sprint(res.skipped)
+		})
+		if resolveCount(t, "all") == all {
+			t.Errorf("%s was not resolved with every record", n.name)
+		}
+		peersAre("the peers, still", "h-holder", "p-new", "p-stays")
+	}
+
 	// The holder's deletion lets the claimant in: that takes every record.
 	all = resolveCount(t, "all")
 	if err := c.admin.CoreV1().Nodes().Delete(ctx, "h-holder", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	peersAre("the claimant in the holder's place", "l-claimant", "p-stays")
+	peersAre("the claimant in the holder's place", "l-claimant", "p-new", "p-stays")
 	if resolveCount(t, "all") == all {
 		t.Error("the holder's deletion was not resolved with every record")
 	}

@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -10,25 +11,27 @@ import (
 )
 
 // resolveDirty brings the snapshot up to date with what changed: the
-// changed peers alone when only what they publish changed or they were
-// deleted, else every record.
+// changed peers alone when only what they publish changed, or they were
+// added or deleted without a bearing on other records, else every record.
 func (m *manager) resolveDirty() {
-	keys, gone, all := m.takeChanges()
-	if !all && len(keys)+len(gone) > 0 && m.resolveChanged(keys, gone) {
+	c := m.takeChanges()
+	if !c.all && c.any() && m.resolveChanged(c) {
 		return
 	}
 	m.resolveNow()
 }
 
-// resolveChanged takes the current records of keys, each of a peer that
-// only changed what it publishes, into the snapshot, takes the peers of
-// the deleted records gone out of it, and notifies Changed: an annotation
-// changed on one Node, or one Node deleted, costs that peer, not a resolve
-// of every record. False, changing nothing, when one of them is not a
-// peer's record as it stands in the snapshot (a skipped one, the own
-// node's), or a deleted one may let another record win (resolveGone):
-// resolveNow decides then.
-func (m *manager) resolveChanged(keys map[string]bool, gone map[string]string) bool {
+// resolveChanged takes the current records of c.keys, each of a peer that
+// only changed what it publishes, and the new records of c.added into the
+// snapshot, takes the peers of the deleted records c.gone out of it, and
+// notifies Changed: an annotation changed on one Node, or one Node added or
+// deleted, costs that peer, not a resolve of every record. False, changing
+// nothing, when one of them is not a peer's record as it stands in the
+// snapshot (a skipped one, the own node's), or a new or deleted one may
+// bear on other records (resolveAdded, resolveGone): resolveNow decides
+// then.
+func (m *manager) resolveChanged(c changes) bool {
+	keys, gone := c.keys, c.gone
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.synced {
@@ -67,6 +70,13 @@ func (m *manager) resolveChanged(keys map[string]bool, gone map[string]string) b
 		}
 		removed[i] = true
 	}
+	var added []*record
+	if len(c.added) > 0 {
+		var ok bool
+		if added, ok = m.resolveAdded(c.added); !ok {
+			return false
+		}
+	}
 	if m.changedPeers == nil {
 		m.changedPeers = map[string]bool{}
 	}
@@ -78,15 +88,22 @@ func (m *manager) resolveChanged(keys map[string]bool, gone map[string]string) b
 		}
 		m.changedPeers[e.r.node] = true
 	}
-	if len(removed) > 0 {
+	if len(removed)+len(added) > 0 {
 		// A new slice: a resolution handed out (state) keeps its own.
-		kept := make([]peer, 0, len(m.res.peers)-len(removed))
+		kept := make([]peer, 0, len(m.res.peers)-len(removed)+len(added))
 		for i, p := range m.res.peers {
 			if removed[i] {
 				m.changedPeers[p.first.node] = true
 			} else {
 				kept = append(kept, p)
 			}
+		}
+		for _, r := range added {
+			kept = append(kept, peer{first: r})
+			m.changedPeers[r.node] = true
+		}
+		if len(added) > 0 {
+			slices.SortFunc(kept, func(a, b peer) int { return strings.Compare(a.first.node, b.first.node) })
 		}
 		m.res.peers = kept
 		leasesGauge.Set(float64(len(kept)))
@@ -124,6 +141,43 @@ func (m *manager) resolveGone(key, node string) (int, bool) {
 	}
 	return i, true
 }
+
+// resolveAdded returns the new records of keys if each is, as a resolve
+// of every record would find, a peer on its own: a complete, well-formed
+// claim inside the network, of a node that is neither this one nor
+// otherwise known, overlapping no other record's claim (so that neither
+// the earliest-claim rule nor a tie on it decides anything). Called with
+// mu held.
+func (m *manager) resolveAdded(keys map[string]bool) ([]*record, bool) {
+	var added []*record
+	for key := range keys {
+		r := m.record(key)
+		if r == nil || r.node == m.cfg.NodeName || !r.subnetProblem().ok() || !outsideNetwork(m.net, r).ok() {
+			return nil, false
+		}
+		if _, found := m.res.find(r.node); found {
+			return nil, false
+		}
+		if used, subnetP, attrsP := merge(m.net, []*record{r}); !used[0] || !subnetP.ok() || !attrsP.ok() {
+			return nil, false
+		}
+		added = append(added, r)
+	}
+	for _, o := range m.records() {
+		for _, r := range added {
+			if o.key == r.key {
+				continue
+			}
+			if o.node == r.node || overlaps(o.v4, r.v4) || overlaps(o.v6, r.v6) {
+				return nil, false
+			}
+		}
+	}
+	return added, true
+}
+
+// overlaps reports whether two subnets, either possibly absent, overlap.
+func overlaps(a, b netip.Prefix) bool { return a.IsValid() && b.IsValid() && a.Overlaps(b) }
 
 // resolveNow recomputes the snapshot from the records and the own Node's
 // address annotations, reports newly skipped peers and notifies Changed if

@@ -16,8 +16,8 @@ import (
 func (m *manager) handlers() cache.ResourceEventHandlerFuncs {
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
-			if m.mode.toRecord(obj) != nil {
-				m.markDirty()
+			if r := m.mode.toRecord(obj); r != nil {
+				m.markAdded(r.key)
 			}
 		},
 		UpdateFunc: func(old, obj any) {
@@ -74,6 +74,28 @@ func (m *manager) markAttrsChanged(key string) {
 	m.wakeResolve()
 }
 
+// maxAdded is the most new records taken into the snapshot one by one; more
+// (the initial list) are resolved with every record.
+const maxAdded = 256
+
+// markAdded asks for the new record of key to be taken into the snapshot
+// (resolveChanged).
+func (m *manager) markAdded(key string) {
+	m.changesMu.Lock()
+	switch {
+	case m.resolveAll:
+	case len(m.added) == maxAdded:
+		m.resolveAll, m.added = true, nil
+	default:
+		if m.added == nil {
+			m.added = map[string]bool{}
+		}
+		m.added[key] = true
+	}
+	m.changesMu.Unlock()
+	m.wakeResolve()
+}
+
 // markGone asks for the deleted record r to be taken out of the snapshot
 // (resolveChanged).
 func (m *manager) markGone(r *record) {
@@ -86,15 +108,24 @@ func (m *manager) markGone(r *record) {
 	m.wakeResolve()
 }
 
-// takeChanges returns what changed since the last call: every record
-// (all), or the records of these keys in what they publish alone and the
-// deleted records of these keys (to their nodes).
-func (m *manager) takeChanges() (keys map[string]bool, gone map[string]string, all bool) {
+// changes are what changed since the lease store last resolved: every
+// record (all), or the records of keys in what they publish alone, the new
+// records of added and the deleted records of gone (key -> node).
+type changes struct {
+	all         bool
+	keys, added map[string]bool
+	gone        map[string]string
+}
+
+func (c changes) any() bool { return c.all || len(c.keys)+len(c.added)+len(c.gone) > 0 }
+
+// takeChanges returns what changed since the last call.
+func (m *manager) takeChanges() changes {
 	m.changesMu.Lock()
 	defer m.changesMu.Unlock()
-	keys, gone, all = m.attrsChanged, m.gone, m.resolveAll
-	m.attrsChanged, m.gone, m.resolveAll = nil, nil, false
-	return keys, gone, all
+	c := changes{all: m.resolveAll, keys: m.attrsChanged, added: m.added, gone: m.gone}
+	m.attrsChanged, m.added, m.gone, m.resolveAll = nil, nil, nil, false
+	return c
 }
 
 func (m *manager) wakeResolve() {
