@@ -3,52 +3,42 @@ package cluster
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
 
 // ProcessMemory returns VmRSS and VmHWM (KiB) of a process, e.g. an agent.
 func ProcessMemory(pid int) (rssKiB, hwmKiB int64, err error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		switch f[0] {
-		case "VmRSS:":
-			rssKiB, _ = strconv.ParseInt(f[1], 10, 64)
-		case "VmHWM:":
-			hwmKiB, _ = strconv.ParseInt(f[1], 10, 64)
-		}
-	}
-	return rssKiB, hwmKiB, nil
+	f, err := statusKiB(pid, "VmRSS", "VmHWM")
+	return f["VmRSS"], f["VmHWM"], err
 }
 
 // ProcessRSSParts returns what a process's VmRSS is made of (KiB): its
 // anonymous memory (heap, stacks) and its file-backed pages (for a Go
 // program, the parts of its binary it has touched).
 func ProcessRSSParts(pid int) (anonKiB, fileKiB int64, err error) {
+	f, err := statusKiB(pid, "RssAnon", "RssFile")
+	return f["RssAnon"], f["RssFile"], err
+}
+
+// statusKiB reads the named fields (in KiB) of /proc/<pid>/status.
+func statusKiB(pid int, names ...string) (map[string]int64, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
+	out := map[string]int64{}
 	for _, line := range strings.Split(string(data), "\n") {
 		f := strings.Fields(line)
 		if len(f) < 2 {
 			continue
 		}
-		switch f[0] {
-		case "RssAnon:":
-			anonKiB, _ = strconv.ParseInt(f[1], 10, 64)
-		case "RssFile:":
-			fileKiB, _ = strconv.ParseInt(f[1], 10, 64)
+		if name := strings.TrimSuffix(f[0], ":"); slices.Contains(names, name) {
+			out[name], _ = strconv.ParseInt(f[1], 10, 64)
 		}
 	}
-	return anonKiB, fileKiB, nil
+	return out, nil
 }
 
 // ProcessCPUSeconds is the user+system CPU time a process has used.
