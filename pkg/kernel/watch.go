@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -96,14 +97,14 @@ func (r *Reconciler) watchOnce(ctx context.Context, relevant func(int) bool, not
 				return errClosed
 			}
 			if u.Protocol == RouteProtocol && !r.routeEventExpected(u) || u.Protocol != RouteProtocol && u.Type == unix.RTM_DELROUTE && relevant(u.LinkIndex) {
-				notify("route changed")
+				notify(fmt.Sprintf("route to %v changed", u.Dst))
 			}
 		case u, ok := <-neighs:
 			if !ok {
 				return errClosed
 			}
 			if r.OwnedIndex(u.LinkIndex) && !r.neighEventExpected(u) {
-				notify("neighbour changed")
+				notify(neighChanged(u))
 			}
 		case u, ok := <-addrs:
 			if !ok {
@@ -114,6 +115,14 @@ func (r *Reconciler) watchOnce(ctx context.Context, relevant func(int) bool, not
 			}
 		}
 	}
+}
+
+// neighChanged names the neighbour or FDB entry of u, for the log.
+func neighChanged(u netlink.NeighUpdate) string {
+	if u.Family == unix.AF_BRIDGE {
+		return fmt.Sprintf("FDB entry %s dst %s changed", u.HardwareAddr, u.IP)
+	}
+	return fmt.Sprintf("neighbour %s changed", u.IP)
 }
 
 type watchError string
