@@ -491,14 +491,20 @@ func printBesideFlanneld(out io.Writer, r *bench.BesideFlanneld) {
 		fmt.Fprintf(w, "  %s", label)
 		for _, z := range r.Sizes {
 			for _, a := range z.Agents {
-				if !a.Programmed && label != "" {
-					fmt.Fprintf(w, "\t%s", cellIfProgrammed(label, a))
-					continue
-				}
 				fmt.Fprintf(w, "\t%s", cell(a))
 			}
 		}
 		fmt.Fprintln(w)
+	}
+	// measured is cell for an agent that programmed every peer; the others
+	// have no figure after their cold start.
+	measured := func(cell func(bench.AgentFigures) string) func(bench.AgentFigures) string {
+		return func(a bench.AgentFigures) string {
+			if !a.Programmed {
+				return "-"
+			}
+			return cell(a)
+		}
 	}
 	fmt.Fprintf(w, "  ")
 	for _, z := range r.Sizes {
@@ -507,11 +513,16 @@ func printBesideFlanneld(out io.Writer, r *bench.BesideFlanneld) {
 		}
 	}
 	fmt.Fprintln(w)
-	row("start -> every peer's route, neighbour, FDB entry", func(a bench.AgentFigures) string { return fmt.Sprintf("%.2f s", a.ColdStartSec) })
-	row("VmRSS then", func(a bench.AgentFigures) string { return fmt.Sprintf("%.1f MiB", float64(a.RSSKiB)/1024) })
-	row("CPU seconds until then", func(a bench.AgentFigures) string { return fmt.Sprintf("%.2f", a.CPUSec) })
-	row(fmt.Sprintf("%d Nodes added -> programmed", r.BatchChange), func(a bench.AgentFigures) string { return fmt.Sprintf("%.2f s", a.AddSec) })
-	row(fmt.Sprintf("%d Nodes deleted -> gone", r.BatchChange), func(a bench.AgentFigures) string { return fmt.Sprintf("%.2f s", a.DeleteSec) })
+	row("start -> every peer's route, neighbour, FDB entry", func(a bench.AgentFigures) string {
+		if !a.Programmed {
+			return "not programmed (" + a.Entries + ")"
+		}
+		return fmt.Sprintf("%.2f s", a.ColdStartSec)
+	})
+	row("VmRSS then", measured(func(a bench.AgentFigures) string { return fmt.Sprintf("%.1f MiB", float64(a.RSSKiB)/1024) }))
+	row("CPU seconds until then", measured(func(a bench.AgentFigures) string { return fmt.Sprintf("%.2f", a.CPUSec) }))
+	row(fmt.Sprintf("%d Nodes added -> programmed", r.BatchChange), measured(func(a bench.AgentFigures) string { return fmt.Sprintf("%.2f s", a.AddSec) }))
+	row(fmt.Sprintf("%d Nodes deleted -> gone", r.BatchChange), measured(func(a bench.AgentFigures) string { return fmt.Sprintf("%.2f s", a.DeleteSec) }))
 	w.Flush()
 	for _, z := range r.Sizes {
 		if len(z.Agents) != 2 {
@@ -528,14 +539,6 @@ func printBesideFlanneld(out io.Writer, r *bench.BesideFlanneld) {
 				target(o.AddSec <= f.AddSec && o.DeleteSec <= f.DeleteSec, "target: no slower than flanneld"))
 		}
 	}
-}
-
-// cellIfProgrammed is the cell of an agent that did not program every peer.
-func cellIfProgrammed(label string, a bench.AgentFigures) string {
-	if strings.HasPrefix(label, "start") {
-		return "not programmed (" + a.Entries + ")"
-	}
-	return "-"
 }
 
 func target(met bool, what string) string {

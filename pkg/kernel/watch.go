@@ -85,11 +85,7 @@ func (r *Reconciler) watchOnce(ctx context.Context, relevant func(int) bool, not
 			if !ok {
 				return errClosed
 			}
-			idx := int(u.Index)
-			switch {
-			case r.OwnedIndex(idx):
-				notify("link " + u.Attrs().Name + " changed")
-			case relevant(idx) && watched.changed(u):
+			if idx := int(u.Index); r.OwnedIndex(idx) || relevant(idx) && watched.changed(u) {
 				notify("link " + u.Attrs().Name + " changed")
 			}
 		case u, ok := <-routes:

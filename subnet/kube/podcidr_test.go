@@ -414,40 +414,39 @@ func TestPodCIDRPeerAddedDeleted(t *testing.T) {
 		return ok && l.Attrs.PublicIP == netip.MustParseAddr("198.18.0.23"), fmt.Sprint(l)
 	})
 
-	a.ChangedPeers()
-	all, changed := resolveCount(t, "all"), resolveCount(t, "changed")
+	// takenAlone makes change, waits for the peers to be peers, and
+	// checks that one changed-peer resolve, and no resolve of every
+	// record, took node in or out, and that ChangedPeers names it alone.
+	takenAlone := func(node, what string, change func(), peers ...string) {
+		t.Helper()
+		a.ChangedPeers()
+		all, changed := resolveCount(t, "all"), resolveCount(t, "changed")
+		change()
+		peersAre("the peers after "+what, peers...)
+		if d := resolveCount(t, "changed") - changed; d != 1 {
+			t.Errorf("%s taken by %v changed-peer resolves, want 1", what, d)
+		}
+		if d := resolveCount(t, "all") - all; d != 0 {
+			t.Errorf("%v resolves of every record after %s, want 0", d, what)
+		}
+		if nodes, any := a.ChangedPeers(); any || !slices.Equal(nodes, []string{node}) {
+			t.Errorf("ChangedPeers after %s: %v (any: %v), want %s", what, nodes, any, node)
+		}
+	}
 	ctx := context.Background()
-	if err := c.admin.CoreV1().Nodes().Delete(ctx, "p-gone", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	peersAre("the peers without p-gone", "h-holder", "p-stays")
-	if d := resolveCount(t, "changed") - changed; d != 1 {
-		t.Errorf("p-gone taken out by %v changed-peer resolves, want 1", d)
-	}
-	if d := resolveCount(t, "all") - all; d != 0 {
-		t.Errorf("%v resolves of every record after p-gone's deletion, want 0", d)
-	}
-	if nodes, any := a.ChangedPeers(); any || !slices.Equal(nodes, []string{"p-gone"}) {
-		t.Errorf("ChangedPeers after p-gone's deletion: %v (any: %v), want p-gone", nodes, any)
-	}
+	takenAlone("p-gone", "p-gone's deletion", func() {
+		if err := c.admin.CoreV1().Nodes().Delete(ctx, "p-gone", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}, "h-holder", "p-stays")
 	if _, ok := a.Peer("p-gone"); ok {
 		t.Error("Peer(p-gone): a deleted node is a peer")
 	}
 
 	// A new peer is taken in alone.
-	a.ChangedPeers()
-	all, changed = resolveCount(t, "all"), resolveCount(t, "changed")
-	createNode(t, c.admin, "p-new", []string{"10.244.4.0/24"}, vx("198.18.0.14", "a2:54:1c:5e:7f:04"))
-	peersAre("the peers with p-new", "h-holder", "p-new", "p-stays")
-	if d := resolveCount(t, "changed") - changed; d != 1 {
-		t.Errorf("p-new taken in by %v changed-peer resolves, want 1", d)
-	}
-	if d := resolveCount(t, "all") - all; d != 0 {
-		t.Errorf("%v resolves of every record after p-new's creation, want 0", d)
-	}
-	if nodes, any := a.ChangedPeers(); any || !slices.Equal(nodes, []string{"p-new"}) {
-		t.Errorf("ChangedPeers after p-new's creation: %v (any: %v), want p-new", nodes, any)
-	}
+	takenAlone("p-new", "p-new's creation", func() {
+		createNode(t, c.admin, "p-new", []string{"10.244.4.0/24"}, vx("198.18.0.14", "a2:54:1c:5e:7f:04"))
+	}, "h-holder", "p-new", "p-stays")
 	if l, ok := a.Peer("p-new"); !ok || l.Subnet != netip.MustParsePrefix("10.244.4.0/24") || l.Attrs.PublicIP != netip.MustParseAddr("198.18.0.14") {
 		t.Errorf("Peer(p-new) = %v, %v", l, ok)
 	}
@@ -460,7 +459,7 @@ func TestPodCIDRPeerAddedDeleted(t *testing.T) {
 		{"q-claimant", "10.244.3.0/25", vx("198.18.0.19", "a2:54:1c:5e:7f:09")},
 		{"q-broken", "10.244.5.0/24", flannelAnnotations("198.18.0.999", "vxlan", `{"VNI":1}`)},
 	} {
-		all = resolveCount(t, "all")
+		all := resolveCount(t, "all")
 		createNode(t, c.admin, n.name, []string{n.cidr}, n.annotations)
 		waitFor(t, n.name+" skipped", func() (bool, string) {
 			res, _ := a.state()
@@ -474,7 +473,7 @@ func TestPodCIDRPeerAddedDeleted(t *testing.T) {
 	}
 
 	// The holder's deletion lets the claimant in: that takes every record.
-	all = resolveCount(t, "all")
+	all := resolveCount(t, "all")
 	if err := c.admin.CoreV1().Nodes().Delete(ctx, "h-holder", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"net/netip"
 	"slices"
 	"strings"
 
@@ -31,7 +30,6 @@ func (m *manager) resolveDirty() {
 // bear on other records (resolveAdded, resolveGone): resolveNow decides
 // then.
 func (m *manager) resolveChanged(c changes) bool {
-	keys, gone := c.keys, c.gone
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.synced {
@@ -43,7 +41,7 @@ func (m *manager) resolveChanged(c changes) bool {
 		r      *record
 	}
 	var edits []edit
-	for key := range keys {
+	for key := range c.keys {
 		r := m.record(key)
 		if r == nil || r.node == m.cfg.NodeName {
 			return false
@@ -63,7 +61,7 @@ func (m *manager) resolveChanged(c changes) bool {
 		}
 	}
 	removed := map[int]bool{}
-	for key, node := range gone {
+	for key, node := range c.gone {
 		i, ok := m.resolveGone(key, node)
 		if !ok {
 			return false
@@ -168,16 +166,14 @@ func (m *manager) resolveAdded(keys map[string]bool) ([]*record, bool) {
 			if o.key == r.key {
 				continue
 			}
-			if o.node == r.node || overlaps(o.v4, r.v4) || overlaps(o.v6, r.v6) {
+			// (Overlaps is false for an absent prefix.)
+			if o.node == r.node || o.v4.Overlaps(r.v4) || o.v6.Overlaps(r.v6) {
 				return nil, false
 			}
 		}
 	}
 	return added, true
 }
-
-// overlaps reports whether two subnets, either possibly absent, overlap.
-func overlaps(a, b netip.Prefix) bool { return a.IsValid() && b.IsValid() && a.Overlaps(b) }
 
 // resolveNow recomputes the snapshot from the records and the own Node's
 // address annotations, reports newly skipped peers and notifies Changed if

@@ -89,22 +89,32 @@ func countFamily(n *lab.Node, nl *netlink.Handle, v6 bool) (entryCounts, error) 
 		return k, fmt.Errorf("%s: listing routes (family %d): %w", n.Name, family, err)
 	}
 	k.routes = len(routes)
-	neighs, fdb, err := countDevice(n, nl, dev, family)
-	k.neighs, k.fdb = neighs, fdb
+	link, err := linkOrNil(n, nl, dev)
+	if link == nil {
+		return k, err
+	}
+	k.neighs, k.fdb, err = countDevice(n, nl, link, family)
 	return k, err
 }
 
-// countDevice counts the permanent neighbour entries of family and the
-// permanent FDB entries of the device dev; none when it does not exist.
-func countDevice(n *lab.Node, nl *netlink.Handle, dev string, family int) (neighs, fdb int, err error) {
+// linkOrNil is the node's link named dev; nil, and no error, when it does
+// not exist.
+func linkOrNil(n *lab.Node, nl *netlink.Handle, dev string) (netlink.Link, error) {
 	link, err := nl.LinkByName(dev)
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
-		return 0, 0, nil
+		return nil, nil
 	}
 	if err != nil {
-		return 0, 0, fmt.Errorf("%s: %s: %w", n.Name, dev, err)
+		return nil, fmt.Errorf("%s: %s: %w", n.Name, dev, err)
 	}
+	return link, nil
+}
+
+// countDevice counts the permanent neighbour entries of family and the
+// permanent FDB entries of link.
+func countDevice(n *lab.Node, nl *netlink.Handle, link netlink.Link, family int) (neighs, fdb int, err error) {
+	dev := link.Attrs().Name
 	for _, fam := range []int{family, unix.AF_BRIDGE} {
 		entries, err := nl.NeighList(link.Attrs().Index, fam)
 		if err != nil {
@@ -135,20 +145,16 @@ func countThrough(n *lab.Node, dev string) (entryCounts, error) {
 		return k, err
 	}
 	defer nl.Close()
-	link, err := nl.LinkByName(dev)
-	var notFound netlink.LinkNotFoundError
-	if errors.As(err, &notFound) {
-		return k, nil
-	}
-	if err != nil {
-		return k, fmt.Errorf("%s: %s: %w", n.Name, dev, err)
+	link, err := linkOrNil(n, nl, dev)
+	if link == nil {
+		return k, err
 	}
 	routes, err := nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: link.Attrs().Index}, netlink.RT_FILTER_OIF)
 	if err != nil {
 		return k, fmt.Errorf("%s: listing routes through %s: %w", n.Name, dev, err)
 	}
 	k.routes = len(routes)
-	k.neighs, k.fdb, err = countDevice(n, nl, dev, netlink.FAMILY_V4)
+	k.neighs, k.fdb, err = countDevice(n, nl, link, netlink.FAMILY_V4)
 	return k, err
 }
 
